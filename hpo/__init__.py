@@ -1,0 +1,1 @@
+"""The sweep orchestrator: sweep files, Ray Tune + Optuna dispatch, the study and its exports."""

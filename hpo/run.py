@@ -1,0 +1,157 @@
+"""``python -m hpo.run``: run a LoRA sweep with Ray Tune and Optuna.
+
+Every check that can fail (sweep file, data folder, prompts, model folder, storage, output
+folder, resources) runs before any trial starts, and prints one line naming what is wrong.
+Rerunning the same command continues the study until ``--trials`` trials have finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hpo import plan
+from hpo.space import sampler_settings
+from hpo.spec import Sweep, load_sweep
+from trials.validation import ConfigError
+
+log = logging.getLogger("hpo")
+
+
+class SweepError(RuntimeError):
+    """A problem found before the sweep starts; the message is one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hpo.run",
+        description="Run a LoRA hyperparameter sweep (Ray Tune + Optuna) from a sweep file.")
+    p.add_argument("--sweep", type=Path, default=Path("sweeps/hyundai.yaml"),
+                   help="sweep file (default: sweeps/hyundai.yaml)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="finished trials wanted in the study in total, counting earlier runs "
+                        "(default: 20)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="at most this many trials at once (default: every GPU slot, or CPU "
+                        "slot on a CPU-only cluster)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray "
+                        "sized to this machine)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite:///OUT/STUDY/optuna.db; use "
+                        "postgresql://... for a shared study)")
+    p.add_argument("--study", default=None, help="study name (default: the sweep's name)")
+    p.add_argument("--out", type=Path, default=Path("runs"),
+                   help="output folder; the study's files go to OUT/STUDY (default: runs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an existing study (rerunning the same command does too)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved sweep and exit without starting Ray")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+@contextmanager
+def driver_lock(study_dir: Path) -> Iterator[None]:
+    """Refuse a second driver on the same study: the study has one writer."""
+    lock_path = study_dir / ".driver.lock"
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"{study_dir}: another sweep driver is running on this study "
+                             f"(lock {lock_path})") from None
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.trials < 1:
+            raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
+        sweep = load_sweep(args.sweep)
+        name = args.study or sweep.name
+        study_dir = (args.out / name).resolve()
+        if args.dry_run:
+            print(plan.describe(sweep, name, study_dir, args))
+            return 0
+        return run(sweep, name, study_dir, args)
+    except (ConfigError, SweepError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"error: {str(err).strip()}", file=sys.stderr)
+        return 2
+
+
+def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
+    """Check everything, then run the remaining trials and export the results."""
+    from hpo import export
+    from hpo import study as studies
+
+    storage_url = args.storage or studies.default_storage_url(study_dir)
+    storage_label = studies.redact(storage_url)
+    cache_dir = args.out.resolve() / "cache"
+    plan.preflight(sweep, study_dir, cache_dir)
+    storage = plan.connect_storage(storage_url)
+
+    with driver_lock(study_dir):
+        study = studies.open_study(storage, sweep, name)
+        studies.record_study_attrs(study, sweep, sampler_settings(sweep))
+        requeued = studies.recover_interrupted(study)
+        if requeued:
+            log.info("marked %d trial(s) left running by a stopped driver as FAIL and queued "
+                     "their parameters again: %s", len(requeued), requeued)
+        done = len(studies.counted_trials(study))
+        remaining = args.trials - done
+        grid = sweep.grid_size() if sweep.method == "grid" else None
+        if grid is not None:
+            remaining = min(remaining, grid - done)
+        log.info("study %s in %s: %d trial(s) finished, %d to run", name, storage_label, done,
+                 max(remaining, 0))
+        started = time.time()
+        if remaining > 0:
+            run_trials(sweep, name, storage, study, study_dir, cache_dir, remaining, args)
+            requeued = studies.recover_interrupted(study)  # Ctrl-C leaves trials running
+            if requeued:
+                log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
+                         "command to continue", len(requeued))
+        baseline = study.user_attrs.get("baseline_clip_score")
+        best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
+        csv = export.write_trials_csv(study, study_dir)
+        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
+    return 0
+
+
+def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
+               remaining: int, args: argparse.Namespace) -> None:
+    """Start Ray, score the baseline once per study, and run ``remaining`` trials."""
+    from hpo import tune as tuning
+
+    cluster = tuning.start_ray(args.address)
+    plan.check_resources(sweep, cluster)
+    slots = tuning.concurrency(sweep, cluster, args.concurrency)
+    if "baseline_clip_score" not in study.user_attrs:
+        log.info("scoring the base model without LoRA (once per study)")
+        config = sweep.trial_config(plan.baseline_values(sweep), output_dir=study_dir / "baseline",
+                                    cache_dir=cache_dir)
+        scores = tuning.run_baseline(sweep, config, cluster)
+        for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",
+                    "eval_seconds"):
+            study.set_user_attr(f"baseline_{key}", scores.get(key))
+    log.info("running %d trial(s), %d at a time", remaining, slots)
+    tuning.run_sweep(
+        sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
+        ray_dir=study_dir / "ray", cache_dir=cache_dir,
+        baseline=study.user_attrs.get("baseline_clip_score"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

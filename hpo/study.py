@@ -1,0 +1,118 @@
+"""The persisted Optuna study: storage, study attributes, and recovery after a crash.
+
+All writes happen in the sweep driver (one writer), so SQLite is safe on a single head node.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.spec import Sweep
+
+INTERRUPTED = "interrupted"
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "open-clip-torch",
+             "optuna", "ray", "safetensors")
+
+
+def default_storage_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password replaced by ``***`` (for logs, attrs, best.yaml)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage object (OptunaSearch needs an object, not a URL)."""
+    return optuna.storages.RDBStorage(url)
+
+
+def open_study(storage: optuna.storages.BaseStorage, sweep: Sweep, name: str,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study, or load it when it exists (the dashboard needs it to exist)."""
+    return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                               direction=sweep.goal, load_if_exists=True)
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def git_commit(folder: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any]) -> None:
+    """Write what a reader needs to trust and reproduce the study (first run only)."""
+    if "sweep_file" in study.user_attrs:
+        return
+    attrs = {
+        "sweep_file": str(sweep.source),
+        "sweep_yaml": sweep.source.read_text(encoding="utf-8"),
+        "libraries": library_versions(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "sampler": sampler,
+        "clip_model": f"{sweep.eval.clip_model}/{sweep.eval.clip_pretrained}",
+        "metric": sweep.metric,
+        "eval_seed": sweep.eval.seed,
+        "n_prompts": len(sweep.eval.prompt_list),
+        "images_per_prompt": sweep.eval.images_per_prompt,
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark trials a dead driver left RUNNING as FAIL and queue their parameters again.
+
+    Returns the numbers of the trials marked. Only call this while no other driver runs on the
+    study (the run command holds a lock file for that).
+    """
+    storage = study._storage
+    marked = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        storage.set_trial_user_attr(
+            trial._trial_id, "fail_reason",
+            "the sweep driver stopped before this trial finished; its parameters were queued "
+            "again")
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                            skip_if_exists=True)
+        marked.append(trial.number)
+    return marked
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards ``--trials``: finished, and not cut short by a dead driver."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=done)
+            if not t.user_attrs.get(INTERRUPTED)]
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial, or None while there is none."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(complete, key=lambda t: t.value)

@@ -1,0 +1,288 @@
+"""Everything that touches Ray: starting it, the trainable, the searcher and the study recorder.
+
+Keeping Ray's API in this one module means an upgrade of Ray touches one file. The trial code
+(``trials``) never imports Ray: the trainable here adapts ``trials.train.run_trial``'s
+``report`` callback to ``ray.tune.report``.
+
+Why the study is written by :class:`StudyRecorder` and not by ``OptunaSearch`` itself:
+OptunaSearch tells Optuna COMPLETE with the last (partial) score for trials ASHA stopped early,
+never sees the result at which ASHA stops a trial, and stores Ray's report counter as the
+step. The recorder reports each rung at its training step, tells PRUNED for early-stopped
+trials, FAIL with the reason for failed ones, and COMPLETE with the best rung's score.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.space import define_by_run, make_sampler
+from hpo.spec import Sweep
+from trials.config import TrialConfig
+
+# Results that carry an error but no score must not trip Tune's metric check; ASHA already
+# ignores results without the metric.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+# The classic progress table shows each trial's parameters beside its score.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
+             "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
+             "samples_per_second", "peak_memory_mb", "device", "cache_hit")
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
+    """Connect to a cluster (``auto`` or HOST:PORT) or start a small local one.
+
+    Returns the cluster's total resources (CPU, GPU).
+    """
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     object_store_memory=256 * 2**20, log_to_driver=True,
+                     configure_logging=False)
+    return dict(ray.cluster_resources())
+
+
+def trial_resources(sweep: Sweep, cluster: dict[str, float]) -> dict[str, float]:
+    """What each trial asks for; GPUs only when the cluster has some."""
+    res = {"cpu": sweep.resources.cpu_per_trial}
+    if cluster.get("GPU", 0) > 0:
+        res["gpu"] = sweep.resources.gpu_per_trial
+    return res
+
+
+def concurrency(sweep: Sweep, cluster: dict[str, float], requested: int | None) -> int:
+    """How many trials run at once: the cluster's slots, capped by the sweep and the CLI."""
+    res = trial_resources(sweep, cluster)
+    slots = int(cluster.get("CPU", 1) // res["cpu"])
+    if "gpu" in res:
+        slots = min(slots, int(cluster["GPU"] // res["gpu"]))
+    for cap in (sweep.resources.max_concurrent, requested):
+        if cap:
+            slots = min(slots, cap)
+    return max(1, slots)
+
+
+def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str) -> None:
+    """The function trainable: one trial, reported to Tune rung by rung."""
+    from trials.train import run_trial
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    work = trial_dir / "rungs"
+    trial_config = sweep.trial_config(config, output_dir=work, cache_dir=Path(cache_dir))
+
+    def report(step: int, metrics: dict[str, Any], checkpoint_dir: Path) -> bool:
+        # Tune copies the folder into its storage; the rung folder is then no longer needed.
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return False  # ASHA stops the trial from outside
+
+    try:
+        run_trial(trial_config, report)
+    except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
+        tune.report({"trial_error": f"{type(err).__name__}: {err}"})
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that leaves writing results to :class:`StudyRecorder`."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        # The Optuna study in its database is the search state; resuming reads it, not a
+        # pickled searcher (Tuner.restore is never used: see hpo.run).
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial:
+        return self._ot_trials[trial_id]
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class StudyRecorder(tune.Callback):
+    """Writes each trial's rungs, final state and user attrs into the Optuna study."""
+
+    def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None) -> None:
+        self.searcher = searcher
+        self.sweep = sweep
+        self.baseline = baseline
+        self.rungs: dict[str, list[dict[str, Any]]] = {}
+        self.checkpoints: dict[str, list[str]] = {}
+        self.started: dict[str, float] = {}
+        self.finished = 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, time.time())
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if "clip_score" not in result or "step" not in result:
+            return
+        rung = {k: result[k] for k in RUNG_KEYS if k in result}
+        self.rungs.setdefault(trial.trial_id, []).append(rung)
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        ot_trial.report(float(result["clip_score"]), int(result["step"]))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        self.checkpoints.setdefault(trial.trial_id, []).append(checkpoint.path)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The retried trial starts from step 0; its rungs are reported again.
+        self.rungs.pop(trial.trial_id, None)
+        self.checkpoints.pop(trial.trial_id, None)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        rungs = self.rungs.get(trial.trial_id, [])
+        if "trial_error" in last:
+            self._finish(trial, TrialState.FAIL, reason=str(last["trial_error"]))
+        elif not rungs:
+            self._finish(trial, TrialState.FAIL, reason="the trial ended without a scored rung")
+        elif rungs[-1]["step"] < rungs[-1]["max_train_steps"]:
+            self._finish(trial, TrialState.PRUNED)
+        else:
+            self._finish(trial, TrialState.COMPLETE)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        text = ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            text = lines[-1] if lines else ""
+        attempts = trial.run_metadata.num_failures
+        self._finish(trial, TrialState.FAIL,
+                     reason=f"the trial process failed {attempts} time(s): {text}"[:2000])
+
+    def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        rungs = self.rungs.get(trial.trial_id, [])
+        attrs: dict[str, Any] = {"ray_trial_id": trial.trial_id,
+                                 "wall_seconds": time.time() - self.started.get(
+                                     trial.trial_id, time.time())}
+        value = None
+        if rungs:
+            pick = max if self.sweep.goal == "maximize" else min
+            best_i = pick(range(len(rungs)), key=lambda i: rungs[i]["clip_score"])
+            best, last = rungs[best_i], rungs[-1]
+            value = float(best["clip_score"])
+            ckpts = self.checkpoints.get(trial.trial_id, [])
+            lora = ckpts[best_i] if best_i < len(ckpts) else None
+            busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
+            res = self.sweep.resources
+            attrs.update(
+                score_per_rung={str(r["step"]): r["clip_score"] for r in rungs},
+                best_step=best["step"],
+                clip_score_stderr=best["clip_score_stderr"],
+                clip_i=best.get("clip_i"),
+                per_prompt=best.get("per_prompt"),
+                delta_vs_baseline=None if self.baseline is None
+                else value - self.baseline,
+                train_seconds=last["train_seconds"],
+                eval_seconds=last["eval_seconds"],
+                setup_seconds=last.get("setup_seconds"),
+                device=last.get("device"),
+                gpu_seconds=busy * res.gpu_per_trial if last.get("device") == "cuda" else 0.0,
+                cpu_seconds=busy * res.cpu_per_trial,
+                peak_memory_mb=last.get("peak_memory_mb"),
+                samples_per_second=last.get("samples_per_second"),
+                last_step=last["step"],
+                lora_path=None if lora is None else str(Path(lora)),
+            )
+        if reason:
+            attrs["fail_reason"] = reason
+        for key, val in attrs.items():
+            ot_trial.set_user_attr(key, _jsonable(val))
+        study = self.searcher.study
+        if state == TrialState.COMPLETE:
+            study.tell(ot_trial, value)
+        else:
+            study.tell(ot_trial, state=state)
+        self.finished += 1
+
+
+def _jsonable(value: Any) -> Any:
+    """User attrs must be JSON: plain floats (NaN as None), lists, dicts."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -> dict[str, Any]:
+    """Score the base model (no LoRA) on a worker with a trial's resources."""
+    from trials.train import run_baseline as baseline_task
+
+    res = trial_resources(sweep, cluster)
+    task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(
+        baseline_task)
+    return ray.get(task.remote(config))
+
+
+def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseStorage,
+              n_new: int, slots: int, cluster: dict[str, float], ray_dir: Path,
+              cache_dir: Path, baseline: float | None) -> StudyRecorder:
+    """Run ``n_new`` more trials with Tune; the study records every one of them."""
+    searcher = StudySearch(
+        space=define_by_run(sweep), metric=sweep.metric,
+        mode="max" if sweep.goal == "maximize" else "min", sampler=make_sampler(sweep),
+        study_name=study_name, storage=storage)
+    recorder = StudyRecorder(searcher, sweep, baseline)
+    mode = "max" if sweep.goal == "maximize" else "min"
+    if sweep.early_terminate:
+        scheduler: Any = ASHAScheduler(
+            time_attr="step", metric=sweep.metric, mode=mode, max_t=sweep.max_steps,
+            grace_period=sweep.early_terminate.grace_steps,
+            reduction_factor=sweep.early_terminate.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    trainable = tune.with_resources(
+        tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir)),
+        trial_resources(sweep, cluster))
+    searched = [p.name for p in sweep.searched]
+    reporter = tune.CLIReporter(
+        parameter_columns=searched,
+        metric_columns=["step", "clip_score", "clip_score_stderr", "train_loss"],
+        max_report_frequency=15, sort_by_metric=True, metric=sweep.metric, mode=mode)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n_new,
+                                    max_concurrent_trials=slots, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(ray_dir.resolve()),
+            callbacks=[recorder], progress_reporter=reporter, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=sweep.resources.max_retries),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=sweep.metric,
+                checkpoint_score_order=mode)),
+    )
+    tuner.fit()
+    return recorder

@@ -1,0 +1,360 @@
+"""What one trial needs to know, as typed immutable objects read once from YAML.
+
+A sweep file (``sweeps/*.yaml``) and an exported ``best.yaml`` share the sections read here:
+``model``, ``data``, ``train``, ``eval`` and ``parameters``. The sweep loader in ``hpo.spec``
+reads the search-only sections (method, metric, early_terminate, resources) on top; this module
+turns the shared ones into a :class:`TrialConfig` for ``python -m trials.train``, taking every
+parameter from a fixed ``value`` or a ``--set name=value`` override.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from trials.validation import (
+    ConfigError,
+    Section,
+    check_int,
+    check_number,
+    closest,
+    describe,
+    load_yaml_mapping,
+)
+
+TINY_MODEL = "tiny"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+# Module-name patterns handed to peft. Plain names match any module whose name ends with them
+# (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.
+TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
+    "cross_attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
+    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+    "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+}
+PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules")
+_ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
+TOP_LEVEL_KEYS = (
+    "name", "model", "data", "train", "eval", "metric", "method", "parameters",
+    "early_terminate", "resources", "result",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which Stable Diffusion weights to fine-tune: a hub id, a local folder, or ``tiny``."""
+
+    name: str = TINY_MODEL
+    revision: str | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Ask for a generated car dataset in ``train_dir`` (the CPU demo and tests)."""
+
+    n_images: int = 16
+    size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The training folder in the reference script's imagefolder format and its transforms."""
+
+    train_dir: Path
+    image_column: str = "image"
+    caption_column: str = "text"
+    resolution: int = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    synthetic: SyntheticData | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Settings every trial shares, named after the reference script's flags."""
+
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    mixed_precision: str = "no"
+    seed: int = 42
+    max_grad_norm: float | None = 1.0
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    gradient_checkpointing: bool = False
+    prediction_type: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a LoRA is scored: images for held-out prompts, CLIP text-image similarity."""
+
+    prompts: Path
+    prompt_list: tuple[str, ...]
+    images_per_prompt: int = 2
+    inference_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 1234
+    clip_model: str = "ViT-H-14"
+    clip_pretrained: str | None = "laion2b_s32b_b79k"
+    every_steps: int = 100
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """The values a sweep varies. ``target_modules`` is a preset name or comma-joined names."""
+
+    rank: int
+    lora_alpha: float
+    learning_rate: float
+    max_train_steps: int
+    target_modules: str
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; ``output_dir`` is where its LoRA checkpoints go."""
+
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    eval: EvalSpec
+    params: HyperParams
+    output_dir: Path
+    cache_dir: Path
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_params(self, params: HyperParams) -> TrialConfig:
+        return replace(self, params=params)
+
+
+def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
+    """Read a prompts file: one prompt a line, blank lines and ``#`` comments skipped."""
+    if not path.is_file():
+        raise ConfigError(file, key, f"prompts file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            file, key, f"prompts file {path} is not UTF-8 (byte {err.start})"
+        ) from err
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise ConfigError(file, key, f"prompts file {path} has no prompts")
+    return tuple(prompts)
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    """Paths in YAML are relative to the current directory, like the reference script's flags."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def parse_model(section: Section) -> ModelSpec:
+    section.allow_only(("name", "revision", "variant"))
+    return ModelSpec(
+        name=section.string("name", TINY_MODEL),
+        revision=section.string("revision", None),
+        variant=section.string("variant", None),
+    )
+
+
+def parse_data(section: Section, base_dir: Path) -> DataSpec:
+    section.allow_only(
+        ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
+         "random_flip", "synthetic")
+    )
+    synthetic = None
+    if section.has("synthetic"):
+        gen = section.sub("synthetic")
+        gen.allow_only(("n_images", "size", "seed"))
+        synthetic = SyntheticData(
+            n_images=gen.integer("n_images", 16, minimum=1),
+            size=gen.integer("size", 64, minimum=8),
+            seed=gen.integer("seed", 0),
+        )
+    resolution = section.integer("resolution", 512, minimum=8)
+    if resolution % 8:
+        raise section.error(f"must be a multiple of 8 (got {resolution})", "resolution")
+    return DataSpec(
+        train_dir=resolve_path(section.string("train_dir"), base_dir),
+        image_column=section.string("image_column", "image"),
+        caption_column=section.string("caption_column", "text"),
+        resolution=resolution,
+        center_crop=section.boolean("center_crop", True),
+        random_flip=section.boolean("random_flip", False),
+        synthetic=synthetic,
+    )
+
+
+def parse_train(section: Section) -> TrainSpec:
+    section.allow_only(TrainSpec.__dataclass_fields__)
+    snr = section.number("snr_gamma", None, above=0)
+    # 0 turns clipping off; the reference script clips at 1.0 (in name only: see DESIGN.md).
+    grad = section.number("max_grad_norm", 1.0, minimum=0)
+    return TrainSpec(
+        train_batch_size=section.integer("train_batch_size", 1, minimum=1),
+        gradient_accumulation_steps=section.integer("gradient_accumulation_steps", 1, minimum=1),
+        lr_scheduler=section.string("lr_scheduler", "constant", LR_SCHEDULERS),
+        lr_warmup_steps=section.integer("lr_warmup_steps", 0, minimum=0),
+        mixed_precision=section.string("mixed_precision", "no", MIXED_PRECISION),
+        seed=section.integer("seed", 42, minimum=0),
+        max_grad_norm=grad or None,
+        snr_gamma=snr,
+        noise_offset=section.number("noise_offset", 0.0, minimum=0),
+        gradient_checkpointing=section.boolean("gradient_checkpointing", False),
+        prediction_type=section.string("prediction_type", None, PREDICTION_TYPES),
+    )
+
+
+def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
+    section.allow_only(
+        ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
+         "clip_model", "clip_pretrained", "every_steps", "batch_size")
+    )
+    prompts = resolve_path(section.string("prompts"), base_dir)
+    clip_model = section.string("clip_model", "ViT-H-14")
+    default_tag = None if clip_model == TINY_MODEL else "laion2b_s32b_b79k"
+    return EvalSpec(
+        prompts=prompts,
+        prompt_list=read_prompts(prompts, section.file, section.key_path("prompts")),
+        images_per_prompt=section.integer("images_per_prompt", 2, minimum=1),
+        inference_steps=section.integer("inference_steps", 25, minimum=1),
+        guidance_scale=section.number("guidance_scale", 7.5, minimum=0),
+        seed=section.integer("seed", 1234, minimum=0),
+        clip_model=clip_model,
+        clip_pretrained=section.string("clip_pretrained", default_tag),
+        every_steps=section.integer("every_steps", 100, minimum=1),
+        batch_size=section.integer("batch_size", 8, minimum=1),
+    )
+
+
+def parse_target_modules(value: Any, error: Any, key: str) -> str:
+    """A preset name, or an explicit list of module names (checked against the UNet later)."""
+    if isinstance(value, str) and "," not in value:
+        if value not in TARGET_PRESETS:
+            raise error(
+                f"unknown preset {value!r}; presets: {', '.join(TARGET_PRESETS)}, "
+                f"or a list of module names{closest(value, TARGET_PRESETS)}", key)
+        return value
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise error(
+            f"must be a preset ({', '.join(TARGET_PRESETS)}) or a non-empty list of module "
+            f"names (got {describe(value)})", key)
+    cleaned = []
+    for name in names:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", name.strip()):
+            raise error(f"module names must be dotted identifiers (got {describe(name)})", key)
+        cleaned.append(name.strip())
+    return ",".join(cleaned)
+
+
+def alpha_rule(value: Any) -> float | None:
+    """The factor of an alpha written as ``rank`` or ``2*rank``; None when it is a number."""
+    if isinstance(value, str):
+        match = _ALPHA_RULE.match(value)
+        if match:
+            return float(match.group(1) or 1.0)
+    return None
+
+
+def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
+    """Check one concrete value of a tunable parameter; returns it in its canonical type."""
+    if name == "rank":
+        return check_int(value, error, key, 1, 1024)
+    if name == "max_train_steps":
+        return check_int(value, error, key, 1, None)
+    if name == "learning_rate":
+        return check_number(value, error, key, above=0, maximum=1.0)
+    if name == "target_modules":
+        return parse_target_modules(value, error, key)
+    if name == "lora_alpha":
+        if alpha_rule(value) is not None:
+            return value.replace(" ", "")
+        if isinstance(value, str) and not re.fullmatch(r"[-+0-9.eE]+", value):
+            raise error(f"must be a number, 'rank' or 'N*rank' (got {describe(value)})", key)
+        return check_number(value, error, key, above=0)
+    raise error(f"unknown parameter{closest(name, PARAMETER_NAMES)}; "
+                f"tunable: {', '.join(PARAMETER_NAMES)}", key)
+
+
+def make_params(values: Mapping[str, Any]) -> HyperParams:
+    """Build :class:`HyperParams` from checked values, applying an alpha rule such as ``rank``."""
+    rank = int(values["rank"])
+    alpha = values.get("lora_alpha", "rank")
+    factor = alpha_rule(alpha)
+    return HyperParams(
+        rank=rank,
+        lora_alpha=float(rank * factor) if factor is not None else float(alpha),
+        learning_rate=float(values["learning_rate"]),
+        max_train_steps=int(values["max_train_steps"]),
+        target_modules=str(values["target_modules"]),
+    )
+
+
+def parse_overrides(pairs: list[str], file: str | Path) -> dict[str, Any]:
+    """``name=value`` pairs from the command line, values read as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(file, "--set", f"expected name=value (got {pair!r})")
+        out[name.strip()] = yaml.safe_load(text)
+    return out
+
+
+def load_trial_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, *, output_dir: Path,
+    cache_dir: Path, base_dir: Path | None = None,
+) -> TrialConfig:
+    """Read a sweep file or an exported ``best.yaml`` into one trial's config.
+
+    Every parameter must have a fixed ``value`` in the file or an entry in ``overrides``.
+    """
+    file = Path(path)
+    raw = load_yaml_mapping(file)
+    root = Section(file, "", raw)
+    root.allow_only(TOP_LEVEL_KEYS)
+    base = base_dir or Path.cwd()
+    fixed = dict(overrides or {})
+    params_section = root.sub("parameters")
+    for name in list(params_section.data) + list(fixed):
+        if name not in PARAMETER_NAMES:
+            check_param_value(name, None, params_section.error, name)  # raises: unknown name
+    for name in params_section.data:
+        if name in fixed:
+            continue
+        spec = params_section.sub(name)
+        if not spec.has("value"):
+            raise spec.error(
+                f"is searched, not fixed; give it with --set {name}=VALUE")
+        fixed[name] = spec.raw("value")
+    values = {}
+    for name in PARAMETER_NAMES:
+        if name not in fixed:
+            if name == "lora_alpha":
+                continue
+            raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
+        values[name] = check_param_value(name, fixed[name], params_section.error, name)
+    return TrialConfig(
+        model=parse_model(root.sub("model")),
+        data=parse_data(root.sub("data"), base),
+        train=parse_train(root.sub("train")),
+        eval=parse_eval(root.sub("eval"), base),
+        params=make_params(values),
+        output_dir=output_dir,
+        cache_dir=cache_dir,
+    )

@@ -1,0 +1,56 @@
+"""Scoring a LoRA at a rung: the same seeded images for every trial, CLIP-scored.
+
+One :class:`Evaluator` lives for the whole trial, so the pipeline and the CLIP model are built
+once (the reference script reloads a whole pipeline from disk at every validation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trials.config import TrialConfig
+from trials.data import Example, load_rgb
+from trials.models import SDComponents, make_pipeline
+from trials.score import ClipScorer, generate_images, grid_image
+
+# CLIP-I compares generated images with at most this many training images (a fixed subset).
+MAX_REFERENCE_IMAGES = 64
+SAMPLES_NAME = "samples.png"
+
+
+class Evaluator:
+    """Draws the held-out prompts' images with the current UNet and scores them."""
+
+    def __init__(self, config: TrialConfig, components: SDComponents, examples: list[Example],
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.config = config.eval
+        self.resolution = config.data.resolution
+        self.prompts = list(config.eval.prompt_list)
+        self.pipe = make_pipeline(components, device, dtype)
+        self.scorer = ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
+                                 device=device, cache_dir=config.cache_dir)
+        step = max(1, len(examples) // MAX_REFERENCE_IMAGES)
+        reference = [load_rgb(ex.path) for ex in examples[::step][:MAX_REFERENCE_IMAGES]]
+        self.train_embeds = self.scorer.embed_images(reference)
+
+    def score(self, out_dir: Path) -> dict[str, Any]:
+        """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""
+        cfg = self.config
+        images = generate_images(
+            self.pipe, self.prompts, cfg.images_per_prompt, cfg.inference_steps,
+            cfg.guidance_scale, cfg.seed, self.resolution, batch_size=cfg.batch_size)
+        result = self.scorer.score(self.prompts, images, self.train_embeds)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grid_image(images, labels=self.prompts).save(out_dir / SAMPLES_NAME)
+        return {
+            "clip_score": float(result.clip_score),
+            "clip_score_stderr": float(result.clip_score_stderr),
+            "clip_i": None if result.clip_i is None else float(result.clip_i),
+            "per_prompt": [float(x) for x in result.per_prompt],
+            "n_images": int(result.n_images),
+            "samples": str(out_dir / SAMPLES_NAME),
+        }

@@ -1,0 +1,131 @@
+"""LoRA adapters on the UNet: choosing target modules, attaching, and saving them atomically.
+
+Weights are written the way the reference script writes them (diffusers key format in
+``pytorch_lora_weights.safetensors``), plus the adapter config as safetensors metadata so that
+``pipe.load_lora_weights(dir)`` rebuilds the same rank, alpha and target modules.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from trials.config import TARGET_PRESETS, HyperParams
+
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class TargetModuleError(ValueError):
+    """An explicit target module name that matches nothing in the UNet."""
+
+
+def targetable_names(unet: torch.nn.Module) -> list[str]:
+    """Full names of the UNet modules LoRA can wrap (linear and 1x1-style conv layers)."""
+    return [
+        name for name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+    ]
+
+
+def _matches(full_name: str, key: str) -> bool:
+    # peft's rule for a list of names: an exact match or a dotted suffix.
+    return full_name == key or full_name.endswith("." + key)
+
+
+def _suffix(full_name: str) -> str:
+    parts = full_name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def resolve_target_modules(spec: str, unet: torch.nn.Module) -> str | list[str]:
+    """Turn a preset name or comma-joined module names into peft's ``target_modules``.
+
+    Explicit names are checked against the loaded UNet so a typo fails at trial start, with the
+    list of valid names, instead of silently training nothing.
+    """
+    names = targetable_names(unet)
+    if spec in TARGET_PRESETS:
+        preset = TARGET_PRESETS[spec]
+        if isinstance(preset, str):
+            matched = [n for n in names if re.fullmatch(preset, n)]
+            if not matched:
+                raise TargetModuleError(f"target_modules preset {spec!r} matches no UNet module")
+            return preset
+        return list(preset)
+    wanted = spec.split(",")
+    unknown = [k for k in wanted if not any(_matches(n, k) for n in names)]
+    if unknown:
+        suffixes = sorted({_suffix(n) for n in names})
+        raise TargetModuleError(
+            f"target_modules: {', '.join(unknown)} match no module of this UNet; valid names "
+            f"end with one of: {', '.join(suffixes[:40])}")
+    return wanted
+
+
+def lora_config(params: HyperParams, unet: torch.nn.Module) -> LoraConfig:
+    """The peft config the reference script builds, with this trial's rank/alpha/targets."""
+    return LoraConfig(
+        r=params.rank,
+        lora_alpha=params.lora_alpha,
+        init_lora_weights="gaussian",
+        target_modules=resolve_target_modules(params.target_modules, unet),
+    )
+
+
+def attach_lora(unet: torch.nn.Module, params: HyperParams) -> list[torch.nn.Parameter]:
+    """Add the adapter to a frozen UNet; returns the trainable LoRA parameters in fp32.
+
+    The frozen base may be fp16/bf16; the adapter is upcast so the optimizer and the grad
+    scaler work in full precision (otherwise "Attempting to unscale FP16 gradients").
+    """
+    unet.requires_grad_(False)
+    unet.add_adapter(lora_config(params, unet))
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    for p in trainable:
+        p.data = p.data.float()
+    return trainable
+
+
+def adapter_metadata(unet: Any) -> dict[str, Any]:
+    """The adapter config, JSON-friendly, stored beside the weights (alpha included)."""
+    config = unet.peft_config["default"].to_dict()
+    for key, value in config.items():
+        if isinstance(value, set):
+            config[key] = sorted(value)
+    return config
+
+
+def save_lora(unet: Any, directory: Path) -> Path:
+    """Write the UNet adapter to ``directory`` atomically and return the weights file.
+
+    Everything is written into a sibling ``.tmp`` folder which is renamed into place only when
+    complete, so a crash or a full disk never leaves a half-written file where a reader looks.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory=tmp,
+            unet_lora_layers=state,
+            safe_serialization=True,
+            unet_lora_adapter_metadata=adapter_metadata(unet),
+        )
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory / WEIGHTS_NAME

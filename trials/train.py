@@ -1,0 +1,291 @@
+"""One trial: fine-tune a LoRA on the UNet, scoring it at every evaluation rung.
+
+Read :func:`run_trial` top to bottom: it is the reference script's training loop
+(``train_text_to_image_lora.py``) with three changes that make a sweep cheaper and fairer:
+
+1. the frozen VAE and text-encoder work is read from a cache shared by all trials;
+2. gradient clipping clips (the reference passes a consumed iterator, so it never does);
+3. at each rung the in-memory pipeline draws the same seeded images for every trial and they
+   are CLIP-scored against held-out prompts, then ``report`` decides whether to go on.
+
+Run one trial by hand with ``python -m trials.train FILE.yaml`` (see :mod:`trials.cli`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
+
+from trials import cache, evaluation, faults
+from trials.config import TrialConfig
+from trials.data import load_examples, load_rgb, preprocess
+from trials.lora import attach_lora, save_lora
+from trials.models import load_components
+
+# report(step, metrics, checkpoint_dir) -> True to stop the trial (early stopping).
+Report = Callable[[int, dict[str, Any], Path], bool | None]
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite: the learning rate is too high for this setting."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step = step
+        super().__init__(f"loss is {loss} at step {step}: training diverged "
+                         "(lower the learning rate or raise max_grad_norm's strictness)")
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message says which settings to lower."""
+
+    def __init__(self, config: TrialConfig) -> None:
+        t, p = config.train, config.params
+        super().__init__(
+            f"out of GPU memory with rank {p.rank}, train_batch_size {t.train_batch_size}, "
+            f"resolution {config.data.resolution}: lower train_batch_size (and raise "
+            "gradient_accumulation_steps to keep the effective batch), lower the rank, use "
+            "mixed_precision fp16/bf16, or set gradient_checkpointing: true")
+
+
+@contextmanager
+def explain_out_of_memory(config: TrialConfig) -> Iterator[None]:
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        raise TrialOutOfMemory(config) from err
+
+
+@dataclass
+class TrialResult:
+    """What a finished (or early-stopped) trial leaves behind."""
+
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return max(self.rungs, key=lambda r: r["clip_score"], default=None)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Frozen weights in fp16/bf16 on a GPU; always fp32 on a CPU (half is slow and lossy)."""
+    if device.type != "cuda":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rung_steps(every: int, max_steps: int) -> list[int]:
+    """Evaluation steps: every ``every`` steps, and always the last step."""
+    steps = list(range(every, max_steps + 1, every))
+    return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
+
+
+def make_batch_sampler(n_examples: int, batch_size: int, rng: random.Random):
+    """Endless shuffled epochs of example indices, like a DataLoader with shuffle=True."""
+    while True:
+        order = list(range(n_examples))
+        rng.shuffle(order)
+        for start in range(0, n_examples, batch_size):
+            yield order[start:start + batch_size]
+
+
+def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, components, rng,
+                 device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (scaled) and caption embeddings for one micro-batch."""
+    flips = [config.data.random_flip and rng.random() < 0.5 for _ in indices]
+    rows = [rng.choice(data.caption_rows[i]) for i in indices]
+    text = data.text_embeds[rows].to(device, dtype)
+    if data.latent_mean is not None:
+        index = (torch.tensor(indices), torch.tensor(flips, dtype=torch.long))
+        mean, std = data.latent_mean[index], data.latent_std[index]
+        # Same as latent_dist.sample(): a fresh draw every step, from the cached distribution.
+        latents = mean + std * torch.randn(mean.shape)
+        latents = latents.to(device, dtype)
+    else:  # random crop: encode this step's crop, as the reference does
+        pixels = torch.stack([
+            preprocess(load_rgb(data.examples[i].path), config.data.resolution,
+                       center_crop=False, flip=f, rng=rng)
+            for i, f in zip(indices, flips, strict=True)
+        ]).to(device, dtype)
+        with torch.no_grad():
+            latents = components.vae.encode(pixels).latent_dist.sample()
+    return latents * components.vae.config.scaling_factor, text
+
+
+def diffusion_loss(unet, scheduler, latents, text, config: TrialConfig) -> torch.Tensor:
+    """The reference script's loss: MSE to noise (or velocity), optional SNR weighting."""
+    noise = torch.randn_like(latents)
+    if config.train.noise_offset:
+        noise += config.train.noise_offset * torch.randn(
+            (latents.shape[0], latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype)
+    bsz = latents.shape[0]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,),
+                              device=latents.device).long()
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    pred = unet(noisy, timesteps, text, return_dict=False)[0]
+    if config.train.snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    snr = compute_snr(scheduler, timesteps)
+    weights = torch.clamp(snr, max=config.train.snr_gamma) / snr
+    if scheduler.config.prediction_type == "v_prediction":
+        weights = torch.clamp(snr, max=config.train.snr_gamma) / (snr + 1)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    return (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Clip the LoRA gradients to ``max_norm``; returns the norm before clipping."""
+    if max_norm is None:
+        grads = [p.grad.norm() for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def run_trial(config: TrialConfig, report: Report) -> TrialResult:
+    """Train one LoRA, scoring and reporting at each rung; stops when ``report`` says so."""
+    device = pick_device()
+    dtype = weight_dtype_for(config.train.mixed_precision, device)
+    train_cfg, params = config.train, config.params
+    torch.manual_seed(train_cfg.seed)
+    rng = random.Random(train_cfg.seed)
+    fault = faults.FaultPlan.from_extras(config.extras)
+
+    # 1. Load the frozen model and the (cached) frozen work on the training set.
+    setup_start = time.perf_counter()
+    components = load_components(
+        config.model.name, revision=config.model.revision, variant=config.model.variant,
+        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
+    if train_cfg.prediction_type:
+        components.noise_scheduler.register_to_config(prediction_type=train_cfg.prediction_type)
+    examples = load_examples(config.data.train_dir, config.data.caption_column)
+    data = cache.load_or_build(examples, config.model, config.data, components,
+                               config.cache_dir, device, dtype)
+    evaluator = evaluation.Evaluator(config, components, examples, device, dtype)
+
+    # 2. Attach the LoRA adapter; only its weights train.
+    unet = components.unet
+    trainable = attach_lora(unet, params)
+    if train_cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, betas=(0.9, 0.999),
+                                  weight_decay=1e-2, eps=1e-8)
+    lr_scheduler = get_scheduler(train_cfg.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=train_cfg.lr_warmup_steps,
+                                 num_training_steps=params.max_train_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    batches = make_batch_sampler(len(examples), train_cfg.train_batch_size, rng)
+    rungs = rung_steps(config.eval.every_steps, params.max_train_steps)
+    setup_seconds = time.perf_counter() - setup_start
+
+    # 3. The loop: one optimizer step = gradient_accumulation_steps micro-batches.
+    result = TrialResult()
+    train_seconds = eval_seconds = 0.0
+    losses: list[float] = []
+    unet.train()
+    with explain_out_of_memory(config):
+        for step in range(1, params.max_train_steps + 1):
+            started = time.perf_counter()
+            for _ in range(train_cfg.gradient_accumulation_steps):
+                latents, text = batch_inputs(next(batches), data, config, components, rng,
+                                             device, dtype)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    loss = diffusion_loss(unet, components.noise_scheduler, latents, text, config)
+                loss = fault.corrupt_loss(step, loss)
+                if not math.isfinite(loss.item()):
+                    raise TrialDiverged(step, loss.item())
+                losses.append(loss.item())
+                scaler.scale(loss / train_cfg.gradient_accumulation_steps).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = clip_gradients(trainable, train_cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            fault.maybe_fail(step)
+            train_seconds += time.perf_counter() - started
+
+            if step not in rungs:
+                continue
+            # 4. A rung: checkpoint, draw the seeded images, score them, report.
+            unet.eval()
+            started = time.perf_counter()
+            checkpoint = Path(config.output_dir) / f"step-{step:06d}"
+            save_lora(unet, checkpoint)
+            scores = evaluator.score(checkpoint)
+            eval_seconds += time.perf_counter() - started
+            unet.train()
+            metrics = {
+                "step": step,
+                "max_train_steps": params.max_train_steps,
+                **scores,
+                "train_loss": sum(losses) / len(losses),
+                "grad_norm": grad_norm,
+                "learning_rate_now": lr_scheduler.get_last_lr()[0],
+                "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds,
+                "setup_seconds": setup_seconds,
+                "samples_per_second": step * train_cfg.train_batch_size
+                * train_cfg.gradient_accumulation_steps / max(train_seconds, 1e-9),
+                "peak_memory_mb": peak_memory_mb(device),
+                "cache_hit": data.cache_hit,
+                "device": device.type,
+            }
+            losses.clear()
+            result.rungs.append(metrics)
+            if report(step, metrics, checkpoint) and step < params.max_train_steps:
+                result.stopped_early = True
+                break
+    return result
+
+
+def run_baseline(config: TrialConfig) -> dict[str, Any]:
+    """Score the base model without LoRA on the same prompts and seeds as every trial.
+
+    Also builds the shared latent/text cache, so trials that start afterwards only read it.
+    """
+    device = pick_device()
+    dtype = weight_dtype_for(config.train.mixed_precision, device)
+    components = load_components(
+        config.model.name, revision=config.model.revision, variant=config.model.variant,
+        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
+    examples = load_examples(config.data.train_dir, config.data.caption_column)
+    data = cache.load_or_build(examples, config.model, config.data, components,
+                               config.cache_dir, device, dtype)
+    started = time.perf_counter()
+    evaluator = evaluation.Evaluator(config, components, examples, device, dtype)
+    scores = evaluator.score(Path(config.output_dir))
+    scores["eval_seconds"] = time.perf_counter() - started
+    scores["cache_file"] = str(data.cache_file)
+    return scores
+
+
+if __name__ == "__main__":
+    from trials.cli import main
+
+    raise SystemExit(main())

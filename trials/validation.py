@@ -1,0 +1,193 @@
+"""Typed reading of YAML mappings with one-line errors that name the file and key path.
+
+Both the trial config (``trials.config``) and the sweep file (``hpo.spec``) are read through
+:class:`Section`, so every mistake reads the same way::
+
+    sweeps/x.yaml: parameters.learning_rate.min: must be > 0 (got -0.0001)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_MISSING: Any = object()
+
+
+class ConfigError(ValueError):
+    """A mistake in a config or sweep file, as one line: ``file: key.path: what is allowed``."""
+
+    def __init__(self, file: str | Path, path: str, message: str) -> None:
+        self.file = str(file)
+        self.path = path
+        self.message = message
+        where = f"{self.file}: {path}: " if path else f"{self.file}: "
+        super().__init__(where + message)
+
+
+def describe(value: Any) -> str:
+    """Show a value the way a user wrote it, for ``(got ...)`` parts of messages."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def closest(word: str, options: Iterable[str]) -> str:
+    """A ``did you mean`` suffix for a misspelled key or name, or an empty string."""
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping, with ``yaml.safe_load`` (never full load)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(file, "", "file not found")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, "", f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(file, "", f"{where}invalid YAML ({problem})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", f"must be a YAML mapping of sections (got {describe(data)})")
+    return data
+
+
+class Section:
+    """One mapping inside a YAML file, remembered with its file and key path for errors."""
+
+    def __init__(self, file: str | Path, path: str, data: Any) -> None:
+        self.file = str(file)
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise self.error(f"must be a mapping (got {describe(data)})")
+        self.data: Mapping[str, Any] = data
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        """An error at this section, or at one of its keys."""
+        return ConfigError(self.file, self.key_path(key) if key else self.path, message)
+
+    def allow_only(self, allowed: Iterable[str]) -> None:
+        """Reject keys that are not in ``allowed``, suggesting the closest one."""
+        allowed = list(allowed)
+        for key in self.data:
+            if key not in allowed:
+                hint = closest(str(key), allowed) or f" (allowed: {', '.join(allowed)})"
+                raise self.error(f"unknown key{hint}", str(key))
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if default is _MISSING:
+                raise self.error("is required", key)
+            return default
+        return self.data[key]
+
+    def sub(self, key: str) -> Section:
+        """The nested mapping at ``key`` (an empty one when absent)."""
+        return Section(self.file, self.key_path(key), self.data.get(key))
+
+    def string(
+        self, key: str, default: Any = _MISSING, choices: Iterable[str] | None = None
+    ) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"must be a non-empty string (got {describe(value)})", key)
+        if choices is not None:
+            choices = list(choices)
+            if value not in choices:
+                hint = closest(value, choices)
+                raise self.error(
+                    f"must be one of {', '.join(choices)} (got {value!r}){hint}", key
+                )
+        return value
+
+    def boolean(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(f"must be true or false (got {describe(value)})", key)
+        return value
+
+    def integer(
+        self, key: str, default: Any = _MISSING, minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING and value is None:
+            return value
+        return check_int(value, self.error, key, minimum, maximum)
+
+    def number(
+        self, key: str, default: Any = _MISSING, minimum: float | None = None,
+        above: float | None = None, maximum: float | None = None,
+    ) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING and value is None:
+            return value
+        return check_number(value, self.error, key, minimum, above, maximum)
+
+
+def check_int(value: Any, error: Any, key: str, minimum: int | None, maximum: int | None) -> int:
+    """An integer in range; ``error(message, key)`` builds the exception."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise error(f"must be an integer (got {describe(value)})", key)
+    if minimum is not None and value < minimum:
+        raise error(f"must be >= {minimum} (got {value})", key)
+    if maximum is not None and value > maximum:
+        raise error(f"must be <= {maximum} (got {value})", key)
+    return value
+
+
+def check_number(
+    value: Any, error: Any, key: str, minimum: float | None = None, above: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    """A finite number in range; YAML's ``1e-4`` (read as a string by PyYAML) is accepted."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise error(f"must be a number (got {describe(value)})", key) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error(f"must be a number (got {describe(value)})", key)
+    value = float(value)
+    if not math.isfinite(value):
+        raise error(f"must be a finite number (got {value})", key)
+    if minimum is not None and value < minimum:
+        raise error(f"must be >= {minimum:g} (got {value:g})", key)
+    if above is not None and value <= above:
+        raise error(f"must be > {above:g} (got {value:g})", key)
+    if maximum is not None and value > maximum:
+        raise error(f"must be <= {maximum:g} (got {value:g})", key)
+    return value
