@@ -151,7 +151,8 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     )
     path = out_dir / "best.yaml"
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100), encoding="utf-8")
+    text = header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     lora = attrs.get("lora_path")
     if lora and Path(lora).is_dir():

@@ -35,7 +35,11 @@ def suggest(trial: optuna.Trial, param: Parameter) -> Any:
 
 
 def define_by_run(sweep: Sweep):
-    """The function OptunaSearch calls for each new trial; returns the sampled values."""
+    """The function OptunaSearch calls for each new trial.
+
+    It only suggests (and returns None): OptunaSearch reads the values from the trial, and a
+    returned dict would be added to every config as constants.
+    """
     searched = sweep.searched
 
     def space(trial: optuna.Trial) -> None:

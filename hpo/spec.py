@@ -16,6 +16,7 @@ from typing import Any
 
 from trials.config import (
     PARAMETER_NAMES,
+    PARAMETER_PATHS,
     TOP_LEVEL_KEYS,
     DataSpec,
     EvalSpec,
@@ -36,6 +37,8 @@ GOALS = ("maximize", "minimize")
 METRICS = ("clip_score",)
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")
 MAX_RUNGS = 50
+# Parameters that take whole numbers: a uniform range of them is sampled as integers.
+INTEGRAL = ("rank", "max_train_steps")
 _SWEEP_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k != "result")
 
 
@@ -62,7 +65,7 @@ class Parameter:
         if self.kind == "values":
             return self.values
         assert self.low is not None and self.high is not None
-        if self.kind == "int_uniform":
+        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
             return tuple(range(int(self.low), int(self.high) + 1))
         if self.kind == "q_uniform" and self.q:
             n = math.floor((self.high - self.low) / self.q + 1e-9) + 1
@@ -184,8 +187,12 @@ def _parse_parameter(section: Section, name: str) -> Parameter:
         checked = []
         for i, item in enumerate(raw):
             checked.append(check_param_value(name, item, section.error, f"values[{i}]"))
-        if len(set(map(str, checked))) != len(checked):
-            raise section.error("has duplicate entries", "values")
+        seen: set[str] = set()
+        for i, item in enumerate(checked):
+            if str(item) in seen:
+                raise section.error(
+                    f"must not repeat a value (got {describe(raw[i])} again)", f"values[{i}]")
+            seen.add(str(item))
         return Parameter(name, "values", values=tuple(checked))
     dist = section.string("distribution", choices=DISTRIBUTIONS)
     if name == "target_modules":
@@ -196,21 +203,27 @@ def _parse_parameter(section: Section, name: str) -> Parameter:
         raise section.error(f"must be > min ({low:g}) (got {high:g})", "max")
     if dist == "log_uniform_values" and low <= 0:
         raise section.error(f"must be > 0 for log_uniform_values (got {low:g})", "min")
+    integral = dist == "int_uniform" or name in INTEGRAL
+    for key, end in (("min", low), ("max", high)):
+        if integral and not end.is_integer():
+            what = dist if dist == "int_uniform" else name
+            raise section.error(f"must be a whole number for {what} (got {end:g})", key)
     q = None
     if dist == "q_uniform":
         q = section.number("q", above=0)
         if q > high - low:
             raise section.error(f"must be <= max - min ({high - low:g}) (got {q:g})", "q")
+        if integral and not q.is_integer():
+            raise section.error(f"must be a whole number for {name} (got {q:g})", "q")
+        steps = (high - low) / q
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise section.error(
+                f"must divide max - min ({high - low:g}) into whole steps (got {q:g})", "q")
     elif section.has("q"):
         raise section.error(f"only q_uniform takes q (distribution is {dist})", "q")
-    integral = dist == "int_uniform" or name in ("rank", "max_train_steps")
-    if integral and not (low.is_integer() and high.is_integer()):
-        raise section.error(f"{name} needs integer min and max", "min")
     # The range ends must themselves be valid values (e.g. learning_rate min > 0).
-    check_param_value(name, int(low) if name in ("rank", "max_train_steps") else low,
-                      section.error, "min")
-    check_param_value(name, int(high) if name in ("rank", "max_train_steps") else high,
-                      section.error, "max")
+    check_param_value(name, int(low) if name in INTEGRAL else low, section.error, "min")
+    check_param_value(name, int(high) if name in INTEGRAL else high, section.error, "max")
     return Parameter(name, dist, low=low, high=high, q=q)
 
 
@@ -244,17 +257,24 @@ def _check_rungs(sweep: Sweep, section: Section) -> None:
         raise section.sub("eval").error(
             f"gives {n} evaluation rungs for {sweep.max_steps} steps; at most {MAX_RUNGS} "
             f"(raise every_steps to >= {math.ceil(sweep.max_steps / MAX_RUNGS)})", "every_steps")
-    if sweep.early_terminate and sweep.early_terminate.grace_steps % every:
+    if sweep.early_terminate is None:
+        return
+    grace = sweep.early_terminate.grace_steps
+    if grace % every:
         raise section.sub("early_terminate").error(
             f"must be a multiple of eval.every_steps ({every}), since trials report only at "
-            f"rungs (got {sweep.early_terminate.grace_steps})", "grace_steps")
+            f"rungs (got {grace})", "grace_steps")
+    if grace > sweep.max_steps:
+        raise section.sub("early_terminate").error(
+            f"must be <= the largest max_train_steps ({sweep.max_steps}) (got {grace})",
+            "grace_steps")
 
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; raises :class:`ConfigError` with a one-line message."""
     file = Path(path)
     root = Section(file, "", load_yaml_mapping(file))
-    root.allow_only(_SWEEP_KEYS)
+    root.allow_only(_SWEEP_KEYS, PARAMETER_PATHS)
     base = Path.cwd()
     name = root.string("name")
     if not all(c.isalnum() or c in "-_." for c in name):
@@ -268,6 +288,10 @@ def load_sweep(path: str | Path) -> Sweep:
         method_name = method.string("type", "tpe", METHODS)
         seed = method.integer("seed", None, minimum=0)
     else:
+        if root.has("method") and not isinstance(root.data["method"], str):
+            raise root.error(
+                f"must be one of {', '.join(METHODS)}, or a mapping with type and seed "
+                f"(got {describe(root.data['method'])})", "method")
         method_name = root.string("method", "tpe", METHODS)
         seed = None
 
@@ -311,10 +335,10 @@ def load_sweep(path: str | Path) -> Sweep:
         resources=resources,
     )
     if sweep.method == "grid" and sweep.grid_size() is None:
-        cont = next(p.name for p in sweep.parameters if p.grid() is None)
-        raise root.sub("parameters").error(
-            "method grid needs values, int_uniform or q_uniform (got a continuous "
-            "distribution)", cont)
+        cont = next(p for p in sweep.parameters if p.grid() is None)
+        raise root.sub("parameters").sub(cont.name).error(
+            f"method grid needs values, int_uniform or q_uniform (got {cont.kind})",
+            "distribution")
     _check_rungs(sweep, root)
     return sweep
 

@@ -96,8 +96,8 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
             "the sweep driver stopped before this trial finished; its parameters were queued "
             "again")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
-                            skip_if_exists=True)
+        # Not skip_if_exists: that would match the trial just marked FAIL and queue nothing.
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         marked.append(trial.number)
     return marked
 

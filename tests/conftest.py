@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,73 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
     from trials.score import TINY_CLIP, ClipScorer
 
     return ClipScorer(TINY_CLIP, None, cache_dir=tmp_path_factory.mktemp("clip_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A held-out prompts file for the synthetic cars (3 prompts)."""
+    from trials.synthetic import make_heldout_prompts
+
+    path = tmp_path_factory.mktemp("prompts") / "heldout.txt"
+    path.write_text("\n".join(make_heldout_prompts(3)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompts: Path,
+                      tmp_path: Path):
+    """Build a ``TrialConfig`` for the tiny model on the synthetic cars; keywords override.
+
+    Keywords name HyperParams fields (rank, learning_rate, ...), or ``train``/``eval``/``data``
+    dicts of field overrides, or ``extras``/``output_dir``/``cache_dir``.
+    """
+    from dataclasses import replace
+
+    from trials.config import (
+        DataSpec,
+        EvalSpec,
+        HyperParams,
+        ModelSpec,
+        TrainSpec,
+        TrialConfig,
+        read_prompts,
+    )
+
+    def build(**kw) -> TrialConfig:
+        params = {"rank": 4, "lora_alpha": 4.0, "learning_rate": 1e-3, "max_train_steps": 6,
+                  "target_modules": "attn"}
+        params.update({k: kw.pop(k) for k in list(kw) if k in params})
+        return TrialConfig(
+            model=ModelSpec("tiny"),
+            data=replace(DataSpec(train_dir=kw.pop("train_dir", synthetic_dataset),
+                                  resolution=32, center_crop=True, random_flip=True),
+                         **kw.pop("data", {})),
+            train=replace(TrainSpec(train_batch_size=2, seed=7), **kw.pop("train", {})),
+            eval=replace(EvalSpec(prompts=tiny_prompts,
+                                  prompt_list=read_prompts(tiny_prompts, "test", "prompts"),
+                                  images_per_prompt=2, inference_steps=3, guidance_scale=5.0,
+                                  clip_model="tiny", clip_pretrained=None, every_steps=3),
+                         **kw.pop("eval", {})),
+            params=HyperParams(**params),
+            output_dir=kw.pop("output_dir", tmp_path / "trial"),
+            cache_dir=kw.pop("cache_dir", tiny_model_dir.parent),
+            extras=kw.pop("extras", {}),
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray for the whole session (2 CPUs, like this machine); yields its address.
+
+    In-process sweeps reuse it; sweep drivers started as subprocesses join it by address.
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

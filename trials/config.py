@@ -38,6 +38,8 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
 PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules")
+PARAMETER_PATHS = {name: f"parameters.{name}" for name in PARAMETER_NAMES}
+_PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
@@ -198,7 +200,8 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
 
 
 def parse_train(section: Section) -> TrainSpec:
-    section.allow_only(TrainSpec.__dataclass_fields__)
+    # The reference script's --learning_rate, --rank and --max_train_steps are parameters here.
+    section.allow_only(TrainSpec.__dataclass_fields__, PARAMETER_PATHS)
     snr = section.number("snr_gamma", None, above=0)
     # 0 turns clipping off; the reference script clips at 1.0 (in name only: see DESIGN.md).
     grad = section.number("max_grad_norm", 1.0, minimum=0)
@@ -280,7 +283,10 @@ def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
     if name == "target_modules":
         return parse_target_modules(value, error, key)
     if name == "lora_alpha":
-        if alpha_rule(value) is not None:
+        factor = alpha_rule(value)
+        if factor is not None:
+            if factor <= 0:
+                raise error(f"must be 'rank' or 'N*rank' with N > 0 (got {describe(value)})", key)
             return value.replace(" ", "")
         if isinstance(value, str) and not re.fullmatch(r"[-+0-9.eE]+", value):
             raise error(f"must be a number, 'rank' or 'N*rank' (got {describe(value)})", key)
@@ -310,9 +316,18 @@ def parse_overrides(pairs: list[str], file: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        if not sep or not name:
+        name = name.strip()
+        if not sep or not name or not text.strip():
             raise ConfigError(file, "--set", f"expected name=value (got {pair!r})")
-        out[name.strip()] = yaml.safe_load(text)
+        if name in out:
+            raise ConfigError(file, f"--set {name}", f"given more than once (got {pair!r})")
+        try:
+            out[name] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "invalid YAML"
+            raise ConfigError(
+                file, f"--set {name}", f"value must be a YAML scalar or list ({problem}) "
+                f"(got {text!r})") from None
     return out
 
 
@@ -327,28 +342,41 @@ def load_trial_config(
     file = Path(path)
     raw = load_yaml_mapping(file)
     root = Section(file, "", raw)
-    root.allow_only(TOP_LEVEL_KEYS)
+    root.allow_only(TOP_LEVEL_KEYS, PARAMETER_PATHS)
     base = base_dir or Path.cwd()
-    fixed = dict(overrides or {})
+    overrides = dict(overrides or {})
     params_section = root.sub("parameters")
-    for name in list(params_section.data) + list(fixed):
+    for name in params_section.data:
         if name not in PARAMETER_NAMES:
             check_param_value(name, None, params_section.error, name)  # raises: unknown name
+    for name in overrides:
+        if name not in PARAMETER_NAMES:
+            raise ConfigError(
+                file, f"--set {name}", f"unknown parameter{closest(str(name), PARAMETER_NAMES)}; "
+                f"tunable: {', '.join(PARAMETER_NAMES)}")
+
+    def override_error(message: str, key: str) -> ConfigError:
+        return ConfigError(file, f"--set {key}", message)
+
+    fixed: dict[str, Any] = {}
     for name in params_section.data:
-        if name in fixed:
-            continue
         spec = params_section.sub(name)
+        spec.allow_only(_PARAMETER_KEYS)
+        if name in overrides:
+            continue
         if not spec.has("value"):
             raise spec.error(
                 f"is searched, not fixed; give it with --set {name}=VALUE")
         fixed[name] = spec.raw("value")
     values = {}
     for name in PARAMETER_NAMES:
-        if name not in fixed:
-            if name == "lora_alpha":
-                continue
+        if name in overrides:
+            values[name] = check_param_value(name, overrides[name], override_error, name)
+        elif name in fixed:
+            values[name] = check_param_value(
+                name, fixed[name], params_section.sub(name).error, "value")
+        elif name != "lora_alpha":  # alpha defaults to rank
             raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
-        values[name] = check_param_value(name, fixed[name], params_section.error, name)
     return TrialConfig(
         model=parse_model(root.sub("model")),
         data=parse_data(root.sub("data"), base),

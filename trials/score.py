@@ -21,10 +21,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 TINY_CLIP = "tiny"
 # Registered with open_clip under this name; bump the suffix when TINY_CLIP_CONFIG changes so
@@ -77,7 +81,7 @@ def image_seed(base_seed: int, prompt_index: int, image_index: int) -> int:
 
 
 def generate_images(
-    pipe: object,
+    pipe: StableDiffusionPipeline,
     prompts: list[str],
     images_per_prompt: int,
     inference_steps: int,
@@ -98,7 +102,7 @@ def generate_images(
         generators = [
             torch.Generator(device="cpu").manual_seed(image_seed(seed, p, i)) for p, i in batch
         ]
-        result = pipe(  # type: ignore[operator]
+        result = pipe(
             prompt=[prompts[p] for p, _ in batch],
             num_inference_steps=inference_steps,
             guidance_scale=guidance_scale,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 _MISSING: Any = object()
+# Words YAML 1.1 (PyYAML) reads as booleans when they are not quoted.
+_YAML_BOOLS = frozenset({"yes", "no", "true", "false", "on", "off"})
 
 
 class ConfigError(ValueError):
@@ -39,20 +42,62 @@ def describe(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, Mapping):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     return str(value)
+
+
+def best_match(word: str, options: Iterable[str]) -> str | None:
+    """The option ``word`` most likely misspells, or None.
+
+    An option that starts with the word once case, ``_`` and ``-`` are ignored wins
+    (``loguniform`` -> ``log_uniform_values``), then the closest by ``difflib``.
+    """
+    options = list(options)
+
+    def squash(text: str) -> str:
+        return re.sub(r"[-_\s]", "", text.lower())
+
+    if len(squash(word)) >= 3:
+        prefixed = [o for o in options if squash(o).startswith(squash(word))]
+        if prefixed:
+            return min(prefixed, key=len)
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return match[0] if match else None
 
 
 def closest(word: str, options: Iterable[str]) -> str:
     """A ``did you mean`` suffix for a misspelled key or name, or an empty string."""
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    match = best_match(word, options)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override keys
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping, with ``yaml.safe_load`` (never full load)."""
+    """Read a YAML file that must hold a mapping with a safe loader (never full load).
+
+    The loader is ``yaml.SafeLoader`` plus one check: a key given twice is an error.
+    """
     file = Path(path)
     if not file.is_file():
         raise ConfigError(file, "", "file not found")
@@ -61,7 +106,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(file, "", f"not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -91,12 +136,22 @@ class Section:
         """An error at this section, or at one of its keys."""
         return ConfigError(self.file, self.key_path(key) if key else self.path, message)
 
-    def allow_only(self, allowed: Iterable[str]) -> None:
-        """Reject keys that are not in ``allowed``, suggesting the closest one."""
+    def allow_only(
+        self, allowed: Iterable[str], elsewhere: Mapping[str, str] | None = None
+    ) -> None:
+        """Reject keys that are not in ``allowed``, suggesting the closest one.
+
+        ``elsewhere`` maps keys that belong in another place to their full path there
+        (``learning_rate`` -> ``parameters.learning_rate``), for keys put in the wrong section.
+        """
         allowed = list(allowed)
         for key in self.data:
             if key not in allowed:
-                hint = closest(str(key), allowed) or f" (allowed: {', '.join(allowed)})"
+                hint = closest(str(key), allowed)
+                moved = best_match(str(key), elsewhere) if elsewhere and not hint else None
+                if moved is not None and elsewhere is not None:
+                    hint = f" (did you mean {elsewhere[moved]}?)"
+                hint = hint or f" (allowed: {', '.join(allowed)})"
                 raise self.error(f"unknown key{hint}", str(key))
 
     def has(self, key: str) -> bool:
@@ -119,15 +174,17 @@ class Section:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
+        choices = list(choices) if choices is not None else None
+        if isinstance(value, bool) and choices and any(c in _YAML_BOOLS for c in choices):
+            # YAML 1.1 reads a bare no/yes/off/on as a boolean.
+            raise self.error(
+                f"must be one of {', '.join(choices)} (got {describe(value)}; "
+                f"quote words like \"no\", since YAML reads a bare no as false)", key)
         if not isinstance(value, str) or not value.strip():
             raise self.error(f"must be a non-empty string (got {describe(value)})", key)
-        if choices is not None:
-            choices = list(choices)
-            if value not in choices:
-                hint = closest(value, choices)
-                raise self.error(
-                    f"must be one of {', '.join(choices)} (got {value!r}){hint}", key
-                )
+        if choices is not None and value not in choices:
+            hint = closest(value, choices)
+            raise self.error(f"must be one of {', '.join(choices)} (got {value!r}){hint}", key)
         return value
 
     def boolean(self, key: str, default: Any = _MISSING) -> Any:

@@ -1,0 +1,165 @@
+"""End to end: real local Ray, real SQLite study, the tiny model, ``python -m hpo.run``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from hpo.run import main as run_main
+from tests.sweep_files import REPO, apply, tiny_doc
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "name": "e2e",
+    "data.synthetic.n_images": 6,
+    "eval.images_per_prompt": 1,
+    "eval.inference_steps": 2,
+    "eval.every_steps": 4,
+    "parameters.max_train_steps": {"values": [8, 12]},
+    "parameters.learning_rate": {"distribution": "log_uniform_values", "min": 1e-4,
+                                 "max": 1e-2},
+    "early_terminate.grace_steps": 4,
+    "early_terminate.reduction_factor": 3,
+}
+
+
+def write_sweep(folder: Path, **changes) -> Path:
+    doc = apply(tiny_doc(), {**FAST, "data.train_dir": str(folder / "data"),
+                             "eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt")})
+    apply(doc, changes)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load_study(out: Path, name: str = "e2e") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(ray_cluster, tmp_path_factory) -> Path:
+    """Six trials of the tiny sweep with aggressive ASHA, run once for several tests."""
+    folder = tmp_path_factory.mktemp("sweep")
+    sweep = write_sweep(folder)
+    code = run_main(["--sweep", str(sweep), "--trials", "6", "--out", str(folder / "runs"),
+                     "--address", ray_cluster])
+    assert code == 0
+    return folder / "runs"
+
+
+def test_sweep_finishes_the_requested_trials(finished_sweep) -> None:
+    study = load_study(finished_sweep)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6
+    assert all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), states
+    assert TrialState.COMPLETE in states
+    attrs = study.user_attrs
+    assert attrs["baseline_clip_score"] is not None
+    assert attrs["sampler"]["method"] == "tpe" and "optuna" in attrs["libraries"]
+    assert attrs["clip_model"] == "tiny/None"
+
+
+def test_asha_stopped_trials_are_pruned_with_their_rungs(finished_sweep) -> None:
+    study = load_study(finished_sweep)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, "aggressive ASHA (grace 4, factor 3) should stop some of 6 trials"
+    for t in pruned:
+        assert t.user_attrs["last_step"] < t.params["max_train_steps"]
+        assert t.intermediate_values  # the rungs it reached, at their training steps
+        assert set(t.intermediate_values) <= {4, 8, 12}
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["last_step"] == t.params["max_train_steps"]
+            assert t.value == max(t.intermediate_values.values())
+            assert Path(t.user_attrs["lora_path"], "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_outputs_are_written(finished_sweep) -> None:
+    folder = finished_sweep / "e2e"
+    assert (folder / "best_lora" / "pytorch_lora_weights.safetensors").is_file()
+    import pandas as pd
+
+    frame = pd.read_csv(folder / "trials.csv")
+    assert len(frame) == 6 and {"state", "value", "params_rank"} <= set(frame.columns)
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    study = load_study(finished_sweep)
+    assert best["result"]["clip_score"] == study.best_value
+    assert "accelerate launch train_text_to_image_lora.py" in best["result"]["reference_command"]
+    assert all("value" in spec for spec in best["parameters"].values())
+
+
+def test_best_yaml_reproduces_its_score_without_ray(finished_sweep, tmp_path) -> None:
+    best_file = finished_sweep / "e2e" / "best.yaml"
+    best = yaml.safe_load(best_file.read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "trials.train", str(best_file), "--out", str(tmp_path / "again"),
+         "--cache", str(finished_sweep / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    rungs = json.loads((tmp_path / "again" / "result.json").read_text())["rungs"]
+    score = next(r["clip_score"] for r in rungs if r["step"] == best["result"]["best_step"])
+    assert score == pytest.approx(best["result"]["clip_score"], abs=1e-3)
+
+
+def test_rerun_on_a_finished_study_runs_nothing_more(finished_sweep, ray_cluster) -> None:
+    sweep = finished_sweep.parent / "sweep.yaml"
+    assert run_main(["--sweep", str(sweep), "--trials", "6", "--out", str(finished_sweep),
+                     "--address", ray_cluster]) == 0
+    assert len(load_study(finished_sweep).trials) == 6
+
+
+def test_killed_driver_then_rerun_ends_with_exactly_n_trials(ray_cluster, tmp_path) -> None:
+    sweep = write_sweep(tmp_path, **{"name": "killed", "early_terminate": None,
+                                     "parameters.max_train_steps": {"values": [12, 16]}})
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "hpo.run", "--sweep", str(sweep), "--trials", "5",
+               "--out", str(out), "--address", ray_cluster]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    db = out / "killed" / "optuna.db"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if db.exists():
+            study = load_study(out, "killed")
+            finished = [t for t in study.trials if t.state.is_finished()]
+            running = [t for t in study.trials if t.state == TrialState.RUNNING]
+            if finished and running:
+                break
+        time.sleep(1)
+    else:
+        driver.kill()
+        pytest.fail("the sweep never had a finished and a running trial at once")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = {t.number: t.value for t in load_study(out, "killed").trials
+              if t.state == TrialState.COMPLETE}
+
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = load_study(out, "killed")
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    counted = [t for t in study.trials
+               if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    assert len(counted) == 5
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    # Finished trials survived the crash unchanged; interrupted parameters were run again.
+    after = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+    assert all(after[n] == v for n, v in before.items())
+    retried = {t.user_attrs.get("retry_of") for t in study.trials} - {None}
+    assert retried == {t.number for t in interrupted}
+    assert study.best_value >= max(before.values(), default=float("-inf"))
+    assert (out / "killed" / "best.yaml").is_file()
