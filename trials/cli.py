@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     from trials.config import parse_overrides
+    from trials.data import heldout_overlap, load_examples
     from trials.synthetic import ensure_dataset
     from trials.train import run_trial
 
@@ -48,12 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             args.file, parse_overrides(args.overrides, args.file),
             output_dir=out, cache_dir=args.cache.resolve())
         ensure_dataset(config.data)
+        overlap = heldout_overlap(list(config.eval.prompt_list),
+                                  load_examples(config.data.train_dir, config.data.caption_column))
     except (ConfigError, ValueError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    if overlap:
+        print(f"warning: {len(overlap)} held-out prompt(s) equal a training caption, e.g. "
+              f"{overlap[0]!r}: they measure memorization, not generalisation", file=sys.stderr)
     expected: dict[str, Any] = raw.get("result") or {}
     print(f"training {config.params} -> {out}")
 

@@ -29,7 +29,8 @@ from diffusers import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-TINY_MODEL = "tiny"
+from trials.config import TINY_MODEL
+
 # Bump when the tiny configs change, so stale cached builds are rebuilt instead of reused.
 TINY_MODEL_VERSION = "1"
 TINY_SEED = 0
