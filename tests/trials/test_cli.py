@@ -37,7 +37,8 @@ def test_a_searched_parameter_without_a_value_is_one_line_error(tiny_model_dir, 
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0
-    assert err.endswith("parameters.rank: is searched, not fixed; give it with --set rank=VALUE")
+    assert err.endswith(
+        "parameters.learning_rate: is searched, not fixed; give it with --set learning_rate=VALUE")
 
 
 def test_warns_when_a_heldout_prompt_is_a_training_caption(tiny_model_dir, tmp_path,
