@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup system-deps clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m hpo.run --trials 20 --sweep sweeps/tiny.yaml
 
-test: $(STAMP)
+# Debian packages and services some tests use (a browser, a database server).
+system-deps:
+	bash .ci/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default: sqlite:///OUT/STUDY/optuna.db; use "
                         "postgresql://... for a shared study)")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray Tune's storage for results and checkpoints (default OUT/STUDY/ray); "
+                        "on a multi-node cluster a folder every node shares, or an s3:// URI")
     p.add_argument("--study", default=None, help="study name (default: the sweep's name)")
     p.add_argument("--out", type=Path, default=Path("runs"),
                    help="output folder; the study's files go to OUT/STUDY (default: runs)")
@@ -149,7 +152,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     log.info("running %d trial(s), %d at a time", remaining, slots)
     tuning.run_sweep(
         sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
-        ray_dir=study_dir / "ray", cache_dir=cache_dir,
+        storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
         baseline=study.user_attrs.get("baseline_clip_score"))
 
 

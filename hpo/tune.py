@@ -17,8 +17,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import ray
@@ -123,13 +124,25 @@ class StudySearch(OptunaSearch):
         return self._ot_study
 
 
+class SweepObserver(Protocol):
+    """Something else that wants to know about rungs and finished trials (artifacts, notes)."""
+
+    def rung_saved(self, ot_trial: optuna.Trial, rung: dict[str, Any],
+                   checkpoint_dir: str) -> None: ...
+
+    def trial_finished(self, ot_trial: optuna.Trial, state: TrialState,
+                       attrs: dict[str, Any]) -> None: ...
+
+
 class StudyRecorder(tune.Callback):
     """Writes each trial's rungs, final state and user attrs into the Optuna study."""
 
-    def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None) -> None:
+    def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None,
+                 observers: Sequence[SweepObserver] = ()) -> None:
         self.searcher = searcher
         self.sweep = sweep
         self.baseline = baseline
+        self.observers = list(observers)
         self.rungs: dict[str, list[dict[str, Any]]] = {}
         self.checkpoints: dict[str, list[str]] = {}
         self.started: dict[str, float] = {}
@@ -149,7 +162,13 @@ class StudyRecorder(tune.Callback):
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
-        self.checkpoints.setdefault(trial.trial_id, []).append(checkpoint.path)
+        paths = self.checkpoints.setdefault(trial.trial_id, [])
+        paths.append(checkpoint.path)
+        rungs = self.rungs.get(trial.trial_id, [])
+        if len(rungs) >= len(paths):  # checkpoint i belongs to rung i
+            ot_trial = self.searcher.optuna_trial(trial.trial_id)
+            for observer in self.observers:
+                observer.rung_saved(ot_trial, rungs[len(paths) - 1], checkpoint.path)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # The retried trial starts from step 0; its rungs are reported again.
@@ -216,12 +235,19 @@ class StudyRecorder(tune.Callback):
             attrs["fail_reason"] = reason
         for key, val in attrs.items():
             ot_trial.set_user_attr(key, _jsonable(val))
+        for observer in self.observers:
+            observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study
         if state == TrialState.COMPLETE:
             study.tell(ot_trial, value)
         else:
             study.tell(ot_trial, state=state)
         self.finished += 1
+
+
+def _absolute(storage_path: str) -> str:
+    """Tune wants an absolute path or a URI (s3://, gs://, ...)."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
 
 
 def _jsonable(value: Any) -> Any:
@@ -248,14 +274,15 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
 
 
 def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseStorage,
-              n_new: int, slots: int, cluster: dict[str, float], ray_dir: Path,
-              cache_dir: Path, baseline: float | None) -> StudyRecorder:
+              n_new: int, slots: int, cluster: dict[str, float], storage_path: str,
+              cache_dir: Path, baseline: float | None,
+              observers: Sequence[SweepObserver] = ()) -> StudyRecorder:
     """Run ``n_new`` more trials with Tune; the study records every one of them."""
     searcher = StudySearch(
         space=define_by_run(sweep), metric=sweep.metric,
         mode="max" if sweep.goal == "maximize" else "min", sampler=make_sampler(sweep),
         study_name=study_name, storage=storage)
-    recorder = StudyRecorder(searcher, sweep, baseline)
+    recorder = StudyRecorder(searcher, sweep, baseline, observers)
     mode = "max" if sweep.goal == "maximize" else "min"
     if sweep.early_terminate:
         scheduler: Any = ASHAScheduler(
@@ -277,7 +304,7 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n_new,
                                     max_concurrent_trials=slots, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(ray_dir.resolve()),
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_absolute(storage_path),
             callbacks=[recorder], progress_reporter=reporter, verbose=1,
             failure_config=tune.FailureConfig(max_failures=sweep.resources.max_retries),
             checkpoint_config=tune.CheckpointConfig(
