@@ -2,20 +2,21 @@
 
 Memory is sampled every 0.2 s over the whole process tree (the driver, Ray's GCS and raylet,
 and the trial workers), since one process's RSS would miss the trials.
+
+The run's study is kept as records (:attr:`DemoRun.sweep`), so the orchestration overhead
+(:mod:`benchmarks.overhead`) and the evaluation share (:mod:`benchmarks.eval_cost`) of the same
+20-trial sweep are read from it rather than from a second run.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+from benchmarks.common import REPO, TINY_SWEEP, SweepRun, run_sweep, write_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "DemoRun", "measure_demo"]
 
 
 @dataclass(frozen=True)
@@ -25,42 +26,17 @@ class DemoRun:
     peak_process_rss_mb: float
     trials: int
     summary: str
+    sweep: SweepRun | None = None
 
 
-def _tree_rss(root: psutil.Process) -> tuple[float, float]:
-    total = biggest = 0.0
-    try:
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    for proc in procs:
-        try:
-            rss = proc.memory_info().rss / 2**20
-        except psutil.Error:
-            continue
-        total += rss
-        biggest = max(biggest, rss)
-    return total, biggest
+def measure_demo(trials: int = 20, sweep: str | Path = TINY_SWEEP) -> DemoRun:
+    """Run the demo sweep in a fresh output folder (cold caches) and measure it.
 
-
-def measure_demo(trials: int = 20, sweep: str = "sweeps/tiny.yaml") -> DemoRun:
-    """Run the demo sweep in a fresh output folder (cold caches) and measure it."""
-    with tempfile.TemporaryDirectory(prefix="demo-bench-") as out:
-        command = [sys.executable, "-m", "hpo.run", "--trials", str(trials), "--sweep", sweep,
-                   "--out", out]
-        started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        root = psutil.Process(proc.pid)
-        peak_tree = peak_one = 0.0
-        while proc.poll() is None:
-            total, biggest = _tree_rss(root)
-            peak_tree, peak_one = max(peak_tree, total), max(peak_one, biggest)
-            time.sleep(0.2)
-        wall = time.perf_counter() - started
-        output = proc.stdout.read() if proc.stdout else ""
-        if proc.returncode != 0:
-            raise RuntimeError(f"demo sweep failed ({proc.returncode}):\n{output[-3000:]}")
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("sweep "))
-    return DemoRun(wall, peak_tree, peak_one, trials, "\n".join(lines[start:start + 2]))
+    The sweep file is copied with its training folder moved into the temporary folder, so
+    the drawn-car dataset is generated again too, as on a fresh checkout.
+    """
+    with tempfile.TemporaryDirectory(prefix="demo-bench-") as tmp:
+        file = write_sweep(Path(tmp), base=REPO / sweep)
+        run = run_sweep(file, trials, Path(tmp) / "runs")
+    return DemoRun(run.wall_seconds, run.peak_tree_rss_mb, run.peak_process_rss_mb, trials,
+                   run.summary, run)

@@ -100,9 +100,12 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path) -> None:
     if overlap:
         log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
                     "measure memorization, not generalisation", len(overlap), overlap[0])
-    if sweep.model.name == "tiny" or os.path.exists(sweep.model.name) \
-            or sweep.model.name.startswith((".", "/", "~")):
-        check_model_source(resolve_model_path(sweep.model.name, cache_dir))
+    name = sweep.model.name
+    if name == "tiny" or os.path.exists(name) or name.startswith((".", "/", "~")):
+        try:
+            check_model_source(resolve_model_path(name, cache_dir))
+        except ValueError as err:
+            raise PreflightError(f"{sweep.source}: model.name: {err}") from None
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
@@ -117,14 +120,11 @@ def connect_storage(url: str) -> optuna.storages.RDBStorage:
                              f"({redact(reason)})") from None
 
 
-def check_resources(sweep: Sweep, cluster: dict[str, float]) -> None:
-    """Every trial must fit on some node."""
-    import ray
-
+def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
+    """Every trial must fit on some node (``nodes``: each live node's total resources)."""
     res = sweep.resources
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     if gpus and res.gpu_per_trial > gpus:
         raise PreflightError(
             f"{sweep.source}: resources.gpu_per_trial: {res.gpu_per_trial:g} GPUs per trial, "
@@ -133,7 +133,7 @@ def check_resources(sweep: Sweep, cluster: dict[str, float]) -> None:
         raise PreflightError(
             f"{sweep.source}: resources.cpu_per_trial: {res.cpu_per_trial:g} CPUs per trial, "
             f"but the largest node has {cpus:g}")
-    if not cluster.get("GPU"):
+    if not gpus:
         log.info("no GPU in the Ray cluster: trials run on CPU")
 
 

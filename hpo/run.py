@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hpo import plan
+from hpo.chaos import parse_chaos
 from hpo.space import sampler_settings
 from hpo.spec import Sweep, load_sweep
 from trials.validation import ConfigError
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an existing study (rerunning the same command does too)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved sweep and exit without starting Ray")
+    p.add_argument("--inject-faults", default=None, metavar="KIND=RATE,...",
+                   help="testing only: make trials fail at random, e.g. kill=0.1,nan=0.05 "
+                        "(kinds: kill, nan, oom, error)")
+    p.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.trials < 1:
             raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
+        args.chaos = parse_chaos(args.inject_faults, args.fault_seed)
         sweep = load_sweep(args.sweep)
         name = args.study or sweep.name
         study_dir = (args.out / name).resolve()
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import export
+    from hpo import export, report
     from hpo import study as studies
 
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -120,26 +126,34 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         log.info("study %s in %s: %d trial(s) finished, %d to run", name, storage_label, done,
                  max(remaining, 0))
         started = time.time()
+        interrupted = False
         if remaining > 0:
-            run_trials(sweep, name, storage, study, study_dir, cache_dir, remaining, args)
-            requeued = studies.recover_interrupted(study)  # Ctrl-C leaves trials running
-            if requeued:
+            try:
+                run_trials(sweep, name, storage, study, study_dir, cache_dir, remaining, args)
+            except KeyboardInterrupt:
+                interrupted = True
+            # Ctrl-C (caught by Tune, or here) leaves trials RUNNING: make the study consistent.
+            requeued = studies.recover_interrupted(study)
+            interrupted = interrupted or bool(requeued)
+            if interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
         baseline = study.user_attrs.get("baseline_clip_score")
         best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
         csv = export.write_trials_csv(study, study_dir)
+        log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
-    return 0
+    return 130 if interrupted else 0
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
                remaining: int, args: argparse.Namespace) -> None:
     """Start Ray, score the baseline once per study, and run ``remaining`` trials."""
+    from hpo import artifacts
     from hpo import tune as tuning
 
     cluster = tuning.start_ray(args.address)
-    plan.check_resources(sweep, cluster)
+    plan.check_resources(sweep, tuning.node_resources())
     slots = tuning.concurrency(sweep, cluster, args.concurrency)
     if "baseline_clip_score" not in study.user_attrs:
         log.info("scoring the base model without LoRA (once per study)")
@@ -149,11 +163,15 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
         for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",
                     "eval_seconds"):
             study.set_user_attr(f"baseline_{key}", scores.get(key))
+    artifacts.upload_baseline(study, study_dir, sweep.eval.prompt_list)  # once per study
+    observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),
+                                          sweep.eval.prompt_list, study.user_attrs)
     log.info("running %d trial(s), %d at a time", remaining, slots)
     tuning.run_sweep(
         sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
         storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
-        baseline=study.user_attrs.get("baseline_clip_score"))
+        baseline=study.user_attrs.get("baseline_clip_score"), chaos=args.chaos,
+        observers=[observer])
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         "metric": sweep.metric,
         "eval_seed": sweep.eval.seed,
         "n_prompts": len(sweep.eval.prompt_list),
+        "prompts": list(sweep.eval.prompt_list),
         "images_per_prompt": sweep.eval.images_per_prompt,
     }
     for key, value in attrs.items():

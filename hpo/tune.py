@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from hpo.chaos import ChaosPlan
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import Sweep
 from trials.config import TrialConfig
@@ -40,7 +42,7 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
              "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
-             "samples_per_second", "peak_memory_mb", "device", "cache_hit")
+             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id")
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
@@ -56,6 +58,11 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, flo
                      object_store_memory=256 * 2**20, log_to_driver=True,
                      configure_logging=False)
     return dict(ray.cluster_resources())
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each live node of the connected cluster."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
 def trial_resources(sweep: Sweep, cluster: dict[str, float]) -> dict[str, float]:
@@ -78,17 +85,23 @@ def concurrency(sweep: Sweep, cluster: dict[str, float], requested: int | None) 
     return max(1, slots)
 
 
-def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str) -> None:
+def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
+               chaos: ChaosPlan | None = None) -> None:
     """The function trainable: one trial, reported to Tune rung by rung."""
     from trials.train import run_trial
 
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    work = trial_dir / "rungs"
+    context = tune.get_context()
+    work = Path(context.get_trial_dir()) / "rungs"
     trial_config = sweep.trial_config(config, output_dir=work, cache_dir=Path(cache_dir))
+    fault = chaos.fault_for(context.get_trial_id(), trial_config.params.max_train_steps) \
+        if chaos else None
+    if fault:
+        trial_config = replace(trial_config, extras={**trial_config.extras, "fault": fault})
 
     def report(step: int, metrics: dict[str, Any], checkpoint_dir: Path) -> bool:
         # Tune copies the folder into its storage; the rung folder is then no longer needed.
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        tune.report({**metrics, "node_id": ray.get_runtime_context().get_node_id()},
+                    checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return False  # ASHA stops the trial from outside
 
@@ -138,8 +151,10 @@ class StudyRecorder(tune.Callback):
     """Writes each trial's rungs, final state and user attrs into the Optuna study."""
 
     def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None,
-                 observers: Sequence[SweepObserver] = ()) -> None:
+                 observers: Sequence[SweepObserver] = (), chaos: ChaosPlan | None = None
+                 ) -> None:
         self.searcher = searcher
+        self.chaos = chaos
         self.sweep = sweep
         self.baseline = baseline
         self.observers = list(observers)
@@ -224,6 +239,7 @@ class StudyRecorder(tune.Callback):
                 eval_seconds=last["eval_seconds"],
                 setup_seconds=last.get("setup_seconds"),
                 device=last.get("device"),
+                node_id=last.get("node_id"),  # the Ray node that ran the trial's last rung
                 gpu_seconds=busy * res.gpu_per_trial if last.get("device") == "cuda" else 0.0,
                 cpu_seconds=busy * res.cpu_per_trial,
                 peak_memory_mb=last.get("peak_memory_mb"),
@@ -233,6 +249,10 @@ class StudyRecorder(tune.Callback):
             )
         if reason:
             attrs["fail_reason"] = reason
+        if self.chaos:  # the same draw the trial made, so the soak can account for it
+            steps = self.sweep.trial_config(trial.config, output_dir=Path("."),
+                                            cache_dir=Path(".")).params.max_train_steps
+            attrs["injected_fault"] = self.chaos.fault_for(trial.trial_id, steps)
         for key, val in attrs.items():
             ot_trial.set_user_attr(key, _jsonable(val))
         for observer in self.observers:
@@ -276,13 +296,14 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
 def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseStorage,
               n_new: int, slots: int, cluster: dict[str, float], storage_path: str,
               cache_dir: Path, baseline: float | None,
-              observers: Sequence[SweepObserver] = ()) -> StudyRecorder:
+              observers: Sequence[SweepObserver] = (),
+              chaos: ChaosPlan | None = None) -> StudyRecorder:
     """Run ``n_new`` more trials with Tune; the study records every one of them."""
     searcher = StudySearch(
         space=define_by_run(sweep), metric=sweep.metric,
         mode="max" if sweep.goal == "maximize" else "min", sampler=make_sampler(sweep),
         study_name=study_name, storage=storage)
-    recorder = StudyRecorder(searcher, sweep, baseline, observers)
+    recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos)
     mode = "max" if sweep.goal == "maximize" else "min"
     if sweep.early_terminate:
         scheduler: Any = ASHAScheduler(
@@ -292,7 +313,7 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     else:
         scheduler = FIFOScheduler()
     trainable = tune.with_resources(
-        tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir)),
+        tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir), chaos=chaos),
         trial_resources(sweep, cluster))
     searched = [p.name for p in sweep.searched]
     reporter = tune.CLIReporter(

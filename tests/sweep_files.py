@@ -28,3 +28,28 @@ def apply(doc: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         else:
             node[last] = value
     return doc
+
+
+# A tiny sweep that runs in seconds a trial: few images, few steps, aggressive ASHA.
+FAST = {
+    "name": "e2e",
+    "data.synthetic.n_images": 6,
+    "eval.images_per_prompt": 1,
+    "eval.inference_steps": 2,
+    "eval.every_steps": 4,
+    "parameters.max_train_steps": {"values": [8, 12]},
+    "parameters.learning_rate": {"distribution": "log_uniform_values", "min": 1e-4,
+                                 "max": 1e-2},
+    "early_terminate.grace_steps": 4,
+    "early_terminate.reduction_factor": 3,
+}
+
+
+def write_sweep(folder: Path, **changes: Any) -> Path:
+    """Write a FAST tiny sweep to ``folder/sweep.yaml`` (data generated in ``folder/data``)."""
+    doc = apply(tiny_doc(), {**FAST, "data.train_dir": str(folder / "data"),
+                             "eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt")})
+    apply(doc, changes)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path

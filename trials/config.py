@@ -164,8 +164,11 @@ def resolve_path(value: str, base_dir: Path) -> Path:
 
 def parse_model(section: Section) -> ModelSpec:
     section.allow_only(("name", "revision", "variant"))
+    name = section.string("name", TINY_MODEL)
+    if name != TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).exists()):
+        name = str(resolve_path(name, Path.cwd()))  # a local folder: trials run elsewhere
     return ModelSpec(
-        name=section.string("name", TINY_MODEL),
+        name=name,
         revision=section.string("revision", None),
         variant=section.string("variant", None),
     )

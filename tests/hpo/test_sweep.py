@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,32 +16,10 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
-from tests.sweep_files import REPO, apply, tiny_doc
+from tests.hpo.test_faults import trials_so_far
+from tests.sweep_files import REPO, write_sweep
 
 pytestmark = pytest.mark.slow
-
-FAST = {
-    "name": "e2e",
-    "data.synthetic.n_images": 6,
-    "eval.images_per_prompt": 1,
-    "eval.inference_steps": 2,
-    "eval.every_steps": 4,
-    "parameters.max_train_steps": {"values": [8, 12]},
-    "parameters.learning_rate": {"distribution": "log_uniform_values", "min": 1e-4,
-                                 "max": 1e-2},
-    "early_terminate.grace_steps": 4,
-    "early_terminate.reduction_factor": 3,
-}
-
-
-def write_sweep(folder: Path, **changes) -> Path:
-    doc = apply(tiny_doc(), {**FAST, "data.train_dir": str(folder / "data"),
-                             "eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt")})
-    apply(doc, changes)
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
-
 
 def load_study(out: Path, name: str = "e2e") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}")
@@ -128,15 +107,13 @@ def test_killed_driver_then_rerun_ends_with_exactly_n_trials(ray_cluster, tmp_pa
                "--out", str(out), "--address", ray_cluster]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    db = out / "killed" / "optuna.db"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if db.exists():
-            study = load_study(out, "killed")
-            finished = [t for t in study.trials if t.state.is_finished()]
-            running = [t for t in study.trials if t.state == TrialState.RUNNING]
-            if finished and running:
-                break
+        trials = trials_so_far(out, "killed")
+        finished = [t for t in trials if t.state.is_finished()]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if finished and running:
+            break
         time.sleep(1)
     else:
         driver.kill()
@@ -163,3 +140,5 @@ def test_killed_driver_then_rerun_ends_with_exactly_n_trials(ray_cluster, tmp_pa
     assert retried == {t.number for t in interrupted}
     assert study.best_value >= max(before.values(), default=float("-inf"))
     assert (out / "killed" / "best.yaml").is_file()
+    with sqlite3.connect(out / "killed" / "optuna.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

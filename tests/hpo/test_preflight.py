@@ -1,0 +1,205 @@
+"""Bad input is caught before Ray starts or a trial runs, with a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from PIL import Image
+
+import hpo.tune
+from hpo.plan import PreflightError, check_resources
+from hpo.run import main
+from hpo.spec import load_sweep
+from tests.sweep_files import REPO, apply, tiny_doc
+
+
+class RayStarted(Exception):
+    """Raised instead of starting Ray: reaching it means every check passed."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RayStarted
+
+    monkeypatch.setattr(hpo.tune, "start_ray", refuse)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, synthetic_dataset: Path, tiny_model_dir: Path, no_ray):
+    """A valid sweep in tmp_path with its own copy of the data: ``write``, ``data``, ``run``."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text((REPO / "sweeps/prompts/tiny_heldout.txt").read_text(), encoding="utf-8")
+
+    def write(**changes) -> Path:
+        doc = apply(tiny_doc(), {"data.train_dir": str(data), "eval.prompts": str(prompts),
+                                 "data.synthetic": None})
+        apply(doc, changes)
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return path
+
+    def run(*extra: str, sweep: Path | None = None) -> int:
+        out = tmp_path / "runs"
+        cache = out / "cache"
+        if not (cache / "tiny-sd").exists():  # reuse the session's tiny model
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / "tiny-sd").symlink_to(tiny_model_dir)
+        return main(["--sweep", str(sweep or write()), "--trials", "2", "--out", str(out),
+                     *extra])
+
+    return SimpleNamespace(write=write, data=data, run=run)
+
+
+def _meta(data: Path) -> list[dict]:
+    return [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+
+
+def _write_meta(data: Path, rows: list[dict]) -> None:
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _first_image(data: Path) -> Path:
+    return data / _meta(data)[0]["file_name"]
+
+
+DATA_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing folder": (lambda d: shutil.rmtree(d), "folder does not exist"),
+    "empty folder": (lambda d: [shutil.rmtree(d), d.mkdir()],
+                     "no metadata.jsonl or metadata.csv in the folder"),
+    "no metadata": (lambda d: (d / "metadata.jsonl").unlink(),
+                    "no metadata.jsonl or metadata.csv in the folder"),
+    "empty caption": (lambda d: _write_meta(d, [{**_meta(d)[0], "text": "  "}, *_meta(d)[1:]]),
+                      "empty caption"),
+    "missing file": (lambda d: _first_image(d).unlink(), "file not found"),
+    "escaping file_name": (lambda d: _write_meta(d, [{**_meta(d)[0], "file_name": "../x.png"},
+                                                     *_meta(d)[1:]]),
+                           "must stay inside the training folder"),
+    "truncated image": (lambda d: _first_image(d).write_bytes(_first_image(d).read_bytes()[:200]),
+                        "truncated"),
+    "zero-byte image": (lambda d: _first_image(d).write_bytes(b""), "empty file"),
+    "non-image": (lambda d: _first_image(d).write_text("hello"), "not an image"),
+    "duplicate file_name": (lambda d: _write_meta(d, [*_meta(d), _meta(d)[0]]), "duplicate"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_data_folder_problems_stop_before_ray(setup, case, capsys) -> None:
+    damage, expected = DATA_CASES[case]
+    damage(setup.data)
+    assert setup.run() == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {setup.data}"), err
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_wrong_caption_column_names_the_columns_found(setup, capsys) -> None:
+    assert setup.run(sweep=setup.write(**{"data.caption_column": "caption"})) == 2
+    err = capsys.readouterr().err
+    assert "missing column(s) 'caption'" in err and "found: file_name, text" in err
+
+
+def test_cmyk_16bit_and_paletted_images_are_handled(setup) -> None:
+    rows = _meta(setup.data)
+    for row, mode in zip(rows, ("CMYK", "I;16", "P"), strict=False):
+        path = setup.data / row["file_name"]
+        image = Image.open(path).convert("RGB")
+        if mode == "I;16":
+            image = image.convert("L").point(lambda v: v).convert("I;16")
+        else:
+            image = image.convert(mode)
+        suffix = ".tif" if mode == "CMYK" else ".png"
+        target = path.with_suffix(suffix)
+        path.unlink()
+        image.save(target)
+        row["file_name"] = str(target.relative_to(setup.data))
+    _write_meta(setup.data, rows)
+    with pytest.raises(RayStarted):  # every check passed; the sweep would start now
+        setup.run()
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"paramters": {}}, "paramters: unknown key (did you mean 'parameters'?)"),
+    ({"train.train_batch_size": "two"}, "train.train_batch_size: must be an integer (got 'two')"),
+    ({"parameters.learning_rate.min": -1e-4}, "parameters.learning_rate.min: must be > 0"),
+    ({"parameters.target_modules.values": ["cross_atn"]},
+     "parameters.target_modules.values[0]: unknown preset 'cross_atn'"),
+    ({"resources.gpu_per_trial": 0}, "resources.gpu_per_trial: must be > 0 (got 0)"),
+])
+def test_sweep_file_mistakes_are_one_line(setup, capsys, changes, expected) -> None:
+    assert setup.run(sweep=setup.write(**changes)) == 2
+    err = one_line(capsys)
+    assert err.startswith("error: ") and str(setup.data.parent / "sweep.yaml") in err
+    assert expected in err
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "prompts file not found"),
+    ("# only a comment\n\n", "has no prompts"),
+    (b"\xff\xfe bad bytes\n", "is not UTF-8"),
+])
+def test_prompts_file_problems(setup, capsys, tmp_path, content, expected) -> None:
+    prompts = tmp_path / "bad-prompts.txt"
+    if isinstance(content, bytes):
+        prompts.write_bytes(content)
+    elif content is not None:
+        prompts.write_text(content)
+    assert setup.run(sweep=setup.write(**{"eval.prompts": str(prompts)})) == 2
+    assert expected in one_line(capsys)
+
+
+def test_missing_model_folder_and_subfolder(setup, capsys, tmp_path, tiny_model_dir) -> None:
+    assert setup.run(sweep=setup.write(**{"model.name": str(tmp_path / "nope")})) == 2
+    assert f"model.name: model folder not found: {tmp_path / 'nope'}" in one_line(capsys)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial)
+    shutil.rmtree(partial / "vae")
+    assert setup.run(sweep=setup.write(**{"model.name": str(partial)})) == 2
+    assert "has no 'vae' subfolder" in one_line(capsys)
+
+
+def test_unreachable_database_hides_the_password(setup, capsys) -> None:
+    assert setup.run("--storage", "postgresql://sweep:s3cret@127.0.0.1:9/none") == 2
+    err = one_line(capsys)
+    assert "cannot open the study storage" in err and "s3cret" not in err
+    assert "postgresql://sweep:***@127.0.0.1:9/none" in err
+
+
+def test_unwritable_output_folder(setup, capsys, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--sweep", str(setup.write()), "--out", str(blocker / "runs")]) == 2
+    assert "output folder is not writable" in one_line(capsys)
+
+
+def test_bad_fault_spec_and_trial_count(setup, capsys) -> None:
+    assert setup.run("--inject-faults", "explode=0.5") == 2
+    assert "--inject-faults: expected KIND=RATE" in one_line(capsys)
+    assert main(["--sweep", str(setup.write()), "--trials", "0"]) == 2
+    assert "--trials: must be >= 1 (got 0)" in one_line(capsys)
+
+
+def test_more_gpus_per_trial_than_any_node_has(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(REPO / "sweeps/hyundai.yaml")
+    nodes = [{"CPU": 16, "GPU": 4}, {"CPU": 16, "GPU": 8}]
+    check_resources(sweep, nodes)  # 1 GPU per trial fits
+    big = sweep.__class__(**{**sweep.__dict__, "resources": sweep.resources.__class__(
+        gpu_per_trial=16, cpu_per_trial=4)})
+    with pytest.raises(PreflightError, match="16 GPUs per trial, but the largest node has 8"):
+        check_resources(big, nodes)
