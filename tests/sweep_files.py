@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +54,14 @@ def write_sweep(folder: Path, **changes: Any) -> Path:
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
+
+
+def trials_so_far(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, or none while the driver has not created it yet."""
+    if not (out / name / "optuna.db").exists():
+        return []
+    try:
+        return optuna.load_study(
+            study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}").trials
+    except KeyError:  # the database exists, the study not yet
+        return []

@@ -15,23 +15,13 @@ from optuna.trial import TrialState
 
 from hpo.chaos import parse_chaos
 from hpo.run import main as run_main
-from tests.sweep_files import REPO, write_sweep
+from tests.sweep_files import REPO, trials_so_far, write_sweep
 
 pytestmark = pytest.mark.slow
 
 
 def load(out: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}")
-
-
-def trials_so_far(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, or none while the driver has not created it yet."""
-    if not (out / name / "optuna.db").exists():
-        return []
-    try:
-        return load(out, name).trials
-    except KeyError:  # the database exists, the study not yet
-        return []
 
 
 def test_chaos_draws_are_per_trial_and_reproducible() -> None:

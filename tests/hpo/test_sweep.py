@@ -16,8 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
-from tests.hpo.test_faults import trials_so_far
-from tests.sweep_files import REPO, write_sweep
+from tests.sweep_files import REPO, trials_so_far, write_sweep
 
 pytestmark = pytest.mark.slow
 
