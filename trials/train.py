@@ -32,7 +32,7 @@ from trials import cache, evaluation, faults
 from trials.config import TrialConfig
 from trials.data import load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
-from trials.models import load_components
+from trials.models import SDComponents, load_components
 
 # report(step, metrics, checkpoint_dir) -> True to stop the trial (early stopping).
 Report = Callable[[int, dict[str, Any], Path], bool | None]
@@ -44,7 +44,7 @@ class TrialDiverged(RuntimeError):
     def __init__(self, step: int, loss: float) -> None:
         self.step = step
         super().__init__(f"loss is {loss} at step {step}: training diverged "
-                         "(lower the learning rate or raise max_grad_norm's strictness)")
+                         "(lower the learning rate, or clip harder with a smaller max_grad_norm)")
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -167,6 +167,18 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> 
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
+def load_frozen(config: TrialConfig, device: torch.device, dtype: torch.dtype
+                ) -> tuple[SDComponents, cache.EncodedData]:
+    """The frozen model, and the training set's latents and text embeddings (from the cache)."""
+    components = load_components(
+        config.model.name, revision=config.model.revision, variant=config.model.variant,
+        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
+    examples = load_examples(config.data.train_dir, config.data.caption_column)
+    data = cache.load_or_build(examples, config.model, config.data, components,
+                               config.cache_dir, device, dtype)
+    return components, data
+
+
 def run_trial(config: TrialConfig, report: Report) -> TrialResult:
     """Train one LoRA, scoring and reporting at each rung; stops when ``report`` says so."""
     device = pick_device()
@@ -178,14 +190,10 @@ def run_trial(config: TrialConfig, report: Report) -> TrialResult:
 
     # 1. Load the frozen model and the (cached) frozen work on the training set.
     setup_start = time.perf_counter()
-    components = load_components(
-        config.model.name, revision=config.model.revision, variant=config.model.variant,
-        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
+    components, data = load_frozen(config, device, dtype)
     if train_cfg.prediction_type:
         components.noise_scheduler.register_to_config(prediction_type=train_cfg.prediction_type)
-    examples = load_examples(config.data.train_dir, config.data.caption_column)
-    data = cache.load_or_build(examples, config.model, config.data, components,
-                               config.cache_dir, device, dtype)
+    examples = data.examples
     evaluator = evaluation.Evaluator(config, components, examples, device, dtype)
 
     # 2. Attach the LoRA adapter; only its weights train.
@@ -271,14 +279,9 @@ def run_baseline(config: TrialConfig) -> dict[str, Any]:
     """
     device = pick_device()
     dtype = weight_dtype_for(config.train.mixed_precision, device)
-    components = load_components(
-        config.model.name, revision=config.model.revision, variant=config.model.variant,
-        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
-    examples = load_examples(config.data.train_dir, config.data.caption_column)
-    data = cache.load_or_build(examples, config.model, config.data, components,
-                               config.cache_dir, device, dtype)
+    components, data = load_frozen(config, device, dtype)
     started = time.perf_counter()
-    evaluator = evaluation.Evaluator(config, components, examples, device, dtype)
+    evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
     scores = evaluator.score(Path(config.output_dir))
     scores["eval_seconds"] = time.perf_counter() - started
     scores["cache_file"] = str(data.cache_file)

@@ -13,6 +13,7 @@ loopback. The trials request 1 GPU each; torch sees no CUDA, so they train on CP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -185,10 +186,8 @@ class SimCluster:
                 break
             if time.time() > deadline - 10:
                 for pid in left:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             time.sleep(1)
         shutil.rmtree(self.root, ignore_errors=True)
 
