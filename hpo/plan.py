@@ -162,5 +162,8 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")
     lines.append(f"all trials:   {csv}")
-    lines.append(f"dashboard:    optuna-dashboard {shlex.quote(redact(storage_url))}")
+    lines.append(f"report:       {study_dir / 'report.html'}")
+    lines.append(f"dashboard:    python -m hpo.dashboard {shlex.quote(str(study_dir))}")
+    lines.append(f"  (or: optuna-dashboard {shlex.quote(redact(storage_url))} --artifact-dir "
+                 f"{shlex.quote(str(study_dir / 'artifacts'))})")
     return "\n".join(lines)

@@ -315,8 +315,8 @@ STYLE = """
 body { font-family: Liberation Sans, Arial, sans-serif; margin: 24px; color: #222; }
 section { margin: 28px 0; } h2 { margin-bottom: 2px; } .why { color: #555; margin-top: 0; }
 .missing { color: #a33; } .grids { display: flex; gap: 24px; flex-wrap: wrap; }
-figure { margin: 0; } figure img { max-width: 640px; image-rendering: pixelated;
-  border: 1px solid #ccc; min-width: 320px; }
+figure { margin: 0; } figure img { max-width: min(640px, 45vw); image-rendering: pixelated;
+  border: 1px solid #ccc; min-width: 256px; }
 table.trials { border-collapse: collapse; font-size: 13px; }
 table.trials td, table.trials th { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 tr.pruned { color: #a60; } tr.fail { color: #b22; }

@@ -26,8 +26,13 @@ def default_storage_url(study_dir: Path) -> str:
 
 
 def redact(url: str) -> str:
-    """The storage URL with any password replaced by ``***`` (for logs, attrs, best.yaml)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The storage URL with any password replaced by ``***`` (for logs, attrs, best.yaml).
+
+    Covers ``user:password@`` (the user may be empty, as in ``redis://:password@``) and the
+    ``password=`` / ``sslpassword=`` query parameters that libpq also accepts.
+    """
+    url = re.sub(r"(://[^:/]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -91,9 +91,9 @@ def dashboard_server(study_dir: Path, log_file: Path, *extra: str) -> Iterator[s
 @contextmanager
 def chromium_page(profile: Path) -> Iterator[tuple[Any, list[str]]]:
     """A headless Chromium page with a fresh profile; yields it and the JS errors it logs."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} missing: run `bash .ci/system-deps.sh` as root")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    # A missing browser is a set-up failure, never a skip: `make test` installs it.
+    assert CHROMIUM.exists(), f"{CHROMIUM} missing: run `bash .ci/system-deps.sh` as root"
+    from playwright import sync_api
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -137,6 +137,7 @@ def test_cli_refuses_a_folder_without_a_study(tmp_path: Path,
     assert "no study database here" in capsys.readouterr().err
     (tmp_path / "optuna.db").write_bytes(b"")  # an empty SQLite file crashes the dashboard
     assert dashboard.main([str(tmp_path), "--port", "0"]) == 2
+    assert "no study database here" in capsys.readouterr().err
 
 
 def test_cli_finds_the_study_by_folder_name(study_dir: Path,
@@ -149,6 +150,7 @@ def test_cli_finds_the_study_by_folder_name(study_dir: Path,
 
 def test_server_is_local_read_only_and_live(study_dir: Path, tmp_path: Path) -> None:
     """Bound to 127.0.0.1, refuses writes, and shows trials the driver adds while it runs."""
+    study_dir = shutil.copytree(study_dir, tmp_path / "dash-study")  # this test adds trials
     log = tmp_path / "dashboard.log"
     with dashboard_server(study_dir, log) as base:
         study = optuna.load_study(study_name="dash-study",
@@ -171,7 +173,6 @@ def test_server_is_local_read_only_and_live(study_dir: Path, tmp_path: Path) -> 
         study.tell(trial, 23.0)
         done = poll_trials(base, sid, lambda ts: ts[-1]["state"] != "Running")[-1]
         assert done["state"] == "Complete" and done["values"] == [23.0]
-        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # keep the study tidy
 
 
 def test_dashboard_in_chromium_shows_trials_and_artifact_images(study_dir: Path,
@@ -203,4 +204,6 @@ def test_dashboard_in_chromium_shows_trials_and_artifact_images(study_dir: Path,
         assert page.get_by_text(f"step-{best.user_attrs['best_step']:06d}_clip-").count() >= 1
         page.get_by_text("Artifacts", exact=True).scroll_into_view_if_needed()
         save_screenshot(page, "dashboard-trial-artifacts.png")
+        page.goto(base + images.last.get_attribute("src"))  # the grid itself, full size
+        save_screenshot(page, "dashboard-artifact-full-size.png")
     assert errors == []
