@@ -1,24 +1,30 @@
 """Trainer throughput: our trial loop against the reference script's loop, same everything else.
 
-*Ours* is :func:`trials.train.run_trial` itself, unchanged: it reads the VAE latent
-distributions and text embeddings from the shared cache and draws ``mean + std * noise`` each
-micro-step. Its steady-state samples/s is ``steps * batch * accumulation / train_seconds``,
-where ``train_seconds`` is the trial's own timer around the training steps (model loading, the
-cache read and the scoring rung at the end are outside it).
+Two trainers are built side by side from the same seed, on the same model, data and LoRA:
 
-*Reference* is :func:`reference_loop`: what ``train_text_to_image_lora.py`` does each
-micro-step, built from the project's own pieces (``load_components``, ``attach_lora``,
-``make_batch_sampler``, ``load_rgb``/``preprocess``, the tokenizer and text encoder,
-``diffusion_loss``): decode and transform the images, tokenize the captions, run the VAE
-(``latent_dist.sample()``) and the text encoder, then the same UNet step. The optimizer step is
-the same as ours (AdamW, GradScaler, the same clipping call), so the difference measured is
-the per-step frozen work and nothing else. Model loading is outside the timer.
+- *ours* runs the loop body of :func:`trials.train.run_trial`: ``batch_inputs`` reads the VAE
+  latent distribution and the text embedding from the shared cache and draws
+  ``mean + std * noise`` (what ``latent_dist.sample()`` does);
+- *reference* does what ``train_text_to_image_lora.py`` does every micro-step, built from the
+  project's own pieces: decode and transform the images (``load_rgb``/``preprocess``), tokenize
+  the captions, run the VAE (``latent_dist.sample()``) and the text encoder, no cache.
 
-Both loops start from the same seed and train the same number of steps on the same model and
-data; repeats alternate which loop goes first. The one-off cache build (VAE + text encoder over
-the training set, done once per sweep and shared by every trial) is timed separately into a
-fresh folder, so the total time of ours (cache build + training) can be stated beside the
-steady-state rate.
+Everything after the inputs is the same call in both (``diffusion_loss``, backward through the
+GradScaler, ``clip_gradients``, AdamW, the LR schedule), so the measured difference is the
+per-step frozen work and nothing else. Model loading is outside every timer.
+
+The machine is shared and noisy, so the two trainers run in alternating chunks of a few steps
+(ours, reference, reference, ours, ...), each keeping its own torch and Python RNG state, and
+every figure is a median over chunks; the first chunk of each is a warm-up and is left out. The
+ratio is the median of the per-chunk-pair ratios. Torch uses as many threads as a trial gets
+(``resources.cpu_per_trial``: Ray sets ``OMP_NUM_THREADS`` to it in trial workers).
+
+As a cross-check, ``run_trial`` itself is run once for the same number of steps, and its own
+``samples_per_second`` (its timer around the training steps) is reported beside.
+
+The one-off cache build (VAE + text encoder over the training set: once per sweep, shared by
+every trial) is timed into a fresh folder, so the total time of ours for N steps
+(cache build + training) can be stated beside the steady-state rate.
 
 On a CUDA machine :func:`measure_sd15` runs the same comparison at SD v1.5 shapes (512 px,
 fp16 frozen weights, batch 1 x 4 accumulation, like ``sweeps/hyundai.yaml``) on a model with
@@ -33,7 +39,9 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +56,7 @@ from trials.models import load_components, resolve_model_path
 from trials.synthetic import make_car_dataset
 from trials.train import (
     TrialDiverged,
+    batch_inputs,
     clip_gradients,
     diffusion_loss,
     make_batch_sampler,
@@ -61,30 +70,20 @@ PARAMS = {"rank": 4, "lora_alpha": "rank", "learning_rate": 1e-4, "target_module
 
 
 @dataclass(frozen=True)
-class LoopTiming:
-    loop: str  # "ours" or "reference"
-    steps: int
-    samples: int
-    train_seconds: float
-    cache_build_seconds: float = 0.0  # ours: the one-off build, timed into a fresh folder
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.train_seconds
-
-    @property
-    def total_seconds(self) -> float:
-        return self.train_seconds + self.cache_build_seconds
-
-
-@dataclass(frozen=True)
 class ThroughputResult:
     setting: str
     device: str
     shape: str  # resolution, batch, precision in words
-    steps: int
-    ours: list[LoopTiming]
-    reference: list[LoopTiming]
+    chunk_steps: int
+    samples_per_step: int
+    threads: int
+    ours: list[float] = field(default_factory=list)  # wall seconds per chunk (no warm-up)
+    reference: list[float] = field(default_factory=list)
+    ours_cpu: list[float] = field(default_factory=list)  # process CPU seconds per chunk
+    reference_cpu: list[float] = field(default_factory=list)
+    warmup: tuple[float, float] = (0.0, 0.0)  # first chunk of each: ours, reference
+    cache_build: list[float] = field(default_factory=list)
+    run_trial_sps: float | None = None  # run_trial's own samples_per_second, one run
     note: str = ""
 
     @property
@@ -92,35 +91,56 @@ class ThroughputResult:
         return bool(self.ours and self.reference)
 
     @property
+    def chunk_samples(self) -> int:
+        return self.chunk_steps * self.samples_per_step
+
+    @property
     def ours_sps(self) -> float:
-        return median([t.samples_per_second for t in self.ours])
+        return median([self.chunk_samples / s for s in self.ours])
 
     @property
     def reference_sps(self) -> float:
-        return median([t.samples_per_second for t in self.reference])
-
-    @property
-    def ratio(self) -> float:
-        """Ratio of the medians (ours / reference)."""
-        return self.ours_sps / self.reference_sps if self.measured else float("nan")
+        return median([self.chunk_samples / s for s in self.reference])
 
     @property
     def pair_ratios(self) -> list[float]:
-        """Ours / reference for each repeat (the two loops of a repeat run back to back)."""
-        return [o.samples_per_second / r.samples_per_second
-                for o, r in zip(self.ours, self.reference, strict=True)]
+        """Ours / reference samples/s for each chunk pair (run back to back)."""
+        return [r / o for o, r in zip(self.ours, self.reference, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return median(self.pair_ratios) if self.measured else float("nan")
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Median per-pair ratio on process CPU time: less sensitive to a busy machine."""
+        if not (self.ours_cpu and self.reference_cpu):
+            return float("nan")
+        return median([r / o for o, r in zip(self.ours_cpu, self.reference_cpu, strict=True)])
+
+    @property
+    def steps(self) -> int:
+        """Steps each trainer ran, warm-up chunk included."""
+        return (len(self.ours) + 1) * self.chunk_steps
 
     @property
     def cache_build_seconds(self) -> float:
-        return median([t.cache_build_seconds for t in self.ours])
+        return median(self.cache_build)
 
     @property
     def ours_total(self) -> float:
-        return median([t.total_seconds for t in self.ours])
+        """Cache build + every chunk (warm-up included) of ours."""
+        return self.cache_build_seconds + self.warmup[0] + sum(self.ours)
 
     @property
     def reference_total(self) -> float:
-        return median([t.total_seconds for t in self.reference])
+        return self.warmup[1] + sum(self.reference)
+
+    @property
+    def break_even_steps(self) -> float:
+        """Steps after which the cache build has paid for itself."""
+        saved = (1 / self.reference_sps - 1 / self.ours_sps) * self.samples_per_step
+        return self.cache_build_seconds / saved if saved > 0 else float("inf")
 
 
 def _sync(device: torch.device) -> None:
@@ -148,52 +168,101 @@ def reference_inputs(indices, examples, config: TrialConfig, components, rng: ra
     return latents * components.vae.config.scaling_factor, text
 
 
-def reference_loop(config: TrialConfig, steps: int) -> LoopTiming:
-    """Train ``steps`` optimizer steps re-encoding everything every micro-step (no cache)."""
-    device = pick_device()
-    dtype = weight_dtype_for(config.train.mixed_precision, device)
-    train_cfg, params = config.train, config.params
-    torch.manual_seed(train_cfg.seed)
-    rng = random.Random(train_cfg.seed)
-    components = load_components(
-        config.model.name, revision=config.model.revision, variant=config.model.variant,
-        cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
-    if train_cfg.prediction_type:
-        components.noise_scheduler.register_to_config(prediction_type=train_cfg.prediction_type)
-    examples = load_examples(config.data.train_dir, config.data.caption_column)
-    unet = components.unet
-    trainable = attach_lora(unet, params)
-    if train_cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, betas=(0.9, 0.999),
-                                  weight_decay=1e-2, eps=1e-8)
-    lr_scheduler = get_scheduler(train_cfg.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=train_cfg.lr_warmup_steps,
-                                 num_training_steps=steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    batches = make_batch_sampler(len(examples), train_cfg.train_batch_size, rng)
-    unet.train()
-    _sync(device)
-    started = time.perf_counter()
-    for step in range(1, steps + 1):
-        for _ in range(train_cfg.gradient_accumulation_steps):
-            latents, text = reference_inputs(next(batches), examples, config, components, rng,
-                                             device, dtype)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = diffusion_loss(unet, components.noise_scheduler, latents, text, config)
-            if not math.isfinite(loss.item()):
-                raise TrialDiverged(step, loss.item())
-            scaler.scale(loss / train_cfg.gradient_accumulation_steps).backward()
-        scaler.unscale_(optimizer)
-        clip_gradients(trainable, train_cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    samples = steps * train_cfg.train_batch_size * train_cfg.gradient_accumulation_steps
-    return LoopTiming("reference", steps, samples, seconds)
+class Trainer:
+    """One LoRA training loop, ours (``cached=True``) or the reference's, run chunk by chunk.
+
+    Set up like ``run_trial`` (seed, model, LoRA, AdamW, schedule, scaler, batch order); it
+    keeps its own RNG states, so interleaving two trainers does not mix their random streams.
+    """
+
+    def __init__(self, config: TrialConfig, cached: bool, total_steps: int) -> None:
+        self.config = config
+        self.cached = cached
+        self.device = device = pick_device()
+        self.dtype = dtype = weight_dtype_for(config.train.mixed_precision, device)
+        train_cfg, params = config.train, config.params
+        with self._own_rng(seed=train_cfg.seed):
+            self.rng = random.Random(train_cfg.seed)
+            self.components = load_components(
+                config.model.name, revision=config.model.revision,
+                variant=config.model.variant, cache_dir=config.cache_dir, device=device,
+                weight_dtype=dtype)
+            if train_cfg.prediction_type:
+                self.components.noise_scheduler.register_to_config(
+                    prediction_type=train_cfg.prediction_type)
+            self.examples = load_examples(config.data.train_dir, config.data.caption_column)
+            self.data = cache.load_or_build(
+                self.examples, config.model, config.data, self.components, config.cache_dir,
+                device, dtype) if cached else None
+            self.unet = self.components.unet
+            self.trainable = attach_lora(self.unet, params)
+            if train_cfg.gradient_checkpointing:
+                self.unet.enable_gradient_checkpointing()
+            self.optimizer = torch.optim.AdamW(
+                self.trainable, lr=params.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2,
+                eps=1e-8)
+            self.lr_scheduler = get_scheduler(
+                train_cfg.lr_scheduler, optimizer=self.optimizer,
+                num_warmup_steps=train_cfg.lr_warmup_steps, num_training_steps=total_steps)
+            self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+            self.batches = make_batch_sampler(len(self.examples), train_cfg.train_batch_size,
+                                              self.rng)
+        self.unet.train()
+        self.step = 0
+
+    @contextmanager
+    def _own_rng(self, seed: int | None = None) -> Iterator[None]:
+        """Run with this trainer's torch RNG state (seeded the first time)."""
+        cuda = self.device.type == "cuda"
+        outer = torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None
+        if seed is not None:
+            torch.manual_seed(seed)
+        else:
+            torch.set_rng_state(self._cpu_state)
+            if cuda:
+                torch.cuda.set_rng_state(self._cuda_state)
+        try:
+            yield
+        finally:
+            self._cpu_state = torch.get_rng_state()
+            self._cuda_state = torch.cuda.get_rng_state() if cuda else None
+            torch.set_rng_state(outer[0])
+            if cuda:
+                torch.cuda.set_rng_state(outer[1])
+
+    def _inputs(self, indices):
+        if self.data is not None:
+            return batch_inputs(indices, self.data, self.config, self.components, self.rng,
+                                self.device, self.dtype)
+        return reference_inputs(indices, self.examples, self.config, self.components, self.rng,
+                                self.device, self.dtype)
+
+    def run(self, steps: int) -> tuple[float, float]:
+        """Train ``steps`` optimizer steps; returns their wall and process CPU seconds."""
+        train_cfg = self.config.train
+        accum = train_cfg.gradient_accumulation_steps
+        with self._own_rng():
+            _sync(self.device)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                self.step += 1
+                for _ in range(accum):
+                    latents, text = self._inputs(next(self.batches))
+                    with torch.autocast(self.device.type, dtype=self.dtype,
+                                        enabled=self.dtype != torch.float32):
+                        loss = diffusion_loss(self.unet, self.components.noise_scheduler,
+                                              latents, text, self.config)
+                    if not math.isfinite(loss.item()):
+                        raise TrialDiverged(self.step, loss.item())
+                    self.scaler.scale(loss / accum).backward()
+                self.scaler.unscale_(self.optimizer)
+                clip_gradients(self.trainable, train_cfg.max_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            _sync(self.device)
+            return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def time_cache_build(config: TrialConfig) -> float:
@@ -215,52 +284,57 @@ def time_cache_build(config: TrialConfig) -> float:
     return seconds
 
 
-def ours_loop(config: TrialConfig, steps: int) -> LoopTiming:
-    """Our trial loop (``run_trial``), one scoring rung at the very end; cache already built."""
+def run_trial_samples_per_second(config: TrialConfig, steps: int) -> float:
+    """``run_trial``'s own samples/s over ``steps`` steps (one scoring rung, at the end)."""
     config = replace(config, params=replace(config.params, max_train_steps=steps),
                      eval=replace(config.eval, every_steps=steps))
-    result = run_trial(config, lambda *_: False)
-    last = result.rungs[-1]
-    if not last["cache_hit"]:
-        raise RuntimeError("our loop built the cache itself; the benchmark expected it warm")
-    samples = steps * config.train.train_batch_size * config.train.gradient_accumulation_steps
-    return LoopTiming("ours", steps, samples, float(last["train_seconds"]),
-                      time_cache_build(config))
+    return float(run_trial(config, lambda *_: False).rungs[-1]["samples_per_second"])
 
 
-def compare(config: TrialConfig, steps: int, repeats: int, setting: str,
-            shape: str) -> ThroughputResult:
-    """Both loops ``repeats`` times, alternating which goes first; medians reported."""
-    device = pick_device()
-    # Build the shared cache once (outside every timer) so our loop reads it warm.
-    components = load_components(config.model.name, revision=config.model.revision,
-                                 variant=config.model.variant, cache_dir=config.cache_dir,
-                                 device=device,
-                                 weight_dtype=weight_dtype_for(config.train.mixed_precision,
-                                                               device))
-    cache.load_or_build(load_examples(config.data.train_dir, config.data.caption_column),
-                        config.model, config.data, components, config.cache_dir, device,
-                        weight_dtype_for(config.train.mixed_precision, device))
-    del components
-    ours, reference = [], []
-    for r in range(repeats):
-        order = ("ours", "reference") if r % 2 == 0 else ("reference", "ours")
-        for loop in order:
-            if loop == "ours":
-                ours.append(ours_loop(config, steps))
-            else:
-                reference.append(reference_loop(config, steps))
-    return ThroughputResult(setting, device.type, shape, steps, ours, reference)
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def compare(config: TrialConfig, chunk_steps: int, chunks: int, setting: str, shape: str,
+            threads: int, build_repeats: int = 3, cross_check: bool = True) -> ThroughputResult:
+    """Both trainers in ``chunks`` alternating chunks of ``chunk_steps`` steps (+1 warm-up)."""
+    total = (chunks + 1) * chunk_steps
+    with torch_threads(threads):
+        # The shared cache is built here, outside every timer, so ours reads it warm.
+        ours = Trainer(config, cached=True, total_steps=total)
+        reference = Trainer(config, cached=False, total_steps=total)
+        warmup = (ours.run(chunk_steps)[0], reference.run(chunk_steps)[0])
+        times: dict[str, list[tuple[float, float]]] = {"ours": [], "reference": []}
+        for i in range(chunks):
+            pair = (ours, reference) if i % 2 == 0 else (reference, ours)
+            for trainer in pair:
+                times["ours" if trainer.cached else "reference"].append(trainer.run(chunk_steps))
+        del ours, reference
+        builds = [time_cache_build(config) for _ in range(build_repeats)]
+        sps = run_trial_samples_per_second(config, total) if cross_check else None
+    t = config.train
+    return ThroughputResult(
+        setting, pick_device().type, shape, chunk_steps,
+        t.train_batch_size * t.gradient_accumulation_steps, threads,
+        [w for w, _ in times["ours"]], [w for w, _ in times["reference"]],
+        [c for _, c in times["ours"]], [c for _, c in times["reference"]], warmup, builds, sps)
 
 
 def _small_eval(config: TrialConfig, inference_steps: int = 2) -> TrialConfig:
-    """Score cheaply at the one rung (it is outside the timers, but still costs wall time)."""
+    """Score cheaply at run_trial's one rung (outside its timer, but it costs wall time)."""
     return replace(config, eval=replace(config.eval, prompt_list=config.eval.prompt_list[:1],
                                         images_per_prompt=1, inference_steps=inference_steps))
 
 
-def tiny_config(work: Path) -> TrialConfig:
-    """``sweeps/tiny.yaml``'s model, data and train settings, with the LoRA in :data:`PARAMS`."""
+def tiny_config(work: Path) -> tuple[TrialConfig, int]:
+    """``sweeps/tiny.yaml``'s model, data and train settings with the LoRA in :data:`PARAMS`;
+    also the sweep's ``cpu_per_trial``."""
     from hpo.spec import load_sweep
 
     work = Path(work)
@@ -271,19 +345,24 @@ def tiny_config(work: Path) -> TrialConfig:
     make_car_dataset(sweep.data.train_dir, synthetic.n_images, synthetic.size, synthetic.seed)
     config = sweep.trial_config({**PARAMS, "max_train_steps": 1}, output_dir=work / "trial",
                                 cache_dir=work / "cache")
-    return _small_eval(config)
+    return _small_eval(config), max(1, math.ceil(sweep.resources.cpu_per_trial))
 
 
-def measure_tiny(work: Path, steps: int, repeats: int) -> ThroughputResult:
-    """The tiny model on this machine's device, at ``sweeps/tiny.yaml``'s settings."""
-    config = tiny_config(work)
-    device = pick_device()
+def _shape(config: TrialConfig) -> str:
     t = config.train
-    shape = (f"{config.data.resolution} px, batch {t.train_batch_size} x "
-             f"{t.gradient_accumulation_steps} accumulation, "
-             f"{str(weight_dtype_for(t.mixed_precision, device)).removeprefix('torch.')}")
-    return compare(config, steps, repeats, f"tiny model (sweeps/tiny.yaml) on {device.type}",
-                   shape)
+    dtype = weight_dtype_for(t.mixed_precision, pick_device())
+    return (f"{config.data.resolution} px, batch {t.train_batch_size} x "
+            f"{t.gradient_accumulation_steps} accumulation, frozen weights "
+            f"{str(dtype).removeprefix('torch.')}")
+
+
+def measure_tiny(work: Path, chunk_steps: int = 10, chunks: int = 6,
+                 cross_check: bool = True) -> ThroughputResult:
+    """The tiny model on this machine's device, at ``sweeps/tiny.yaml``'s settings."""
+    config, threads = tiny_config(work)
+    device = pick_device().type
+    return compare(config, chunk_steps, chunks, f"tiny model (sweeps/tiny.yaml), {device}",
+                   _shape(config), threads, cross_check=cross_check)
 
 
 # SD v1.5's architecture (its unet/vae/text_encoder config.json), for random-weight builds.
@@ -334,7 +413,7 @@ def build_sd15_shaped(folder: Path, cache_dir: Path, dtype: torch.dtype = torch.
 
 
 def sd15_config(work: Path, model: str | None = None, resolution: int = 512,
-                n_images: int = 12) -> TrialConfig:
+                n_images: int = 12) -> tuple[TrialConfig, int]:
     """``sweeps/hyundai.yaml``'s train settings on drawn cars at ``resolution`` px."""
     from hpo.spec import load_sweep
 
@@ -351,17 +430,18 @@ def sd15_config(work: Path, model: str | None = None, resolution: int = 512,
     make_car_dataset(sweep.data.train_dir, n_images=n_images, size=resolution, seed=0)
     config = sweep.trial_config({**PARAMS, "max_train_steps": 1}, output_dir=work / "trial",
                                 cache_dir=work / "cache")
-    return _small_eval(config)
+    return _small_eval(config), max(1, math.ceil(sweep.resources.cpu_per_trial))
 
 
-def measure_sd15(work: Path, steps: int, repeats: int, model: str | None = None,
-                 force: bool = False) -> ThroughputResult:
+def measure_sd15(work: Path, chunk_steps: int = 10, chunks: int = 6, model: str | None = None,
+                 resolution: int = 512, force: bool = False) -> ThroughputResult:
     """SD v1.5 shapes (512 px, fp16) on a GPU; "not measured" without one (unless ``force``)."""
-    setting = "SD v1.5 shapes (UNet 860M, 512 px), GPU"
-    shape = "512 px, batch 1 x 4 accumulation, fp16 frozen weights"
+    setting = "SD v1.5 shapes (UNet 860M params, random weights), GPU"
     if not torch.cuda.is_available() and not force:
-        return ThroughputResult(setting, "none", shape, steps, [], [],
-                                note="not measured: no GPU")
-    config = sd15_config(work, model)
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return replace(compare(config, steps, repeats, setting, shape), device=name)
+        return ThroughputResult(setting, "none", "512 px, batch 1 x 4 accumulation, fp16 frozen "
+                                "weights", chunk_steps, 4, 0, note="not measured: no GPU")
+    config, threads = sd15_config(work, model, resolution)
+    result = compare(config, chunk_steps, chunks, setting, _shape(config), threads)
+    if torch.cuda.is_available():
+        result = replace(result, device=torch.cuda.get_device_name(0))
+    return result

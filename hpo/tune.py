@@ -319,7 +319,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     reporter = tune.CLIReporter(
         parameter_columns=searched,
         metric_columns=["step", "clip_score", "clip_score_stderr", "train_loss"],
-        max_report_frequency=15, sort_by_metric=True, metric=sweep.metric, mode=mode)
+        # Not sort_by_metric: Ray 2.60 crashes sorting a finished trial that has no score.
+        max_report_frequency=15, metric=sweep.metric, mode=mode)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n_new,
