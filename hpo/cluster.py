@@ -20,7 +20,8 @@ What it adds to ``ray start``:
   which;
 - GPUs and CPUs: Ray counts them; ``--num-gpus`` / ``--num-cpus`` override;
 - the node's address: ``--node-ip-address``, default ``$NODE_ADDR`` (an Instant Cluster node's
-  address on the cluster network), else Ray's choice.
+  address on the cluster network), else the Global Networking address of
+  ``$RUNPOD_POD_ID.runpod.internal`` (an ordinary RunPod pod), else Ray's choice.
 
 Any other ``ray start`` flag (``--block``, ``--temp-dir``, ``--object-store-memory`` ...) is
 passed through unchanged. The token never appears on a command line or in the output.
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="node label, added as the resource pod:NAME (default node-$NODE_RANK, "
                         "$RUNPOD_POD_ID or the host name)")
     p.add_argument("--node-ip-address", default=None,
-                   help="this node's address as the other nodes reach it (default $NODE_ADDR "
-                        "when set, else Ray's choice)")
+                   help="this node's address as the other nodes reach it (default $NODE_ADDR, "
+                        "else the address of $RUNPOD_POD_ID.runpod.internal, else Ray's "
+                        "choice)")
     p.add_argument("--ports", choices=("fixed", "auto"), default="fixed",
                    help="fixed: the documented port numbers (default); auto: Ray picks")
     p.add_argument("--token-file", type=Path, default=None,
@@ -109,6 +111,24 @@ def node_name(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     if env.get("NODE_RANK"):
         return f"node-{env['NODE_RANK']}"
     return env.get("RUNPOD_POD_ID") or socket.gethostname()
+
+
+def node_ip(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """This node's address on the network the nodes share, when it can be known.
+
+    ``$NODE_ADDR`` on an Instant Cluster; on a pod with Global Networking, the private address
+    of ``$RUNPOD_POD_ID.runpod.internal``. Otherwise Ray picks (its default route's address).
+    """
+    if args.node_ip_address:
+        return args.node_ip_address
+    if env.get("NODE_ADDR"):
+        return env["NODE_ADDR"]
+    if env.get("RUNPOD_POD_ID"):
+        try:
+            return socket.gethostbyname(f"{env['RUNPOD_POD_ID']}.runpod.internal")
+        except OSError:  # Global Networking is off: no private address
+            return None
+    return None
 
 
 def head_address(args: argparse.Namespace, env: Mapping[str, str]) -> str:
@@ -185,7 +205,7 @@ def ray_start_command(role: str, args: argparse.Namespace, env: Mapping[str, str
     else:
         cmd += [f"--address={head_address(args, env)}"]
     resources, extra = _take_resources(extra)
-    ip = args.node_ip_address or env.get("NODE_ADDR")
+    ip = node_ip(args, env)
     if ip:
         cmd += [f"--node-ip-address={ip}"]
     if args.num_gpus is not None:
@@ -204,9 +224,9 @@ def ray_start_command(role: str, args: argparse.Namespace, env: Mapping[str, str
 
 def next_steps(role: str, args: argparse.Namespace, env: Mapping[str, str]) -> str:
     if role == "head":
-        host = args.node_ip_address or env.get("NODE_ADDR") or "THIS_HOST"
+        host = node_ip(args, env) or "THIS_HOST"
         return (f"next: on each worker  python -m hpo.cluster worker --address {host}:{args.port}"
-                f"\n      then, here       python -m hpo.run --address auto --sweep SWEEP "
+                "\n      then, here       python -m hpo.run --address auto --sweep SWEEP "
                 "--out /workspace/runs")
     return "next: check the node joined with `ray status` on the head"
 

@@ -129,6 +129,14 @@ class StudySearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         pass
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher into tuner.pkl on the (maybe shared) storage path; the
+        # storage object holds the database URL with its password, and is not needed there.
+        state = self.__dict__.copy()
+        for key in ("_storage", "_ot_study", "_ot_trials"):
+            state.pop(key, None)
+        return state
+
     def optuna_trial(self, trial_id: str) -> optuna.Trial:
         return self._ot_trials[trial_id]
 

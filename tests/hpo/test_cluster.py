@@ -80,6 +80,21 @@ def test_auto_role_follows_runpod_instant_cluster_variables() -> None:
         command(["worker"], {})
 
 
+def test_a_runpod_pod_uses_its_global_networking_address(monkeypatch) -> None:
+    names = {"abc123.runpod.internal": "10.0.131.43"}
+
+    def lookup(name: str) -> str:
+        if name not in names:
+            raise socket.gaierror(name)
+        return names[name]
+
+    monkeypatch.setattr(cluster.socket, "gethostbyname", lookup)
+    cmd = command(["head"], {"RUNPOD_POD_ID": "abc123"})
+    assert "--node-ip-address=10.0.131.43" in cmd and '--resources={"pod:abc123": 1}' in cmd
+    assert not any(p.startswith("--node-ip-address") for p in command(
+        ["head"], {"RUNPOD_POD_ID": "no-global-networking"}))
+
+
 def test_head_creates_the_token_and_a_worker_without_it_stops(tmp_path) -> None:
     token = tmp_path / "ray" / "auth_token"
     args = argparse.Namespace(token_file=token)
