@@ -7,7 +7,8 @@ One module per measurement; this one runs them in turn and assembles the file:
 3. early stopping, the same budget with ASHA and without (:mod:`benchmarks.early_stop`);
 4. search efficiency, TPE against random and grid on a surrogate (:mod:`benchmarks.search`);
 5. the demo's wall time and peak memory (:mod:`benchmarks.demo`);
-6. evaluation cost, the share of a trial spent drawing and scoring (:mod:`benchmarks.eval_cost`).
+6. evaluation cost, the share of a trial spent drawing and scoring (:mod:`benchmarks.eval_cost`);
+7. with ``--soak``, the 60-trial sweep with random faults (:mod:`benchmarks.soak`).
 
 A measurement that fails is reported as failed in the file and the others still run; the
 command then exits with status 1.
@@ -19,6 +20,7 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,7 @@ class Results:
     demo: list[Any] = field(default_factory=list)
     overhead: list[Any] = field(default_factory=list)
     early_stop: Any = None
+    soak: Any = None
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,14 +108,19 @@ def machine() -> str:
     gpu = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
     libs = ", ".join(f"{lib} {_version(lib)}" for lib in (
         "torch", "diffusers", "transformers", "peft", "open-clip-torch", "ray", "optuna"))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        commit = ""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
     return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB "
-            f"RAM, {gpu}; Linux {platform.release()}, Python {platform.python_version()}; "
-            f"{libs}" + (f"; git {commit} (plus uncommitted changes, if any)" if commit else ""))
+            f"RAM, {gpu}; {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}; {libs}" + (f"; git {commit}" if commit else ""))
 
 
 def _target(ok: bool | None) -> str:
@@ -138,7 +146,8 @@ def summary_rows(res: Results) -> list[str]:
 
     t = res.throughput
     if t is not None and t.measured:
-        row("throughput", f"tiny model on CPU: ours {t.ours_sps:.1f} vs reference "
+        where = "CPU" if t.device == "cpu" else t.device
+        row("throughput", f"tiny model on {where}: ours {t.ours_sps:.1f} vs reference "
             f"{t.reference_sps:.1f} samples/s = **{t.ratio:.2f}x** (CPU-time ratio "
             f"{t.cpu_ratio:.2f}x)", f">= {THROUGHPUT_TARGET}x: "
             f"{_target(t.ratio >= THROUGHPUT_TARGET)}")
@@ -363,22 +372,35 @@ def _params(params: dict[str, Any] | None) -> str:
 
 
 def _doc(module) -> str:
-    """A module's docstring as markdown (indented blocks fenced, RST underlines dropped): how
-    each figure is measured is written once, next to the code that measures it."""
+    """A module's docstring as markdown: how each figure is measured is written once, next to
+    the code that measures it. RST roles and double backticks become code spans, underlined
+    titles become bold, indented blocks become fenced code."""
     text = (module.__doc__ or "").strip()
+    text = re.sub(r":(?:func|mod|attr|class|meth):`~?([^`]+)`", r"`\1`", text)
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
     lines = text.splitlines()
-    out, in_code = [], False
-    for line in lines:
-        if line.startswith("    ") and not in_code and line.strip():
+    out: list[str] = []
+    in_code = False
+    for i, line in enumerate(lines):
+        if line.strip() and set(line.strip()) == {"-"}:
+            continue  # the underline of a title, handled with the title
+        if i + 1 < len(lines) and lines[i + 1].strip() and set(lines[i + 1].strip()) == {"-"}:
+            out += [f"**{line.strip()}**", ""]
+            continue
+        if line.startswith("    ") and not in_code:
             out.append("```")
             in_code = True
         elif in_code and line.strip() and not line.startswith("    "):
-            out.append("```")
+            while out and not out[-1].strip():
+                out.pop()
+            out += ["```", ""]
             in_code = False
+        if line.endswith("::"):
+            line = line[:-1]
         out.append(line[4:] if in_code else line)
     if in_code:
         out.append("```")
-    return "\n".join(line for line in out if set(line) != {"-"})
+    return "\n".join(out)
 
 
 def render(res: Results) -> str:
@@ -418,6 +440,7 @@ def render(res: Results) -> str:
         *search_section(res),
         *demo_section(res),
         *eval_cost_section(res),
+        *([res.soak.markdown()] if res.soak is not None else []),
     ]
     if res.errors:
         lines += ["## Failures", ""]
@@ -491,9 +514,14 @@ def measure(settings: Settings, quick: bool, sections=SECTIONS,
 
             res.early_stop = measure_early_stop(settings.early_stop_trials)
 
+        def soak() -> None:
+            from benchmarks.soak import run_soak
+
+            res.soak = run_soak()
+
         steps = {"throughput": throughput, "search": search, "eval_cost": eval_cost,
-                 "demo": demo, "early_stop": early_stop}
-        for section in SECTIONS:
+                 "demo": demo, "early_stop": early_stop, "soak": soak}
+        for section in (*SECTIONS, "soak"):
             if section in sections:
                 _attempt(res, section, steps[section])
     res.elapsed = time.perf_counter() - started
@@ -511,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=SECTIONS, default=None,
                         help="run only this measurement (repeatable); 'demo' gives the "
                              "overhead figures too")
+    parser.add_argument("--soak", action="store_true",
+                        help="also run the 60-trial fault soak (about 10 minutes on 2 cores)")
     parser.add_argument("--sd15-model", default=None,
                         help="a real SD v1.5 diffusers folder for the GPU throughput run "
                              "(default: SD v1.5's architecture with random weights)")
@@ -519,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     if args.repeats is not None:
         settings = replace(settings, demo_repeats=max(1, args.repeats))
-    res = measure(settings, args.quick, tuple(args.only or SECTIONS), args.sd15_model)
+    sections = (*(args.only or SECTIONS), *(["soak"] if args.soak else []))
+    res = measure(settings, args.quick, sections, args.sd15_model)
     text = render(res)
     args.out.write_text(text, encoding="utf-8")
     print(text)

@@ -403,12 +403,17 @@ def build_sd15_shaped(folder: Path, cache_dir: Path, dtype: torch.dtype = torch.
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(tiny / sub, folder / sub, dirs_exist_ok=True)
     shutil.copyfile(tiny / "model_index.json", folder / "model_index.json")
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # casting before saving is intended here
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         UNet2DConditionModel(**SD15_UNET).to(dtype).save_pretrained(folder / "unet")
         AutoencoderKL(**SD15_VAE).to(dtype).save_pretrained(folder / "vae")
         CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(dtype).save_pretrained(
             folder / "text_encoder")
+    diffusers_logging.set_verbosity(level)
     return folder
 
 

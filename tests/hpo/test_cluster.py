@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from hpo import cluster
 from hpo.spec import load_sweep
 from hpo.tune import concurrency, trial_resources
-from tests.sweep_files import REPO, write_sweep
+from tests.sweep_files import REPO, trials_so_far, write_sweep
 
 HOST = "127.0.0.2"
 
@@ -254,12 +254,11 @@ def cluster_sweep(tmp_path_factory) -> dict:
                  str(N_TRIALS), "--out", str(out), "--address", sim.address],
                 cwd=REPO, env=sim.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        db = out / "cluster" / "optuna.db"
         running_at_loss: list[int] = []
         deadline = time.time() + 540
         while driver.poll() is None and time.time() < deadline:
-            if not running_at_loss and db.exists():
-                trials = load(out, "cluster").trials
+            if not running_at_loss:
+                trials = trials_so_far(out, "cluster")
                 nodes = {t.user_attrs.get("node_id") for t in trials if t.state.is_finished()}
                 busy = [t.number for t in trials
                         if t.state == TrialState.RUNNING and t.intermediate_values]

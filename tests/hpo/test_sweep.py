@@ -68,7 +68,10 @@ def test_outputs_are_written(finished_sweep) -> None:
     import pandas as pd
 
     frame = pd.read_csv(folder / "trials.csv")
-    assert len(frame) == 6 and {"state", "value", "params_rank"} <= set(frame.columns)
+    # The study names its objective, so Optuna calls the column value_clip_score.
+    assert len(frame) == 6 and {"state", "value_clip_score", "params_rank"} <= set(frame.columns)
+    assert (folder / "report.html").is_file()
+    assert any((folder / "artifacts").iterdir())
     best = yaml.safe_load((folder / "best.yaml").read_text())
     study = load_study(finished_sweep)
     assert best["result"]["clip_score"] == study.best_value

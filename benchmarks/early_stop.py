@@ -1,0 +1,85 @@
+"""Early stopping: the same sweep with ASHA and without, on the same trial budget.
+
+Both arms run ``python -m hpo.run`` on ``sweeps/tiny.yaml`` (written to a temp folder, cold
+caches) with the same number of trials and the same sampler seed; the second arm only drops
+``early_terminate``. What each spent is the sum of the trials' ``cpu_seconds`` user attr
+(``gpu_seconds`` on a GPU cluster): the trial's setup + training + scoring seconds times the
+CPUs it held. The best score reached is the study's best COMPLETE trial, which is what the
+sweep reports and exports (ASHA's stopped trials are PRUNED and are never the winner).
+
+With TPE's 10 random start-up trials the first 10 configurations are the same in both arms;
+after that TPE sees different histories (pruned trials report only their early rungs), so the
+arms may try different configurations.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DELETE, TINY_SWEEP, SweepRun, run_sweep, write_sweep
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    trials: int
+    complete: int
+    pruned: int
+    failed: int
+    cpu_seconds: float
+    gpu_seconds: float
+    steps_trained: int
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class EarlyStopResult:
+    asha: Arm
+    full: Arm
+
+    @property
+    def cpu_saving(self) -> float:
+        """Share of the no-ASHA arm's CPU-seconds that ASHA did not spend."""
+        return 1 - self.asha.cpu_seconds / self.full.cpu_seconds
+
+    @property
+    def score_difference(self) -> float | None:
+        if self.asha.best_value is None or self.full.best_value is None:
+            return None
+        return self.asha.best_value - self.full.best_value
+
+
+def arm(label: str, run: SweepRun) -> Arm:
+    """Sum what a sweep's trials spent, and take its best COMPLETE trial."""
+    records = run.records
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None]
+    best = max(complete, key=lambda r: r.value or 0.0, default=None)
+    return Arm(
+        label=label,
+        trials=len(records),
+        complete=len(complete),
+        pruned=sum(r.state == "PRUNED" for r in records),
+        failed=sum(r.state == "FAIL" for r in records),
+        cpu_seconds=sum(r.attr("cpu_seconds") for r in records),
+        gpu_seconds=sum(r.attr("gpu_seconds") for r in records),
+        steps_trained=int(sum(r.attr("last_step") for r in records)),
+        best_value=None if best is None else best.value,
+        best_params=None if best is None else best.params,
+        wall_seconds=run.wall_seconds,
+    )
+
+
+def measure_early_stop(trials: int = 20, base: Path = TINY_SWEEP) -> EarlyStopResult:
+    """Run the sweep with ASHA, then without, each from cold in its own temp folder."""
+    runs = {}
+    for label, overrides in (("ASHA", {}), ("no early stopping", {"early_terminate": DELETE})):
+        with tempfile.TemporaryDirectory(prefix="early-stop-bench-") as tmp:
+            file = write_sweep(Path(tmp), base, overrides)
+            runs[label] = run_sweep(file, trials, Path(tmp) / "runs")
+    return EarlyStopResult(arm("ASHA", runs["ASHA"]),
+                           arm("no early stopping", runs["no early stopping"]))
