@@ -29,6 +29,7 @@ from trials.config import (
     parse_eval,
     parse_model,
     parse_train,
+    rung_steps,
 )
 from trials.validation import ConfigError, Section, closest, describe, load_yaml_mapping
 
@@ -145,11 +146,7 @@ class Sweep:
 
     def rungs(self, max_train_steps: int) -> list[int]:
         """The steps at which a trial with this many steps is scored (always the last one)."""
-        every = self.eval.every_steps
-        steps = list(range(every, max_train_steps + 1, every))
-        if not steps or steps[-1] != max_train_steps:
-            steps.append(max_train_steps)
-        return steps
+        return rung_steps(self.eval.every_steps, max_train_steps)
 
     def trial_config(
         self, values: Mapping[str, Any], *, output_dir: Path, cache_dir: Path

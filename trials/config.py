@@ -139,6 +139,12 @@ class TrialConfig:
         return replace(self, params=params)
 
 
+def rung_steps(every: int, max_steps: int) -> list[int]:
+    """Evaluation steps: every ``every`` steps, and always the last step."""
+    steps = list(range(every, max_steps + 1, every))
+    return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
+
+
 def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
     """Read a prompts file: one prompt a line, blank lines and ``#`` comments skipped."""
     if not path.is_file():

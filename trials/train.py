@@ -29,7 +29,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
 from trials import cache, evaluation, faults
-from trials.config import TrialConfig
+from trials.config import TrialConfig, rung_steps
 from trials.data import load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
 from trials.models import SDComponents, load_components
@@ -94,12 +94,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rung_steps(every: int, max_steps: int) -> list[int]:
-    """Evaluation steps: every ``every`` steps, and always the last step."""
-    steps = list(range(every, max_steps + 1, every))
-    return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
 
 
 def make_batch_sampler(n_examples: int, batch_size: int, rng: random.Random):

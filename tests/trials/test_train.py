@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trials.config import rung_steps
 from trials.lora import WEIGHTS_NAME
-from trials.train import TrialDiverged, TrialOutOfMemory, clip_gradients, run_trial, rung_steps
+from trials.train import TrialDiverged, TrialOutOfMemory, clip_gradients, run_trial
 
 
 def _collect():
