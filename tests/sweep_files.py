@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,15 @@ def trials_so_far(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
             study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}").trials
     except KeyError:  # the database exists, the study not yet
         return []
+
+
+def wait_for_trials(out: Path, name: str,
+                    ready: Callable[[list[optuna.trial.FrozenTrial]], bool],
+                    timeout: float = 300) -> bool:
+    """Poll a running sweep's study until ``ready(trials)``; False when ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready(trials_so_far(out, name)):
+            return True
+        time.sleep(0.5)
+    return False

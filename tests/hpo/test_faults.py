@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from hpo.chaos import parse_chaos
 from hpo.run import main as run_main
-from tests.sweep_files import REPO, trials_so_far, write_sweep
+from tests.sweep_files import REPO, wait_for_trials, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -76,12 +76,8 @@ def test_ctrl_c_stops_within_seconds_and_the_study_resumes(ray_cluster, tmp_path
                "--out", str(out), "--address", ray_cluster]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if any(t.state == TrialState.RUNNING for t in trials_so_far(out, "ctrl-c")):
-            break
-        time.sleep(0.5)
-    else:
+    if not wait_for_trials(out, "ctrl-c",
+                           lambda trials: any(t.state == TrialState.RUNNING for t in trials)):
         driver.kill()
         pytest.fail("no trial started")
     sent = time.time()

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,7 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
-from tests.sweep_files import REPO, trials_so_far, write_sweep
+from tests.sweep_files import REPO, wait_for_trials, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -109,15 +108,11 @@ def test_killed_driver_then_rerun_ends_with_exactly_n_trials(ray_cluster, tmp_pa
                "--out", str(out), "--address", ray_cluster]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        trials = trials_so_far(out, "killed")
-        finished = [t for t in trials if t.state.is_finished()]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if finished and running:
-            break
-        time.sleep(1)
-    else:
+    def finished_and_running(trials: list) -> bool:
+        return any(t.state.is_finished() for t in trials) and \
+            any(t.state == TrialState.RUNNING for t in trials)
+
+    if not wait_for_trials(out, "killed", finished_and_running):
         driver.kill()
         pytest.fail("the sweep never had a finished and a running trial at once")
     os.killpg(driver.pid, signal.SIGKILL)
