@@ -6,12 +6,15 @@ All writes happen in the sweep driver (one writer), so SQLite is safe on a singl
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.spec import Sweep
@@ -36,8 +39,50 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage object (OptunaSearch needs an object, not a URL)."""
-    return optuna.storages.RDBStorage(url)
+    """An RDB storage object (OptunaSearch needs an object, not a URL).
+
+    Optuna creates the schema on first open, and two processes doing that at once (the driver
+    and a dashboard or script polling the study) collide on ``alembic_version``. A new SQLite
+    file is therefore built aside and moved into place whole, so a reader never sees a
+    half-made schema; other databases get one more try once the other process has finished.
+    """
+    database = _new_sqlite_file(url)
+    if database is not None:
+        _create_sqlite_schema(database)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except sqlalchemy.exc.IntegrityError:
+        return optuna.storages.RDBStorage(url)
+
+
+def _new_sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names, when it does not exist yet."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None  # RDBStorage reports the bad URL in its own words
+    name = parsed.database or ""
+    if not parsed.drivername.startswith("sqlite") or name in ("", ":memory:") or \
+            name.startswith("file:"):
+        return None
+    path = Path(name)
+    return None if path.exists() else path
+
+
+def _create_sqlite_schema(path: Path) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        optuna.storages.RDBStorage(f"sqlite:///{staging}").engine.dispose()
+        # A hard link never replaces: if another process got there first, its file stays.
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename is nearly as good
+            if not path.exists():
+                os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def open_study(storage: optuna.storages.BaseStorage, sweep: Sweep, name: str,
