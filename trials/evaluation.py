@@ -25,13 +25,15 @@ class Evaluator:
     """Draws the held-out prompts' images with the current UNet and scores them."""
 
     def __init__(self, config: TrialConfig, components: SDComponents, examples: list[Example],
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, scorer: ClipScorer | None = None
+                 ) -> None:
+        """``scorer``: an already-loaded CLIP scorer for ``eval.clip_model`` (else loaded)."""
         self.config = config.eval
         self.resolution = config.data.resolution
         self.prompts = list(config.eval.prompt_list)
         self.pipe = make_pipeline(components, device, dtype)
-        self.scorer = ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
-                                 device=device, cache_dir=config.cache_dir)
+        self.scorer = scorer or ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
+                                           device=device, cache_dir=config.cache_dir)
         step = max(1, len(examples) // MAX_REFERENCE_IMAGES)
         reference = [load_rgb(ex.path) for ex in examples[::step][:MAX_REFERENCE_IMAGES]]
         self.train_embeds = self.scorer.embed_images(reference)
