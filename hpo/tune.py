@@ -169,6 +169,7 @@ class StudyRecorder(tune.Callback):
         self.rungs: dict[str, list[dict[str, Any]]] = {}
         self.checkpoints: dict[str, list[str]] = {}
         self.started: dict[str, float] = {}
+        self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
         self.finished = 0
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -182,6 +183,11 @@ class StudyRecorder(tune.Callback):
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         ot_trial.report(float(result["clip_score"]), int(result["step"]))
+        node = result.get("node_id")
+        if node and self.nodes.get(trial.trial_id) != node:
+            # Where a running trial is, for whoever watches the study (set again on retries).
+            self.nodes[trial.trial_id] = node
+            ot_trial.set_user_attr("node_id", node)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
