@@ -200,3 +200,43 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     if value is None or value != value:  # NaN
         return "n/a"
     return f"{value:.{digits}f}{unit}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much of each measurement to run; written into the file next to its figures."""
+
+    chunk_steps: int = 10  # throughput: steps per timed chunk
+    chunks: int = 20  # throughput: timed chunks per loop (after one warm-up chunk)
+    search_seeds: int = 100
+    search_trials: int = 20
+    eval_repeats: int = 5
+    demo_repeats: int = 3
+    demo_trials: int = 20
+    early_stop_trials: int = 20
+    eval_prompts: int | None = None  # None: every prompt of the sweep
+
+
+@dataclass
+class Results:
+    """Everything one run measured, filled in by :func:`benchmarks.run.measure`
+    and turned into BENCHMARKS.md by :func:`benchmarks.render.render`.
+
+    A measurement left at ``None`` (or empty) was skipped or failed; ``errors`` says which.
+    """
+
+    settings: Settings
+    quick: bool
+    started: float = field(default_factory=time.time)
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+    elapsed: float | None = None
+    throughput: Any = None
+    throughput_sd15: Any = None
+    search: Any = None
+    eval_cost: Any = None
+    demo: list[Any] = field(default_factory=list)
+    overhead: list[Any] = field(default_factory=list)
+    early_stop: Any = None
+    soak: Any = None
+    errors: dict[str, str] = field(default_factory=dict)

@@ -18,11 +18,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks import run as bench
-from benchmarks.common import SweepRun, study_records
+from benchmarks.common import Results, Settings, SweepRun, study_records
 from benchmarks.demo import DemoRun
 from benchmarks.early_stop import EarlyStopResult, arm
 from benchmarks.eval_cost import measure_eval_cost, sweep_share
 from benchmarks.overhead import from_run, overhead
+from benchmarks.render import ROWS, render
 from benchmarks.search import measure_search, surrogate
 from benchmarks.throughput import ThroughputResult, measure_sd15, measure_tiny
 
@@ -116,13 +117,13 @@ def test_search_runs_the_sweep_samplers() -> None:
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory: pytest.TempPathFactory) -> bench.Results:
+def measured(tmp_path_factory: pytest.TempPathFactory) -> Results:
     """Every piece on its smallest settings, with the sweeps replaced by built studies."""
     work = tmp_path_factory.mktemp("bench")
-    settings = bench.Settings(chunk_steps=2, chunks=2, search_seeds=2, search_trials=5,
-                              eval_repeats=1, demo_repeats=1, demo_trials=4,
-                              early_stop_trials=4, eval_prompts=1)
-    res = bench.Results(settings, quick=True)
+    settings = Settings(chunk_steps=2, chunks=2, search_seeds=2, search_trials=5,
+                        eval_repeats=1, demo_repeats=1, demo_trials=4,
+                        early_stop_trials=4, eval_prompts=1)
+    res = Results(settings, quick=True)
     res.throughput = measure_tiny(work / "throughput", chunk_steps=2, chunks=2)
     if torch.cuda.is_available():  # the SD v1.5-shaped run is too big for a test
         res.throughput_sd15 = ThroughputResult("SD v1.5 shapes", "none", "512 px", 2, 4, 0,
@@ -142,7 +143,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> bench.Results:
     return res
 
 
-def test_throughput_pieces(measured: bench.Results) -> None:
+def test_throughput_pieces(measured: Results) -> None:
     t = measured.throughput
     assert t.measured and t.device == "cpu"
     assert len(t.ours) == len(t.reference) == 2 and t.steps == 6
@@ -152,7 +153,7 @@ def test_throughput_pieces(measured: bench.Results) -> None:
     assert not gpu.measured and gpu.note == "not measured: no GPU"
 
 
-def test_eval_cost_pieces(measured: bench.Results) -> None:
+def test_eval_cost_pieces(measured: Results) -> None:
     c = measured.eval_cost
     assert c.prompts == 1 and c.rungs == 3
     assert 0 < c.share < 1 and c.ips > 0
@@ -161,10 +162,10 @@ def test_eval_cost_pieces(measured: bench.Results) -> None:
     assert sweep_share([]) is None
 
 
-def test_markdown_has_every_figure(measured: bench.Results) -> None:
-    text = bench.render(measured)
+def test_markdown_has_every_figure(measured: Results) -> None:
+    text = render(measured)
     table = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    for label in bench.ROWS.values():
+    for label in ROWS.values():
         rows = [line for line in table.splitlines() if line.startswith(f"| {label} |")]
         assert rows, f"no summary row for {label}"
         assert not any("not measured (skipped)" in r or "failed" in r for r in rows), rows
@@ -178,7 +179,7 @@ def test_markdown_has_every_figure(measured: bench.Results) -> None:
 
 
 def test_measure_and_main_run_one_section(tmp_path: Path, monkeypatch) -> None:
-    small = bench.Settings(search_seeds=2, search_trials=5)
+    small = Settings(search_seeds=2, search_trials=5)
     monkeypatch.setattr(bench, "QUICK", small)
     out = tmp_path / "BENCHMARKS.md"
     assert bench.main(["--quick", "--only", "search", "--out", str(out)]) == 0
