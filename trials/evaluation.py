@@ -21,22 +21,30 @@ MAX_REFERENCE_IMAGES = 64
 SAMPLES_NAME = "samples.png"
 
 
+def reference_embeddings(scorer: ClipScorer, examples: list[Example]) -> torch.Tensor:
+    """CLIP embeddings of a fixed, evenly spread subset of the training images (for CLIP-I)."""
+    step = max(1, len(examples) // MAX_REFERENCE_IMAGES)
+    return scorer.embed_images([load_rgb(ex.path)
+                                for ex in examples[::step][:MAX_REFERENCE_IMAGES]])
+
+
 class Evaluator:
     """Draws the held-out prompts' images with the current UNet and scores them."""
 
     def __init__(self, config: TrialConfig, components: SDComponents, examples: list[Example],
-                 device: torch.device, dtype: torch.dtype, scorer: ClipScorer | None = None
-                 ) -> None:
-        """``scorer``: an already-loaded CLIP scorer for ``eval.clip_model`` (else loaded)."""
+                 device: torch.device, dtype: torch.dtype, scorer: ClipScorer | None = None,
+                 train_embeds: torch.Tensor | None = None) -> None:
+        """``scorer`` and ``train_embeds`` (:func:`reference_embeddings`): already computed
+        for this config and these examples; computed here when not given."""
         self.config = config.eval
         self.resolution = config.data.resolution
         self.prompts = list(config.eval.prompt_list)
         self.pipe = make_pipeline(components, device, dtype)
         self.scorer = scorer or ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
                                            device=device, cache_dir=config.cache_dir)
-        step = max(1, len(examples) // MAX_REFERENCE_IMAGES)
-        reference = [load_rgb(ex.path) for ex in examples[::step][:MAX_REFERENCE_IMAGES]]
-        self.train_embeds = self.scorer.embed_images(reference)
+        if train_embeds is None:
+            train_embeds = reference_embeddings(self.scorer, examples)
+        self.train_embeds = train_embeds
 
     def score(self, out_dir: Path) -> dict[str, Any]:
         """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""

@@ -30,7 +30,7 @@ from diffusers.training_utils import compute_snr
 
 from trials import cache, evaluation, faults, warm
 from trials.config import TrialConfig, rung_steps
-from trials.data import load_examples, load_rgb, preprocess
+from trials.data import Example, load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
 from trials.models import SDComponents, load_components
 
@@ -177,10 +177,9 @@ def make_optimizer(trainable: list[torch.nn.Parameter], learning_rate: float
                              eps=1e-8, fused=True)
 
 
-def encode_training_set(config: TrialConfig, components: SDComponents, device: torch.device,
-                        dtype: torch.dtype) -> cache.EncodedData:
+def encode_training_set(config: TrialConfig, components: SDComponents, examples: list[Example],
+                        device: torch.device, dtype: torch.dtype) -> cache.EncodedData:
     """The training set's latents and text embeddings, from the cache all trials share."""
-    examples = load_examples(config.data.train_dir, config.data.caption_column)
     return cache.load_or_build(examples, config.model, config.data, components,
                                config.cache_dir, device, dtype)
 
@@ -191,7 +190,8 @@ def load_frozen(config: TrialConfig, device: torch.device, dtype: torch.dtype
     components = load_components(
         config.model.name, revision=config.model.revision, variant=config.model.variant,
         cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
-    return components, encode_training_set(config, components, device, dtype)
+    examples = load_examples(config.data.train_dir, config.data.caption_column)
+    return components, encode_training_set(config, components, examples, device, dtype)
 
 
 def run_trial(config: TrialConfig, report: Report) -> TrialResult:
@@ -213,12 +213,13 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
     fault = faults.FaultPlan.from_extras(config.extras)
 
     # 1. The (cached) frozen work on the training set, and the evaluator for the rungs.
-    data = encode_training_set(config, components, device, dtype)
-    examples = data.examples
+    examples = warm.kept_examples(config)
+    data = encode_training_set(config, components, examples, device, dtype)
     if train_cfg.prediction_type:
         components.noise_scheduler.register_to_config(prediction_type=train_cfg.prediction_type)
-    evaluator = evaluation.Evaluator(config, components, examples, device, dtype,
-                                     scorer=warm.kept_scorer(config, device))
+    evaluator = evaluation.Evaluator(
+        config, components, examples, device, dtype, scorer=warm.kept_scorer(config, device),
+        train_embeds=warm.kept_reference_embeddings(config, device, examples))
 
     # 2. Attach the LoRA adapter; only its weights train. Seeded here, after loading, so a
     #    trial draws the same numbers whether its process loaded the model or kept it.

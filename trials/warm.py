@@ -8,7 +8,9 @@ trial was most of the per-trial overhead, so a process keeps them:
 - the UNet is lent to one trial at a time; the trial adds its LoRA, and when it ends (finished,
   stopped early or failed) the LoRA layers are removed again, which leaves the frozen weights
   exactly as loaded (only LoRA parameters are ever given to the optimizer);
-- each trial gets a fresh noise scheduler, because a trial may change its prediction type.
+- each trial gets a fresh noise scheduler, because a trial may change its prediction type;
+- the training folder is validated (every image decoded) once, and again only when a file in
+  it changes; the CLIP embeddings of its reference images are kept with it.
 
 Only :func:`trials.train.run_trial` uses this. The baseline runs as a Ray task, whose worker
 process may idle for the rest of the sweep, so it loads its own copy and lets go of it.
@@ -16,6 +18,8 @@ process may idle for the rest of the sweep, so it loads its own copy and lets go
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,12 +29,16 @@ import torch
 from diffusers import DDPMScheduler
 
 from trials.config import TrialConfig
+from trials.data import Example, load_examples
+from trials.evaluation import reference_embeddings
 from trials.models import SDComponents, load_components
 from trials.score import ClipScorer
 
 # One entry each: a process serves one sweep, and a different model replaces the kept one.
 _components: dict[tuple, SDComponents] = {}
 _scorers: dict[tuple, ClipScorer] = {}
+_examples: dict[tuple, list[Example]] = {}
+_references: dict[tuple, torch.Tensor] = {}
 
 
 def _components_key(config: TrialConfig, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -87,19 +95,63 @@ def restore_unet(unet: torch.nn.Module) -> None:
         raise RuntimeError(f"LoRA layers left on the kept UNet after a trial: {leftover[:3]}")
 
 
+def _scorer_key(config: TrialConfig, device: torch.device) -> tuple:
+    spec = config.eval
+    return (spec.clip_model, spec.clip_pretrained, str(device),
+            str(Path(config.cache_dir).resolve()))
+
+
 def kept_scorer(config: TrialConfig, device: torch.device) -> ClipScorer:
     """The CLIP scorer for the sweep's ``eval.clip_model``, loaded once per process."""
-    spec = config.eval
-    key = (spec.clip_model, spec.clip_pretrained, str(device),
-           str(Path(config.cache_dir).resolve()))
+    key = _scorer_key(config, device)
     if key not in _scorers:
         _scorers.clear()
-        _scorers[key] = ClipScorer(spec.clip_model, spec.clip_pretrained, device=device,
-                                   cache_dir=config.cache_dir)
+        _scorers[key] = ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
+                                   device=device, cache_dir=config.cache_dir)
     return _scorers[key]
+
+
+def folder_state(folder: Path) -> str:
+    """A digest of every file's path, size and modification time under ``folder``.
+
+    Costs a ``stat`` per file (milliseconds for thousands), against decoding every image.
+    """
+    digest = hashlib.sha256()
+    for parent, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _examples_key(config: TrialConfig) -> tuple:
+    folder = Path(config.data.train_dir).resolve()
+    return (str(folder), config.data.caption_column, folder_state(folder))
+
+
+def kept_examples(config: TrialConfig) -> list[Example]:
+    """The training folder's examples, validated again only when a file in it changed."""
+    key = _examples_key(config)
+    if key not in _examples:
+        _examples.clear()
+        _references.clear()
+        _examples[key] = load_examples(config.data.train_dir, config.data.caption_column)
+    return _examples[key]
+
+
+def kept_reference_embeddings(config: TrialConfig, device: torch.device,
+                              examples: list[Example]) -> torch.Tensor:
+    """CLIP embeddings of the training images CLIP-I compares with, once per folder state."""
+    key = (_examples_key(config), _scorer_key(config, device))
+    if key not in _references:
+        _references.clear()
+        _references[key] = reference_embeddings(kept_scorer(config, device), examples)
+    return _references[key]
 
 
 def forget() -> None:
     """Drop everything kept (tests use this to compare with a cold start)."""
-    _components.clear()
-    _scorers.clear()
+    for kept in (_components, _scorers, _examples, _references):
+        kept.clear()

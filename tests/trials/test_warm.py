@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from trials import warm
+from trials.data import DataError
 from trials.lora import WEIGHTS_NAME
 from trials.train import TrialDiverged, run_trial
 
@@ -86,3 +88,27 @@ def test_another_model_replaces_the_kept_one(make_trial_config, tmp_path, count_
     from trials.config import ModelSpec
     scores_and_weights(replace(config, model=ModelSpec(str(tiny_model_dir))))
     assert count_loads == ["tiny", str(tiny_model_dir)] and len(warm._components) == 1
+
+
+def test_the_training_folder_is_decoded_again_only_when_a_file_changes(
+        make_trial_config, synthetic_dataset, tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, folder)
+    config = make_trial_config(train_dir=folder)
+    decoded: list[Path] = []
+    real = warm.load_examples
+    monkeypatch.setattr(warm, "load_examples", lambda d, c: decoded.append(d) or real(d, c))
+    warm.forget()
+    first = warm.kept_examples(config)
+    assert warm.kept_examples(config) is first and len(decoded) == 1
+    # An edited caption is seen ...
+    meta = folder / "metadata.jsonl"
+    meta.write_text(meta.read_text().replace('"text": "', '"text": "edited: ', 1))
+    edited = warm.kept_examples(config)
+    assert len(decoded) == 2 and edited[0].captions[0].startswith("edited: ")
+    # ... and so is an image broken after the first trial.
+    image = folder / first[1].file_name
+    image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(DataError, match=first[1].file_name):
+        warm.kept_examples(config)
+    warm.forget()
