@@ -19,6 +19,7 @@ process may idle for the rest of the sweep, so it loads its own copy and lets go
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ from trials.data import Example, load_examples
 from trials.evaluation import reference_embeddings
 from trials.models import SDComponents, load_components
 from trials.score import ClipScorer
+
+log = logging.getLogger(__name__)
 
 # One entry each: a process serves one sweep, and a different model replaces the kept one.
 _components: dict[tuple, SDComponents] = {}
@@ -53,7 +56,7 @@ def kept_components(config: TrialConfig, device: torch.device, dtype: torch.dtyp
     """The frozen model for one trial: loaded on first use, then lent to each next trial.
 
     On exit the UNet's LoRA layers, gradient checkpointing and training mode are undone. If
-    that fails, the kept model is dropped, so the next trial loads a clean one.
+    that fails, the kept model is dropped (with a warning), so the next trial loads a clean one.
     """
     key = _components_key(config, device, dtype)
     kept = _components.get(key)
@@ -72,9 +75,10 @@ def kept_components(config: TrialConfig, device: torch.device, dtype: torch.dtyp
     finally:
         try:
             restore_unet(kept.unet)
-        except Exception:
+        except Exception as err:
+            # The trial's own outcome stands; the next trial just loads a fresh model.
+            log.warning("dropping the kept model: %s", err)
             _components.clear()
-            raise
         finally:
             if device.type == "cuda":
                 # Hand back what the trial's activations held (all of it after an OOM), so the

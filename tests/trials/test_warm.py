@@ -112,3 +112,17 @@ def test_the_training_folder_is_decoded_again_only_when_a_file_changes(
     with pytest.raises(DataError, match=first[1].file_name):
         warm.kept_examples(config)
     warm.forget()
+
+
+def test_a_model_that_cannot_be_restored_is_dropped_not_lent_again(
+        make_trial_config, tmp_path, count_loads, monkeypatch) -> None:
+    def broken(unet) -> None:
+        raise RuntimeError("cannot take the LoRA off")
+
+    restore = warm.restore_unet
+    monkeypatch.setattr(warm, "restore_unet", broken)
+    scores_and_weights(make_trial_config(output_dir=tmp_path / "a"))  # the trial still ends well
+    assert not warm._components
+    monkeypatch.setattr(warm, "restore_unet", restore)
+    scores_and_weights(make_trial_config(output_dir=tmp_path / "b"))
+    assert count_loads == ["tiny", "tiny"]
