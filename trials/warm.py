@@ -147,8 +147,12 @@ def kept_examples(config: TrialConfig) -> list[Example]:
 
 def kept_reference_embeddings(config: TrialConfig, device: torch.device,
                               examples: list[Example]) -> torch.Tensor:
-    """CLIP embeddings of the training images CLIP-I compares with, once per folder state."""
-    key = (_examples_key(config), _scorer_key(config, device))
+    """CLIP embeddings of the training images CLIP-I compares with, once per folder state.
+
+    ``examples`` come from :func:`kept_examples`, which forgets these embeddings whenever it
+    validates the folder again, so the folder is not walked a second time here.
+    """
+    key = _scorer_key(config, device)
     if key not in _references:
         _references.clear()
         _references[key] = reference_embeddings(kept_scorer(config, device), examples)
