@@ -29,6 +29,9 @@ TINY_MODEL = "tiny"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# train.fused_accumulation: one batch per optimizer step (on), the reference's micro-batches
+# one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
+FUSED_MODES = ("auto", "on", "off")
 
 # Module-name patterns handed to peft. Plain names match any module whose name ends with them
 # (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.
@@ -93,6 +96,7 @@ class TrainSpec:
     noise_offset: float = 0.0
     gradient_checkpointing: bool = False
     prediction_type: str | None = None
+    fused_accumulation: str = "auto"  # see trials.accumulate
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
+    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.fast_eval).
+    clip_fp16: bool = False
+    channels_last: bool = False
+    compile_unet: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,13 +234,23 @@ def parse_train(section: Section) -> TrainSpec:
         noise_offset=section.number("noise_offset", 0.0, minimum=0),
         gradient_checkpointing=section.boolean("gradient_checkpointing", False),
         prediction_type=section.string("prediction_type", None, PREDICTION_TYPES),
+        fused_accumulation=parse_fused(section),
     )
+
+
+def parse_fused(section: Section) -> str:
+    """``train.fused_accumulation``: auto, on or off (YAML's bare true/false/on/off too)."""
+    value = section.raw("fused_accumulation", "auto")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return section.string("fused_accumulation", "auto", FUSED_MODES)
 
 
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "clip_fp16",
+         "channels_last", "compile_unet")
     )
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
@@ -248,6 +266,9 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        clip_fp16=section.boolean("clip_fp16", False),
+        channels_last=section.boolean("channels_last", False),
+        compile_unet=section.boolean("compile_unet", False),
     )
 
 

@@ -1,12 +1,14 @@
 """One trial: fine-tune a LoRA on the UNet, scoring it at every evaluation rung.
 
 Read :func:`run_trial` top to bottom: it is the reference script's training loop
-(``train_text_to_image_lora.py``) with three changes that make a sweep cheaper and fairer:
+(``train_text_to_image_lora.py``) with four changes that make a sweep cheaper and fairer:
 
 1. the frozen VAE and text-encoder work is read from a cache shared by all trials;
 2. gradient clipping clips (the reference passes a consumed iterator, so it never does);
 3. at each rung the in-memory pipeline draws the same seeded images for every trial and they
-   are CLIP-scored against held-out prompts, then ``report`` decides whether to go on.
+   are CLIP-scored against held-out prompts, then ``report`` decides whether to go on;
+4. the micro-batches of one optimizer step run as one batch where memory allows (the same
+   draws and gradients; see :mod:`trials.accumulate`).
 
 Run one trial by hand with ``python -m trials.train FILE.yaml`` (see :mod:`trials.cli`).
 """
@@ -24,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_snr
 
-from trials import cache, evaluation, faults, warm
+from trials import accumulate, cache, evaluation, faults, warm
 from trials.config import TrialConfig, rung_steps
 from trials.data import Example, load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
@@ -135,27 +135,9 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
 
 def diffusion_loss(unet, scheduler, latents, text, config: TrialConfig) -> torch.Tensor:
     """The reference script's loss: MSE to noise (or velocity), optional SNR weighting."""
-    noise = torch.randn_like(latents)
-    if config.train.noise_offset:
-        noise += config.train.noise_offset * torch.randn(
-            (latents.shape[0], latents.shape[1], 1, 1), device=latents.device, dtype=latents.dtype)
-    bsz = latents.shape[0]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,),
-                              device=latents.device).long()
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    pred = unet(noisy, timesteps, text, return_dict=False)[0]
-    if config.train.snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    snr = compute_snr(scheduler, timesteps)
-    weights = torch.clamp(snr, max=config.train.snr_gamma) / snr
-    if scheduler.config.prediction_type == "v_prediction":
-        weights = torch.clamp(snr, max=config.train.snr_gamma) / (snr + 1)
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-    return (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+    batch = accumulate.add_noise(latents, text, scheduler, config.train)
+    pred = unet(batch.noisy, batch.timesteps, batch.text, return_dict=False)[0]
+    return accumulate.mean_loss(pred, batch, scheduler, config.train)
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
@@ -238,6 +220,10 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
     rungs = rung_steps(config.eval.every_steps, params.max_train_steps)
     setup_seconds = time.perf_counter() - setup_start
 
+    # Fused: the step's micro-batches run through the UNet as one batch (see accumulate).
+    accumulator = accumulate.Accumulator(unet, components.noise_scheduler, train_cfg, device,
+                                         dtype, scaler.scale, train_cfg.fused_accumulation)
+
     # 3. The loop: one optimizer step = gradient_accumulation_steps micro-batches.
     result = TrialResult()
     train_seconds = eval_seconds = 0.0
@@ -246,16 +232,19 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
     with explain_out_of_memory(config):
         for step in range(1, params.max_train_steps + 1):
             started = time.perf_counter()
-            for _ in range(train_cfg.gradient_accumulation_steps):
-                latents, text = batch_inputs(next(batches), data, config, components, rng,
-                                             device, dtype)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    loss = diffusion_loss(unet, components.noise_scheduler, latents, text, config)
+            micro_batches = [
+                accumulate.add_noise(*batch_inputs(next(batches), data, config, components, rng,
+                                                   device, dtype),
+                                     components.noise_scheduler, train_cfg)
+                for _ in range(train_cfg.gradient_accumulation_steps)]
+
+            def checked(loss: torch.Tensor, step: int = step) -> torch.Tensor:
                 loss = fault.corrupt_loss(step, loss)
                 if not math.isfinite(loss.item()):
                     raise TrialDiverged(step, loss.item())
-                losses.append(loss.item())
-                scaler.scale(loss / train_cfg.gradient_accumulation_steps).backward()
+                return loss
+
+            losses += accumulator.backward(micro_batches, step, checked)
             scaler.unscale_(optimizer)
             grad_norm = clip_gradients(trainable, train_cfg.max_grad_norm)
             scaler.step(optimizer)
@@ -290,6 +279,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 "peak_memory_mb": peak_memory_mb(device),
                 "cache_hit": data.cache_hit,
                 "device": device.type,
+                "accumulation": accumulator.description,
             }
             losses.clear()
             result.rungs.append(metrics)
