@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import yaml
 
+from hpo.fidelity import exported_steps
 from hpo.spec import Sweep
 from hpo.study import best_trial, counted_trials
 from trials.config import TARGET_PRESETS
@@ -115,6 +116,8 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     values = winning_values(sweep, trial)
     attrs = trial.user_attrs
     best_step = int(attrs.get("best_step") or values["max_train_steps"])
+    # Where a shorter run is a prefix of the trained one, the best rung IS that run.
+    values["max_train_steps"] = exported_steps(sweep, int(values["max_train_steps"]), best_step)
     command, notes = reference_command(sweep, values, best_step)
     best_lora = out_dir / "best_lora"
     doc = {

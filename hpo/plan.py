@@ -11,6 +11,7 @@ from typing import Any
 
 import optuna
 
+from hpo.fidelity import StepsPlan
 from hpo.spec import Sweep
 from hpo.study import best_trial, counted_trials, default_storage_url, redact
 
@@ -30,7 +31,8 @@ def baseline_values(sweep: Sweep) -> dict[str, Any]:
     return values
 
 
-def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> str:
+def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
+             steps: StepsPlan | None = None) -> str:
     """The resolved sweep, as ``--dry-run`` prints it."""
     d, t, e, r = sweep.data, sweep.train, sweep.eval, sweep.resources
     lines = [
@@ -58,8 +60,14 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         lines.append(f"    {p.name:<16} {p.describe():<44} {size}")
     grid_size = sweep.grid_size()
     lines.append(f"  configurations {grid_size if grid_size else 'infinite (continuous ranges)'}")
-    lines.append(f"  rungs          every {e.every_steps} steps: "
-                 f"{', '.join(map(str, sweep.rungs(sweep.max_steps)))}")
+    if steps is not None and steps.fidelity:
+        lines.append(f"  rungs          {', '.join(map(str, steps.rungs))} (candidate step "
+                     "counts and ASHA's rungs)")
+    else:
+        lines.append(f"  rungs          every {e.every_steps} steps: "
+                     f"{', '.join(map(str, sweep.rungs(sweep.max_steps)))}")
+    if steps is not None:
+        lines.append(f"  steps          max_train_steps is {steps.describe()}")
     if sweep.early_terminate:
         et = sweep.early_terminate
         lines.append(f"  early stop     ASHA, grace {et.grace_steps} steps, reduction factor "

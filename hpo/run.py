@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpo import plan
+from hpo import fidelity, plan
 from hpo.chaos import parse_chaos
 from hpo.space import sampler_settings
 from hpo.spec import Sweep, load_sweep
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default=None,
                    help="Ray Tune's storage for results and checkpoints (default OUT/STUDY/ray); "
                         "on a multi-node cluster a folder every node shares, or an s3:// URI")
+    p.add_argument("--steps-as", choices=fidelity.STEPS_AS, default="auto",
+                   help="max_train_steps as a fidelity (trials train to the largest value, "
+                        "rungs measure the smaller ones) or as a search dimension; auto: a "
+                        "fidelity where the LR schedule makes a shorter run a prefix")
     p.add_argument("--study", default=None, help="study name (default: the sweep's name)")
     p.add_argument("--out", type=Path, default=Path("runs"),
                    help="output folder; the study's files go to OUT/STUDY (default: runs)")
@@ -89,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(args.sweep)
         name = args.study or sweep.name
         study_dir = (args.out / name).resolve()
+        steps = fidelity.plan_steps(sweep, args.steps_as)
         if args.dry_run:
-            print(plan.describe(sweep, name, study_dir, args))
+            print(plan.describe(sweep, name, study_dir, args, steps))
             return 0
-        return run(sweep, name, study_dir, args)
+        return run(fidelity.apply(sweep, steps), name, study_dir, args)
     except (ConfigError, SweepError, ValueError) as err:
         if args.debug:
             raise

@@ -146,7 +146,7 @@ class Sweep:
 
     def rungs(self, max_train_steps: int) -> list[int]:
         """The steps at which a trial with this many steps is scored (always the last one)."""
-        return rung_steps(self.eval.every_steps, max_train_steps)
+        return rung_steps(self.eval.every_steps, max_train_steps, self.eval.rungs)
 
     def trial_config(
         self, values: Mapping[str, Any], *, output_dir: Path, cache_dir: Path

@@ -113,7 +113,12 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
-    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.fast_eval).
+    # Explicit evaluation steps (steps searched as a fidelity, see hpo.fidelity); None: every
+    # ``every_steps``.
+    rungs: tuple[int, ...] | None = None
+    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.fast_eval):
+    # the LoRA merged into the weights while drawing (pixels can move by rounding), and CUDA's.
+    merge_lora: bool = False
     clip_fp16: bool = False
     channels_last: bool = False
     compile_unet: bool = False
@@ -147,8 +152,12 @@ class TrialConfig:
         return replace(self, params=params)
 
 
-def rung_steps(every: int, max_steps: int) -> list[int]:
-    """Evaluation steps: every ``every`` steps, and always the last step."""
+def rung_steps(every: int, max_steps: int, explicit: tuple[int, ...] | None = None
+               ) -> list[int]:
+    """Evaluation steps: every ``every`` steps (or the ``explicit`` ones below
+    ``max_steps``), and always the last step."""
+    if explicit:
+        return [*sorted(s for s in set(explicit) if s < max_steps), max_steps]
     steps = list(range(every, max_steps + 1, every))
     return steps if steps and steps[-1] == max_steps else [*steps, max_steps]
 
@@ -249,9 +258,17 @@ def parse_fused(section: Section) -> str:
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size", "clip_fp16",
-         "channels_last", "compile_unet")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "merge_lora",
+         "clip_fp16", "channels_last", "compile_unet", "rungs")
     )
+    rungs = None
+    if section.has("rungs"):
+        raw = section.raw("rungs")
+        if not isinstance(raw, list) or not raw:
+            raise section.error(f"must be a non-empty list of steps (got {describe(raw)})",
+                                "rungs")
+        rungs = tuple(sorted({check_int(v, section.error, f"rungs[{i}]", 1, None)
+                              for i, v in enumerate(raw)}))
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
     default_tag = None if clip_model == TINY_MODEL else "laion2b_s32b_b79k"
@@ -266,9 +283,11 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        merge_lora=section.boolean("merge_lora", False),
         clip_fp16=section.boolean("clip_fp16", False),
         channels_last=section.boolean("channels_last", False),
         compile_unet=section.boolean("compile_unet", False),
+        rungs=rungs,
     )
 
 

@@ -30,6 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+    from trials.fast_eval import PromptEmbeddings
+
 TINY_CLIP = "tiny"
 # Registered with open_clip under this name; bump the suffix when TINY_CLIP_CONFIG changes so
 # stale cached checkpoints are not reused.
@@ -89,11 +91,13 @@ def generate_images(
     seed: int,
     resolution: int,
     batch_size: int = 8,
+    prompt_embeddings: PromptEmbeddings | None = None,
 ) -> list[list[Image.Image]]:
     """Generate ``images_per_prompt`` PIL images for each prompt; returns ``[prompt][image]``.
 
     Each image gets its own CPU ``torch.Generator`` seeded by ``image_seed``, so an image does
-    not depend on batch size, batch composition or accelerator type.
+    not depend on batch size, batch composition or accelerator type. ``prompt_embeddings``
+    keeps the text encoder's output per batch for the next call (the same images).
     """
     jobs = [(p, i) for p in range(len(prompts)) for i in range(images_per_prompt)]
     out: list[list[Image.Image]] = [[] for _ in prompts]
@@ -102,8 +106,11 @@ def generate_images(
         generators = [
             torch.Generator(device="cpu").manual_seed(image_seed(seed, p, i)) for p, i in batch
         ]
+        texts = [prompts[p] for p, _ in batch]
+        prompt_kwargs: dict[str, object] = {"prompt": texts} if prompt_embeddings is None \
+            else prompt_embeddings.pipeline_kwargs(pipe, texts, guidance_scale)
         result = pipe(
-            prompt=[prompts[p] for p, _ in batch],
+            **prompt_kwargs,
             num_inference_steps=inference_steps,
             guidance_scale=guidance_scale,
             height=resolution,
@@ -183,8 +190,12 @@ class ClipScorer:
         device: torch.device | str = "cpu",
         cache_dir: Path | None = None,
         batch_size: int = 32,
+        precision: str = "fp32",
     ) -> None:
-        """Load ``model_name``/``pretrained`` (a tag or a checkpoint file), or the tiny CLIP."""
+        """Load ``model_name``/``pretrained`` (a tag or a checkpoint file), or the tiny CLIP.
+
+        ``precision`` is open_clip's (``fp32``; ``fp16`` on CUDA only, opt-in: scores change
+        by rounding)."""
         self.device = torch.device(device)
         self.batch_size = batch_size
         if model_name == TINY_CLIP:
@@ -201,12 +212,14 @@ class ClipScorer:
             arch,
             pretrained=weights,
             device=self.device,
-            precision="fp32",
+            precision=precision,
             cache_dir=str(cache_dir) if cache_dir is not None else None,
         )
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
+        # The held-out prompts' embeddings are frozen work: computed at the first rung only.
+        self._prompt_embeds: dict[tuple[str, ...], torch.Tensor] = {}
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -250,7 +263,10 @@ class ClipScorer:
             )
         if not prompts or any(len(images) == 0 for images in images_per_prompt_lists):
             raise ValueError("every prompt needs at least one image to score")
-        text = self.embed_texts(prompts)
+        key = tuple(prompts)
+        if key not in self._prompt_embeds:
+            self._prompt_embeds[key] = self.embed_texts(prompts)
+        text = self._prompt_embeds[key]
         flat = [im for images in images_per_prompt_lists for im in images]
         owner = torch.tensor(
             [p for p, images in enumerate(images_per_prompt_lists) for _ in images]
@@ -316,6 +332,18 @@ def _fit_text(
     max_width: int,
 ) -> str:
     """Truncate ``text`` with an ellipsis so it fits ``max_width`` pixels."""
+    key = (text, getattr(font, "size", None), max_width)
+    if key not in _FITTED:
+        _FITTED[key] = _fit(draw, text, font, max_width)
+    return _FITTED[key]
+
+
+# Labels are the same prompts at every rung; fitting one measures it many times.
+_FITTED: dict[tuple, str] = {}
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str,
+         font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None, max_width: int) -> str:
     if draw.textlength(text, font=font) <= max_width:
         return text
     while text and draw.textlength(text + "...", font=font) > max_width:

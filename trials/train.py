@@ -201,7 +201,8 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
         components.noise_scheduler.register_to_config(prediction_type=train_cfg.prediction_type)
     evaluator = evaluation.Evaluator(
         config, components, examples, device, dtype, scorer=warm.kept_scorer(config, device),
-        train_embeds=warm.kept_reference_embeddings(config, device, examples))
+        train_embeds=warm.kept_reference_embeddings(config, device, examples),
+        prompt_embeddings=warm.kept_prompt_embeddings(config, device, dtype))
 
     # 2. Attach the LoRA adapter; only its weights train. Seeded here, after loading, so a
     #    trial draws the same numbers whether its process loaded the model or kept it.
@@ -217,7 +218,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                                  num_training_steps=params.max_train_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     batches = make_batch_sampler(len(examples), train_cfg.train_batch_size, rng)
-    rungs = rung_steps(config.eval.every_steps, params.max_train_steps)
+    rungs = rung_steps(config.eval.every_steps, params.max_train_steps, config.eval.rungs)
     setup_seconds = time.perf_counter() - setup_start
 
     # Fused: the step's micro-batches run through the UNet as one batch (see accumulate).

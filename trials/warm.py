@@ -31,7 +31,8 @@ from diffusers import DDPMScheduler
 
 from trials.config import TrialConfig
 from trials.data import Example, load_examples
-from trials.evaluation import reference_embeddings
+from trials.evaluation import reference_embeddings, scorer_precision
+from trials.fast_eval import PromptEmbeddings
 from trials.models import SDComponents, load_components
 from trials.score import ClipScorer
 
@@ -42,6 +43,7 @@ _components: dict[tuple, SDComponents] = {}
 _scorers: dict[tuple, ClipScorer] = {}
 _examples: dict[tuple, list[Example]] = {}
 _references: dict[tuple, torch.Tensor] = {}
+_prompt_embeddings: dict[tuple, PromptEmbeddings] = {}
 
 
 def _components_key(config: TrialConfig, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -62,6 +64,7 @@ def kept_components(config: TrialConfig, device: torch.device, dtype: torch.dtyp
     kept = _components.get(key)
     if kept is None:
         _components.clear()  # first free the old model's memory, then load the new one
+        _prompt_embeddings.clear()
         kept = load_components(
             config.model.name, revision=config.model.revision, variant=config.model.variant,
             cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
@@ -79,6 +82,7 @@ def kept_components(config: TrialConfig, device: torch.device, dtype: torch.dtyp
             # The trial's own outcome stands; the next trial just loads a fresh model.
             log.warning("dropping the kept model: %s", err)
             _components.clear()
+            _prompt_embeddings.clear()
         finally:
             if device.type == "cuda":
                 # Hand back what the trial's activations held (all of it after an OOM), so the
@@ -99,10 +103,20 @@ def restore_unet(unet: torch.nn.Module) -> None:
         raise RuntimeError(f"LoRA layers left on the kept UNet after a trial: {leftover[:3]}")
 
 
+def kept_prompt_embeddings(config: TrialConfig, device: torch.device, dtype: torch.dtype
+                           ) -> PromptEmbeddings:
+    """The text encoder's embeddings of the held-out prompts, kept with the frozen model."""
+    key = _components_key(config, device, dtype)
+    if key not in _prompt_embeddings:
+        _prompt_embeddings.clear()
+        _prompt_embeddings[key] = PromptEmbeddings()
+    return _prompt_embeddings[key]
+
+
 def _scorer_key(config: TrialConfig, device: torch.device) -> tuple:
     spec = config.eval
     return (spec.clip_model, spec.clip_pretrained, str(device),
-            str(Path(config.cache_dir).resolve()))
+            str(Path(config.cache_dir).resolve()), scorer_precision(config, device))
 
 
 def kept_scorer(config: TrialConfig, device: torch.device) -> ClipScorer:
@@ -111,7 +125,8 @@ def kept_scorer(config: TrialConfig, device: torch.device) -> ClipScorer:
     if key not in _scorers:
         _scorers.clear()
         _scorers[key] = ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
-                                   device=device, cache_dir=config.cache_dir)
+                                   device=device, cache_dir=config.cache_dir,
+                                   precision=scorer_precision(config, device))
     return _scorers[key]
 
 
@@ -161,5 +176,5 @@ def kept_reference_embeddings(config: TrialConfig, device: torch.device,
 
 def forget() -> None:
     """Drop everything kept (tests use this to compare with a cold start)."""
-    for kept in (_components, _scorers, _examples, _references):
+    for kept in (_components, _scorers, _examples, _references, _prompt_embeddings):
         kept.clear()

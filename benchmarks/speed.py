@@ -1,0 +1,312 @@
+"""``python -m benchmarks.speed``: the figures of issue 15, written to ``benchmarks/results.json``.
+
+Measured side by side in one run, on whatever machine runs it (shared CPUs give noisy walls;
+the ratios are what to read):
+
+1. **trainer vs the real reference script.** diffusers' own ``train_text_to_image_lora.py``
+   (taken from a diffusers checkout at a recorded commit, run as a child process, never copied
+   into this repository) and ``python -m trials.train``, both on the tiny SD model folder, the
+   same 12 drawn cars at 64 px, batch 1 x 4 accumulation, rank 4 on attn1 + attn2, constant LR,
+   one torch thread. Each is run for ``short`` and ``long`` optimizer steps; samples/s =
+   ``(long - short) * 4 / (wall(long) - wall(short))``, so model loading, the cache build, the
+   single final rung (ours) and saving cancel out. Ours runs fused and sequential accumulation
+   (``fused_vs_sequential``). Runs alternate (reference, fused, sequential, ...).
+2. **evaluation share of a demo trial**: ``run_trial`` on ``sweeps/tiny.yaml``'s middle
+   configuration, as the sweep runs it (steps as a fidelity: 40 steps, rungs 10/20/30/40):
+   ``eval / (setup + train + eval)``, default evaluation and with ``eval.merge_lora``.
+3. **sweeps on the demo** (``python -m hpo.run`` on ``sweeps/tiny.yaml``, cold, same seed and
+   trial budget): steps as a fidelity with ASHA (the default), the same without early stopping,
+   and steps as a dimension with ASHA. ``asha_compute_fraction`` = CPU-seconds of the first /
+   the second; ``steps_fidelity_compute_fraction`` = CPU-seconds the first needed to reach the
+   dimension arm's best score (within the paired standard error of the two winners' per-prompt
+   scores) / CPU-seconds the dimension arm needed. The fidelity arm is also the demo run
+   (wall time, peak memory, orchestration overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import DELETE, REPO, TINY_SWEEP, median, run_sweep, write_sweep
+
+RESULTS = REPO / "benchmarks" / "results.json"
+SCRIPT = "examples/text_to_image/train_text_to_image_lora.py"
+DEFAULT_MIRROR = Path("/work/.mirror/huggingface+diffusers/repo")
+
+
+def _env(threads: int = 1) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=str(REPO))
+    return env
+
+
+def reference_script(mirror: Path, work: Path) -> tuple[Path, str]:
+    """The reference script from a diffusers git checkout (bare or not), and its commit."""
+    git = ["git", f"--git-dir={mirror}"] if (mirror / "HEAD").is_file() else ["git", "-C",
+                                                                              str(mirror)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    text = subprocess.run([*git, "show", f"HEAD:{SCRIPT}"], capture_output=True, text=True,
+                          check=True).stdout
+    path = work / "train_text_to_image_lora.py"
+    path.write_text(text)
+    return path, commit
+
+
+def _timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
+                          check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed:\n{done.stderr[-3000:]}")
+    return wall
+
+
+def _run_reference(script: Path, model: Path, data: Path, out: Path, steps: int) -> float:
+    return _timed([
+        sys.executable, str(script), f"--pretrained_model_name_or_path={model}",
+        f"--train_data_dir={data}", "--caption_column=text", "--resolution=64", "--center_crop",
+        "--train_batch_size=1", "--gradient_accumulation_steps=4", f"--max_train_steps={steps}",
+        "--learning_rate=1e-4", "--lr_scheduler=constant", "--lr_warmup_steps=0", "--seed=42",
+        "--rank=4", "--mixed_precision=no", "--dataloader_num_workers=0",
+        "--checkpointing_steps=100000", f"--output_dir={out}", "--report_to=tensorboard",
+    ], cwd=out.parent)
+
+
+def _ours_file(work: Path, data: Path, steps: int, fused: str) -> Path:
+    overrides = {
+        "name": "trainer-bench",
+        "data": {"train_dir": str(data), "resolution": 64, "center_crop": True,
+                 "random_flip": False, "synthetic": DELETE},
+        "train": {"train_batch_size": 1, "gradient_accumulation_steps": 4,
+                  "fused_accumulation": fused},
+        # One cheap rung at the end, the same for the short and the long run.
+        "eval": {"every_steps": steps, "images_per_prompt": 1, "inference_steps": 1},
+        "parameters": {"rank": {"value": 4}, "learning_rate": {"value": 1e-4},
+                       "max_train_steps": {"value": steps}, "target_modules": {"value": "attn"}},
+        "early_terminate": DELETE,
+    }
+    return write_sweep(work, TINY_SWEEP, overrides, name=f"ours-{fused}-{steps}.yaml")
+
+
+def _run_ours(work: Path, data: Path, cache: Path, steps: int, fused: str) -> tuple[float, float]:
+    file = _ours_file(work, data, steps, fused)
+    out = work / f"ours-{fused}-{steps}"
+    wall = _timed([sys.executable, "-m", "trials.train", str(file), "--out", str(out),
+                   "--cache", str(cache)], cwd=REPO)
+    result = json.loads((out / "result.json").read_text())
+    return wall, float(result["rungs"][-1]["samples_per_second"])
+
+
+def measure_trainer(work: Path, mirror: Path, short: int = 10, long: int = 40,
+                    repeats: int = 1) -> dict[str, Any]:
+    from trials.models import resolve_model_path
+    from trials.synthetic import make_car_dataset
+
+    work.mkdir(parents=True, exist_ok=True)
+    script, commit = reference_script(mirror, work)
+    cache = work / "cache"
+    model = Path(resolve_model_path("tiny", cache))
+    data = make_car_dataset(work / "data", n_images=12, size=64, seed=0)
+    walls: dict[str, dict[int, list[float]]] = {k: {short: [], long: []}
+                                                for k in ("reference", "on", "off")}
+    own: dict[str, list[float]] = {"on": [], "off": []}
+    _run_ours(work, data, cache, 1, "on")  # builds the latent cache, as a sweep's baseline does
+    for r in range(repeats):
+        for steps in (short, long):
+            for arm in ("reference", "on", "off"):
+                if arm == "reference":
+                    out = work / f"ref-{r}-{steps}"
+                    walls[arm][steps].append(_run_reference(script, model, data, out, steps))
+                else:
+                    wall, sps = _run_ours(work, data, cache, steps, arm)
+                    walls[arm][steps].append(wall)
+                    if steps == long:
+                        own[arm].append(sps)
+    samples = (long - short) * 4
+
+    def sps(arm: str) -> float:
+        return samples / (median(walls[arm][long]) - median(walls[arm][short]))
+
+    return {
+        "reference_commit": commit,
+        "settings": f"tiny SD model, 12 images at 64 px, batch 1 x 4 accumulation, rank 4 "
+                    f"attn1+attn2, constant LR, 1 thread, CPU; samples/s from {short} and "
+                    f"{long} steps, {repeats} repeat(s)",
+        "walls": {arm: {str(k): v for k, v in w.items()} for arm, w in walls.items()},
+        "reference_sps": sps("reference"),
+        "fused_sps": sps("on"),
+        "sequential_sps": sps("off"),
+        "fused_own_timer_sps": median(own["on"]),
+        "sequential_own_timer_sps": median(own["off"]),
+    }
+
+
+def measure_eval_share(work: Path) -> dict[str, Any]:
+    """A demo trial as the sweep runs it (steps as a fidelity), default vs merged LoRA."""
+    from dataclasses import replace
+
+    import torch
+
+    from benchmarks.eval_cost import PARAMS
+    from hpo import fidelity
+    from hpo.spec import load_sweep
+    from trials.synthetic import ensure_dataset
+    from trials.train import run_trial
+
+    sweep = load_sweep(write_sweep(work, TINY_SWEEP, name="eval-share.yaml"))
+    sweep = fidelity.apply(sweep, fidelity.plan_steps(sweep))
+    ensure_dataset(sweep.data)
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {"rungs": list(sweep.rungs(sweep.max_steps))}
+    params = {**PARAMS, "max_train_steps": sweep.max_steps}
+    run_trial(sweep.trial_config(params, output_dir=work / "warm", cache_dir=work / "cache"),
+              lambda *_: False)  # warm: model, cache, scorer kept as in a sweep's worker
+    for label, merge in (("default", False), ("merge_lora", True), ("default_again", False)):
+        config = sweep.trial_config(params, output_dir=work / label, cache_dir=work / "cache")
+        config = replace(config, eval=replace(config.eval, merge_lora=merge))
+        last = run_trial(config, lambda *_: False).rungs[-1]
+        setup, train, ev = (float(last[k]) for k in
+                            ("setup_seconds", "train_seconds", "eval_seconds"))
+        out[label] = {"share": ev / (setup + train + ev), "setup_seconds": setup,
+                      "train_seconds": train, "eval_seconds": ev}
+    return out
+
+
+def _paired_stderr(a: list[float], b: list[float]) -> float:
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+
+
+def _arm(run) -> dict[str, Any]:
+    records = sorted(run.records, key=lambda r: r.end or 0.0)
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None]
+    best = max(complete, key=lambda r: r.value or 0.0, default=None)
+    return {
+        "trials": len(records), "complete": len(complete),
+        "pruned": sum(r.state == "PRUNED" for r in records),
+        "cpu_seconds": sum(r.attr("cpu_seconds") for r in records),
+        "steps_trained": int(sum(r.attr("last_step") for r in records)),
+        "wall_seconds": run.wall_seconds, "best_value": None if best is None else best.value,
+        "best_params": None if best is None else best.params,
+        "best_step": None if best is None else best.attrs.get("best_step"),
+        "best_per_prompt": None if best is None else best.attrs.get("per_prompt"),
+        # (cumulative CPU-seconds, value) at each finished trial, in finishing order
+        "curve": [(sum(x.attr("cpu_seconds") for x in records[:i + 1]), r.value)
+                  for i, r in enumerate(records) if r.state == "COMPLETE"],
+    }
+
+
+def _compute_to_reach(arm: dict[str, Any], threshold: float) -> float | None:
+    return next((cpu for cpu, value in arm["curve"] if value is not None and value >= threshold),
+                None)
+
+
+def measure_sweeps(work: Path, trials: int) -> dict[str, Any]:
+    from benchmarks.overhead import from_run
+
+    arms, runs = {}, {}
+    for label, overrides, extra in (
+            ("fidelity_asha", {}, ["--steps-as", "fidelity"]),
+            ("fidelity_none", {"early_terminate": DELETE}, ["--steps-as", "fidelity"]),
+            ("dimension_asha", {}, ["--steps-as", "dimension"])):
+        folder = work / label
+        file = write_sweep(folder, TINY_SWEEP, overrides)
+        runs[label] = run_sweep(file, trials, folder / "runs", extra)
+        arms[label] = _arm(runs[label])
+    fa, fn, da = arms["fidelity_asha"], arms["fidelity_none"], arms["dimension_asha"]
+    out: dict[str, Any] = {"arms": arms, "trials": trials}
+    out["asha_compute_fraction"] = fa["cpu_seconds"] / fn["cpu_seconds"]
+    if fa["best_per_prompt"] and fn["best_per_prompt"]:
+        se = _paired_stderr(fa["best_per_prompt"], fn["best_per_prompt"])
+        out["asha_vs_none_best_difference"] = fa["best_value"] - fn["best_value"]
+        out["asha_vs_none_paired_stderr"] = se
+        out["asha_same_winner_within_stderr"] = abs(fa["best_value"] - fn["best_value"]) <= se
+    if fa["best_per_prompt"] and da["best_per_prompt"]:
+        se = _paired_stderr(fa["best_per_prompt"], da["best_per_prompt"])
+        threshold = da["best_value"] - se
+        f_cpu, d_cpu = _compute_to_reach(fa, threshold), _compute_to_reach(da, threshold)
+        out["steps_fidelity"] = {"target": da["best_value"], "paired_stderr": se,
+                                 "fidelity_cpu_seconds": f_cpu, "dimension_cpu_seconds": d_cpu}
+        out["steps_fidelity_compute_fraction"] = None if f_cpu is None or not d_cpu \
+            else f_cpu / d_cpu
+        out["steps_fidelity_total_compute_fraction"] = fa["cpu_seconds"] / da["cpu_seconds"]
+    demo = runs["fidelity_asha"]
+    out["demo_wall_seconds"] = demo.wall_seconds
+    out["demo_peak_rss_mb"] = demo.peak_tree_rss_mb
+    out["overhead_median_seconds"] = from_run(demo).per_trial_median
+    return out
+
+
+def _git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR,
+                        help="a diffusers git checkout (the reference script's source)")
+    parser.add_argument("--trials", type=int, default=20, help="trials per sweep arm")
+    parser.add_argument("--sections", default="trainer,eval,sweeps")
+    parser.add_argument("--label", default="tiny demo (random weights)",
+                        help="what model the demo-level figures were measured on")
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results.update({
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git_commit": _git_commit(),
+        "load_average_at_start": list(os.getloadavg()),
+    })
+    with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp:
+        work = Path(tmp)
+        if "trainer" in sections:
+            t = measure_trainer(work / "trainer", args.mirror)
+            results["trainer"] = t
+            results["trainer_vs_reference"] = t["fused_sps"] / t["reference_sps"]
+            results["fused_vs_sequential"] = t["fused_sps"] / t["sequential_sps"]
+            _write(results)
+        if "eval" in sections:
+            e = measure_eval_share(work / "eval")
+            results["eval"] = {**e, "measured_on": args.label}
+            results["eval_share"] = e["default"]["share"]
+            _write(results)
+        if "sweeps" in sections:
+            s = measure_sweeps(work / "sweeps", args.trials)
+            results["sweeps"] = {**s, "measured_on": args.label}
+            for key in ("asha_compute_fraction", "steps_fidelity_compute_fraction",
+                        "demo_wall_seconds", "demo_peak_rss_mb", "overhead_median_seconds"):
+                results[key] = s.get(key)
+            _write(results)
+    results["load_average_at_end"] = list(os.getloadavg())
+    _write(results)
+    print(yaml.safe_dump({k: v for k, v in results.items() if not isinstance(v, dict)},
+                         sort_keys=False))
+    return 0
+
+
+def _write(results: dict[str, Any]) -> None:
+    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
