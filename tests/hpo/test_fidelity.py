@@ -72,3 +72,17 @@ def test_explicit_rungs_stop_at_the_trial_length() -> None:
     assert rung_steps(10, 30, (10, 20, 40)) == [10, 20, 30]
     assert rung_steps(10, 40, (10, 20, 30, 40)) == [10, 20, 30, 40]
     assert rung_steps(10, 30) == [10, 20, 30]
+
+
+def test_dry_run_says_whether_steps_are_a_fidelity(tmp_path, capsys) -> None:
+    from hpo.run import main
+
+    assert main(["--sweep", str(REPO / "sweeps" / "tiny.yaml"), "--dry-run",
+                 "--out", str(tmp_path)]) == 0
+    assert "max_train_steps is a fidelity" in capsys.readouterr().out
+    cosine = write_sweep(tmp_path, **{"train.lr_scheduler": "cosine"})
+    assert main(["--sweep", str(cosine), "--dry-run", "--out", str(tmp_path)]) == 0
+    assert "max_train_steps is a search dimension (the cosine schedule" in capsys.readouterr().out
+    assert main(["--sweep", str(cosine), "--dry-run", "--steps-as", "fidelity",
+                 "--out", str(tmp_path)]) == 2
+    assert "--steps-as fidelity: the cosine schedule" in capsys.readouterr().err
