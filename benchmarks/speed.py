@@ -42,6 +42,8 @@ import yaml
 from benchmarks.common import DELETE, REPO, TINY_SWEEP, median, run_sweep, write_sweep
 
 RESULTS = REPO / "benchmarks" / "results.json"
+MARKDOWN = REPO / "BENCHMARKS.md"
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 SCRIPT = "examples/text_to_image/train_text_to_image_lora.py"
 DEFAULT_MIRROR = Path("/work/.mirror/huggingface+diffusers/repo")
 
@@ -64,6 +66,17 @@ def reference_script(mirror: Path, work: Path) -> tuple[Path, str]:
     path = work / "train_text_to_image_lora.py"
     path.write_text(text)
     return path, commit
+
+
+def one_caption_each(data: Path) -> None:
+    """Keep each image's first caption: the reference's ``datasets`` JSON reader cannot read a
+    column that mixes strings and lists (the drawn cars have some of each)."""
+    meta = data / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    for row in rows:
+        if isinstance(row["text"], list):
+            row["text"] = row["text"][0]
+    meta.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _timed(command: list[str], cwd: Path) -> float:
@@ -122,6 +135,7 @@ def measure_trainer(work: Path, mirror: Path, short: int = 10, long: int = 40,
     cache = work / "cache"
     model = Path(resolve_model_path("tiny", cache))
     data = make_car_dataset(work / "data", n_images=12, size=64, seed=0)
+    one_caption_each(data)
     walls: dict[str, dict[int, list[float]]] = {k: {short: [], long: []}
                                                 for k in ("reference", "on", "off")}
     own: dict[str, list[float]] = {"on": [], "off": []}
@@ -254,6 +268,115 @@ def measure_sweeps(work: Path, trials: int) -> dict[str, Any]:
     return out
 
 
+def hyundai_eval_share_estimate() -> dict[str, Any]:
+    """Evaluation share at ``sweeps/hyundai.yaml``'s shapes, counted in UNet sample-passes (an
+    estimate, not a measurement: no GPU here, and SD v1.5 on these CPUs takes hours).
+
+    A rung draws prompts x images x inference steps x 2 (classifier-free guidance) passes; an
+    optimizer step trains accumulation x ~3 passes (forward + backward). VAE decoding and CLIP
+    scoring, left out, only add to the evaluation's share."""
+    from hpo import fidelity
+    from hpo.spec import load_sweep
+
+    sweep = load_sweep(REPO / "sweeps" / "hyundai.yaml")
+    e, t = sweep.eval, sweep.train
+    per_rung = len(e.prompt_list) * e.images_per_prompt * e.inference_steps * 2
+    train = sweep.max_steps * t.gradient_accumulation_steps * 3
+    before = len(sweep.rungs(sweep.max_steps))
+    after = len(fidelity.plan_steps(sweep).rungs)
+    return {"passes_per_rung": per_rung, "train_passes_full_trial": train,
+            "rungs_every_steps": before, "rungs_fidelity": after,
+            "share_every_steps": before * per_rung / (before * per_rung + train),
+            "share_fidelity": after * per_rung / (after * per_rung + train)}
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f} %"
+
+
+def _x(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def render(r: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of these figures."""
+    t, ev, sw = r.get("trainer", {}), r.get("eval", {}), r.get("sweeps", {})
+    hy = r.get("hyundai_eval_estimate", {})
+    lines = [BEGIN, "## Speed (issue 15): `python -m benchmarks.speed`", "",
+             f"Run on {r.get('date')} at git {r.get('git_commit', '')[:7]}; machine: "
+             f"{r.get('machine')}. Load average at the start "
+             f"{', '.join(f'{x:.1f}' for x in r.get('load_average_at_start', []))}: the 2 "
+             "cores were shared with other engineers' tests and a model being trained, so every "
+             "wall time is slow and noisy. The ratios were measured side by side in one run "
+             "(runs alternating), which is what to read. Raw figures: `benchmarks/results.json`.",
+             "", "| figure | result | target |", "|---|---|---|"]
+    if t:
+        lines.append(
+            f"| trainer vs the real `train_text_to_image_lora.py` (diffusers "
+            f"{t['reference_commit'][:10]}) | ours (fused) {t['fused_sps']:.2f} vs reference "
+            f"{t['reference_sps']:.2f} samples/s = **{_x(r.get('trainer_vs_reference'))}**; "
+            f"{t['settings']} | >= 2x |")
+        lines.append(
+            f"| fused vs sequential accumulation | {t['fused_sps']:.2f} vs "
+            f"{t['sequential_sps']:.2f} samples/s = **{_x(r.get('fused_vs_sequential'))}** "
+            f"(the trial's own timers: {t['fused_own_timer_sps']:.2f} vs "
+            f"{t['sequential_own_timer_sps']:.2f}) | |")
+    if ev:
+        d, m = ev["default"], ev["merge_lora"]
+        lines.append(
+            f"| evaluation share of a demo trial ({ev['measured_on']}; 40 steps, rungs "
+            f"{', '.join(map(str, ev['rungs']))}) | default (same images): "
+            f"**{_pct(d['share'])}** (again: {_pct(ev['default_again']['share'])}); with the "
+            f"opt-in `merge_lora`: {_pct(m['share'])} | <= 25 % |")
+    if hy:
+        lines.append(
+            f"| evaluation share at `sweeps/hyundai.yaml`'s shapes (estimate in UNet "
+            f"sample-passes, not measured) | {_pct(hy['share_fidelity'])} with the fidelity "
+            f"rungs ({hy['rungs_fidelity']} per 1000-step trial), {_pct(hy['share_every_steps'])}"
+            f" with a rung every 100 steps ({hy['rungs_every_steps']}) | |")
+    if sw:
+        a = sw["arms"]
+        lines.append(
+            f"| ASHA compute vs none ({sw['measured_on']}, {sw['trials']} trials each, steps "
+            f"as a fidelity) | **{_pct(sw.get('asha_compute_fraction'))}** "
+            f"({a['fidelity_asha']['cpu_seconds']:.0f} vs {a['fidelity_none']['cpu_seconds']:.0f}"
+            f" CPU-s); best {a['fidelity_asha']['best_value']} vs "
+            f"{a['fidelity_none']['best_value']}, same winner within paired stderr: "
+            f"{sw.get('asha_same_winner_within_stderr')} | <= 50 % |")
+        sf = sw.get("steps_fidelity", {})
+        frac = _pct(sw.get("steps_fidelity_compute_fraction"))
+        lines.append(
+            f"| steps as a fidelity vs a dimension, compute to reach the dimension arm's best "
+            f"within paired stderr (both with ASHA) | **{frac}**"
+            f" ({sf.get('fidelity_cpu_seconds')} vs {sf.get('dimension_cpu_seconds')} CPU-s); "
+            f"whole sweeps: {_pct(sw.get('steps_fidelity_total_compute_fraction'))} | <= 60 % |")
+        lines.append(
+            f"| demo ({sw['trials']} trials, the fidelity + ASHA arm) | wall "
+            f"{sw['demo_wall_seconds']:.0f} s, peak RSS {sw['demo_peak_rss_mb']:.0f} MB (process "
+            f"tree), overhead per trial {sw['overhead_median_seconds']:.2f} s (median) | |")
+        lines += ["", "| arm | trials | COMPLETE / PRUNED | steps trained | CPU-s | wall | best "
+                  "| best step | best params |", "|---|---|---|---|---|---|---|---|---|"]
+        for label, arm in a.items():
+            lines.append(
+                f"| {label} | {arm['trials']} | {arm['complete']} / {arm['pruned']} | "
+                f"{arm['steps_trained']} | {arm['cpu_seconds']:.0f} | {arm['wall_seconds']:.0f} s"
+                f" | {arm['best_value']} | {arm['best_step']} | {arm['best_params']} |")
+    lines += ["", "Not measured: SD v1.5 shapes on a GPU (fused vs sequential, evaluation "
+              "images/s, two trials per GPU): this session had no GPU.", END]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: dict[str, Any]) -> None:
+    text = MARKDOWN.read_text() if MARKDOWN.is_file() else "# Benchmarks\n"
+    section = render(results)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    MARKDOWN.write_text(text)
+
+
 def _git_commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                           text=True, check=False).stdout.strip()
@@ -264,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR,
                         help="a diffusers git checkout (the reference script's source)")
     parser.add_argument("--trials", type=int, default=20, help="trials per sweep arm")
-    parser.add_argument("--sections", default="trainer,eval,sweeps")
+    parser.add_argument("--sections", default="trainer,eval,sweeps",
+                        help="comma-separated; none: only re-render BENCHMARKS.md")
     parser.add_argument("--label", default="tiny demo (random weights)",
                         help="what model the demo-level figures were measured on")
     args = parser.parse_args(argv)
@@ -297,15 +421,20 @@ def main(argv: list[str] | None = None) -> int:
                         "demo_wall_seconds", "demo_peak_rss_mb", "overhead_median_seconds"):
                 results[key] = s.get(key)
             _write(results)
+    results["hyundai_eval_estimate"] = hyundai_eval_share_estimate()
     results["load_average_at_end"] = list(os.getloadavg())
     _write(results)
+    write_markdown(json.loads(RESULTS.read_text()))
     print(yaml.safe_dump({k: v for k, v in results.items() if not isinstance(v, dict)},
                          sort_keys=False))
     return 0
 
 
 def _write(results: dict[str, Any]) -> None:
-    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    """Merge into the file as it is now: sections may run in separate processes."""
+    current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    current.update(results)
+    RESULTS.write_text(json.dumps(current, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ CASES = [
     ({"train.epochs": 1},
      "train.epochs: unknown key (allowed: train_batch_size, gradient_accumulation_steps, "
      "lr_scheduler, lr_warmup_steps, mixed_precision, seed, max_grad_norm, snr_gamma, "
-     "noise_offset, gradient_checkpointing, prediction_type)"),
+     "noise_offset, gradient_checkpointing, prediction_type, fused_accumulation)"),
     ({"method": {"type": "tpe", "sed": 1}}, "method.sed: unknown key (did you mean 'seed'?)"),
     ({"parameters.learning_rat": {"value": 1e-4}},
      "parameters.learning_rat: unknown parameter (did you mean 'learning_rate'?); tunable: "
