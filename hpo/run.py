@@ -187,7 +187,8 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
     if stopped_by:
-        print(f"error: {stopped_by.splitlines()[0] if stopped_by.strip() else stopped_by}",
+        reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
+        print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",
               file=sys.stderr)
         return 2
     return 130 if interrupted else 0
