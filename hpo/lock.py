@@ -88,7 +88,7 @@ def lock_path(storage_url: str, name: str, study_dir: Path) -> Path | None:
     try:
         url = sqlalchemy.engine.make_url(storage_url)
     except sqlalchemy.exc.ArgumentError:
-        return study_dir / ".driver.lock"
+        return study_dir / ".study.lock"
     backend = url.get_backend_name()
     if backend in ("postgresql", "mysql"):
         return None
@@ -97,7 +97,7 @@ def lock_path(storage_url: str, name: str, study_dir: Path) -> Path | None:
             not database.startswith("file:"):
         db = Path(database).resolve()
         return db.with_name(f"{db.name}.{name}.lock")
-    return study_dir / ".driver.lock"
+    return study_dir / ".study.lock"
 
 
 @contextmanager

@@ -247,6 +247,10 @@ def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
             f"but the largest node has {cpus:g}")
     if not gpus:
         log.info("no GPU in the Ray cluster: trials run on CPU")
+        if sweep.train.mixed_precision != "no":
+            log.warning("warning: train.mixed_precision is %s, but on a CPU trials run fp32; "
+                        "the study and best.yaml record the precision that ran",
+                        sweep.train.mixed_precision)
 
 
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,

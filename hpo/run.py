@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def driver_lock(study_dir: Path) -> Iterator[None]:
-    """Refuse a second driver on the same study: the study has one writer."""
+    """Refuse a second driver writing the same output folder (the study itself is locked in
+    its storage: :mod:`hpo.lock`)."""
     lock_path = study_dir / ".driver.lock"
     with open(lock_path, "w") as handle:
         try:
