@@ -361,6 +361,11 @@ def render(r: dict[str, Any]) -> str:
                 f"| {label} | {arm['trials']} | {arm['complete']} / {arm['pruned']} | "
                 f"{arm['steps_trained']} | {arm['cpu_seconds']:.0f} | {arm['wall_seconds']:.0f} s"
                 f" | {arm['best_value']} | {arm['best_step']} | {arm['best_params']} |")
+    if not sw:
+        lines.append("| ASHA compute vs none; steps as a fidelity vs a dimension; demo wall, "
+                     "memory, overhead | not measured in this run (see the notes) | <= 50 %; "
+                     "<= 60 % |")
+    lines += [""] + [f"- {note}" for note in r.get("notes", [])]
     lines += ["", "Not measured: SD v1.5 shapes on a GPU (fused vs sequential, evaluation "
               "images/s, two trials per GPU): this session had no GPU.", END]
     return "\n".join(lines) + "\n"
