@@ -7,6 +7,7 @@ closest ``accelerate launch train_text_to_image_lora.py`` command for the refere
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,8 @@ from hpo.spec import Sweep
 from hpo.study import best_trial, counted_trials
 from trials.config import TARGET_PRESETS
 from trials.lora import WEIGHTS_NAME
+
+log = logging.getLogger("hpo")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -159,9 +162,22 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
         staging = out_dir / "best_lora.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(lora, staging)
+        write_kohya_beside(staging)
         shutil.rmtree(best_lora, ignore_errors=True)
         staging.rename(best_lora)
     return path
+
+
+def write_kohya_beside(lora_dir: Path) -> Path | None:
+    """The kohya-format file (AUTOMATIC1111, ComfyUI) beside a LoRA; None, with a warning,
+    when the adapter cannot be exported in that format (DoRA)."""
+    from trials.export_kohya import KohyaExportError, write_kohya
+
+    try:
+        return write_kohya(lora_dir)
+    except KohyaExportError as err:
+        log.warning("warning: %s: no kohya file: %s", lora_dir.name, err)
+        return None
 
 
 def write_trials_csv(study: optuna.Study, out_dir: Path) -> Path:

@@ -7,7 +7,7 @@ Weights are written where the reference script writes them (``pytorch_lora_weigh
 One key style per file: the reference script's ``convert_state_dict_to_diffusers`` renames only
 attention layers (``to_q.lora.down``) and leaves every other module in peft's style
 (``ff.net.2.lora_A``), so a file with feed-forward targets mixed both. We write peft's style
-(``<module>.lora_A.weight`` / ``lora_B.weight``, and ``lora_magnitude_vector.weight`` for DoRA)
+(``<module>.lora_A.weight`` / ``lora_B.weight``, and ``lora_magnitude_vector`` for DoRA)
 for every module, which is what diffusers writes for its newer pipelines and what
 ``load_lora_weights`` reads without conversion.
 """
@@ -76,12 +76,18 @@ def resolve_target_modules(spec: str, unet: torch.nn.Module) -> str | list[str]:
 
 
 def lora_config(params: HyperParams, unet: torch.nn.Module) -> LoraConfig:
-    """The peft config the reference script builds, with this trial's rank/alpha/targets."""
+    """The peft config the reference script builds, with this trial's rank/alpha/targets.
+
+    ``adapter: dora`` sets peft's ``use_dora`` (DoRA, Liu et al. 2024, "Weight-Decomposed
+    Low-Rank Adaptation"): the same low-rank update plus a trained magnitude per output
+    feature of each wrapped layer, saved as ``lora_magnitude_vector``.
+    """
     return LoraConfig(
         r=params.rank,
         lora_alpha=params.lora_alpha,
         init_lora_weights="gaussian",
         target_modules=resolve_target_modules(params.target_modules, unet),
+        use_dora=params.adapter == "dora",
     )
 
 
@@ -112,7 +118,7 @@ def lora_state_dict(unet: Any) -> dict[str, torch.Tensor]:
     """The adapter's weights in one key style, fp32 on the CPU, keys without the ``unet.`` prefix.
 
     Keys are peft's: ``<module>.lora_A.weight`` (rank x in), ``<module>.lora_B.weight``
-    (out x rank) and, for DoRA, ``<module>.lora_magnitude_vector.weight`` (out,).
+    (out x rank) and, for DoRA, ``<module>.lora_magnitude_vector`` (out,).
     """
     state = get_peft_model_state_dict(unet)
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
