@@ -65,6 +65,7 @@ def reference_command(
         f'--train_data_dir="{d.train_dir}"',
         f'--caption_column="{d.caption_column}"',
         f"--resolution={d.resolution}",
+        f'--image_interpolation_mode="{d.image_interpolation_mode}"',
         *(["--center_crop"] if d.center_crop else []),
         *(["--random_flip"] if d.random_flip else []),
         f"--train_batch_size={t.train_batch_size}",
@@ -99,6 +100,12 @@ def reference_command(
     if p.lora_alpha != p.rank:
         notes.append(f"lora_alpha {p.lora_alpha:g} != rank {p.rank} cannot be expressed: the "
                      "reference script sets alpha = rank")
+    if p.adapter != "lora":
+        notes.append(f"adapter {p.adapter!r} cannot be expressed: the reference script trains "
+                     "a plain LoRA")
+    if config.caption_dropout:
+        notes.append(f"caption_dropout {config.caption_dropout:g} cannot be expressed: the "
+                     "reference script always trains on the caption")
     if best_step != p.max_train_steps and t.lr_scheduler != "constant":
         notes.append(f"the sweep trained {p.max_train_steps} steps and kept step {best_step}; "
                      f"with the {t.lr_scheduler} schedule a shorter run follows another curve")

@@ -40,7 +40,8 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         + (f" @ {sweep.model.revision}" if sweep.model.revision else "")
         + (f" ({sweep.model.variant})" if sweep.model.variant else ""),
         f"  data           {d.train_dir} (caption column {d.caption_column!r}, "
-        f"{d.resolution}px, {'center' if d.center_crop else 'random'} crop"
+        f"{d.resolution}px, {d.image_interpolation_mode} resize, "
+        f"{'center' if d.center_crop else 'random'} crop"
         f"{', random flip' if d.random_flip else ''}"
         f"{', generated if missing' if d.synthetic else ''})",
         f"  train          batch {t.train_batch_size} x accumulation "

@@ -56,6 +56,7 @@ def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
         "center_crop": data.center_crop,
         "random_flip": data.random_flip,
         "caption_column": data.caption_column,
+        "interpolation": data.image_interpolation_mode,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -92,7 +93,8 @@ def _encode_latents(examples: list[Example], data: DataSpec, vae, device, dtype)
     for example in examples:
         image = load_rgb(example.path)
         pixels = torch.stack([
-            preprocess(image, data.resolution, center_crop=True, flip=flip) for flip in flips
+            preprocess(image, data.resolution, center_crop=True, flip=flip,
+                       interpolation=data.image_interpolation_mode) for flip in flips
         ]).to(device, dtype)
         dist = vae.encode(pixels).latent_dist
         means.append(dist.mean.float().cpu())

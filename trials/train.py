@@ -125,7 +125,8 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
     else:  # random crop: encode this step's crop, as the reference does
         pixels = torch.stack([
             preprocess(load_rgb(data.examples[i].path), config.data.resolution,
-                       center_crop=False, flip=f, rng=rng)
+                       center_crop=False, flip=f, rng=rng,
+                       interpolation=config.data.image_interpolation_mode)
             for i, f in zip(indices, flips, strict=True)
         ]).to(device, dtype)
         with torch.no_grad():
