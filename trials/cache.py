@@ -6,7 +6,8 @@ once per (model, folder contents, resolution, crop, flip, caption column) and ev
 sweep reads the same safetensors file.
 
 What is cached, and what is not:
-- text embeddings of every caption (each caption of a list-valued entry);
+- text embeddings of every caption (each caption of a list-valued entry), and of the empty
+  caption for caption dropout;
 - with ``center_crop: true``, the latent *distribution* (mean, std) of each image, once per flip
   variant. Training still draws ``mean + std * noise`` each step, exactly like
   ``latent_dist.sample()``, so the per-step randomness of the reference is kept;
@@ -44,6 +45,8 @@ class EncodedData:
     latent_std: torch.Tensor | None
     cache_file: Path
     cache_hit: bool
+    # (77, dim): the empty caption "", which caption dropout trains on instead of a caption.
+    empty_text: torch.Tensor | None = None
 
 
 def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
@@ -122,13 +125,18 @@ def load_or_build(
             tensors = load_file(file)
         else:
             tensors = {"text_embeds": encode_texts(
-                captions, components.tokenizer, components.text_encoder, device)}
+                captions, components.tokenizer, components.text_encoder, device),
+                "empty_text": encode_texts([""], components.tokenizer, components.text_encoder,
+                                           device)[0]}
             if data.center_crop:
                 mean, std = _encode_latents(examples, data, components.vae, device, dtype)
                 tensors.update(latent_mean=mean, latent_std=std)
             tmp = file.with_suffix(f".tmp{os.getpid()}")
             save_file(tensors, tmp, metadata={"key": key, "n_examples": str(len(examples))})
             os.replace(tmp, file)
+    if "empty_text" not in tensors:  # a cache file written before caption dropout existed
+        tensors["empty_text"] = encode_texts(
+            [""], components.tokenizer, components.text_encoder, device)[0]
     return EncodedData(
         examples=examples,
         text_embeds=tensors["text_embeds"],
@@ -137,4 +145,5 @@ def load_or_build(
         latent_std=tensors.get("latent_std"),
         cache_file=file,
         cache_hit=hit,
+        empty_text=tensors["empty_text"],
     )

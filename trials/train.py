@@ -29,6 +29,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
 from trials import cache, evaluation, faults, warm
+from trials.captions import drop_captions
 from trials.config import TrialConfig, rung_steps
 from trials.data import Example, load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
@@ -115,7 +116,10 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
     """Latents (scaled) and caption embeddings for one micro-batch."""
     flips = [config.data.random_flip and rng.random() < 0.5 for _ in indices]
     rows = [rng.choice(data.caption_rows[i]) for i in indices]
-    text = data.text_embeds[rows].to(device, dtype)
+    text = data.text_embeds[rows]
+    if config.caption_dropout:  # no draw otherwise: the default keeps its random stream
+        text = drop_captions(text, data.empty_text, config.caption_dropout, rng)
+    text = text.to(device, dtype)
     if data.latent_mean is not None:
         index = (torch.tensor(indices), torch.tensor(flips, dtype=torch.long))
         mean, std = data.latent_mean[index], data.latent_std[index]
