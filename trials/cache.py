@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trials import buckets
 from trials.config import DataSpec, ModelSpec
 from trials.data import Example, folder_fingerprint, load_rgb, preprocess
 
@@ -47,6 +48,8 @@ class EncodedData:
     cache_hit: bool
     # (77, dim): the empty caption "", which caption dropout trains on instead of a caption.
     empty_text: torch.Tensor | None = None
+    # With data.aspect_buckets: the bucket plan and per-bucket latents (latent_mean is None).
+    buckets: buckets.BucketedLatents | None = None
 
 
 def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
@@ -61,6 +64,8 @@ def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
         "caption_column": data.caption_column,
         "interpolation": data.image_interpolation_mode,
     }
+    if data.aspect_buckets:  # only then, so unbucketed caches keep their keys
+        parts["buckets"] = data.bucket_max_aspect
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -128,7 +133,9 @@ def load_or_build(
                 captions, components.tokenizer, components.text_encoder, device),
                 "empty_text": encode_texts([""], components.tokenizer, components.text_encoder,
                                            device)[0]}
-            if data.center_crop:
+            if data.aspect_buckets:
+                tensors.update(buckets.encode(examples, data, components, device, dtype))
+            elif data.center_crop:
                 mean, std = _encode_latents(examples, data, components.vae, device, dtype)
                 tensors.update(latent_mean=mean, latent_std=std)
             tmp = file.with_suffix(f".tmp{os.getpid()}")
@@ -146,4 +153,5 @@ def load_or_build(
         cache_file=file,
         cache_hit=hit,
         empty_text=tensors["empty_text"],
+        buckets=buckets.from_tensors(tensors),
     )

@@ -36,6 +36,7 @@ ADAPTERS = ("lora", "dora")
 INTERPOLATION_MODES = ("bilinear", "bicubic", "box", "hamming", "lanczos", "nearest",
                        "nearest_exact")
 DEFAULT_INTERPOLATION = "lanczos"
+DEFAULT_BUCKET_MAX_ASPECT = 2.5  # long side / short side; car side views are about 2:1
 
 # Module-name patterns handed to peft. Plain names match any module whose name ends with them
 # (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.
@@ -88,6 +89,9 @@ class DataSpec:
     random_flip: bool = False
     synthetic: SyntheticData | None = None
     image_interpolation_mode: str = DEFAULT_INTERPOLATION
+    # Aspect-ratio buckets (trials.buckets); off: the reference's square crop.
+    aspect_buckets: bool = False
+    bucket_max_aspect: float = DEFAULT_BUCKET_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
+    width: int | None = None  # images drawn for scoring; None: data.resolution
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,8 @@ def parse_model(section: Section) -> ModelSpec:
 def parse_data(section: Section, base_dir: Path) -> DataSpec:
     section.allow_only(
         ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic", "image_interpolation_mode")
+         "random_flip", "synthetic", "image_interpolation_mode", "aspect_buckets",
+         "bucket_max_aspect")
     )
     synthetic = None
     if section.has("synthetic"):
@@ -230,6 +237,9 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         synthetic=synthetic,
         image_interpolation_mode=section.string(
             "image_interpolation_mode", DEFAULT_INTERPOLATION, INTERPOLATION_MODES),
+        aspect_buckets=section.boolean("aspect_buckets", False),
+        bucket_max_aspect=section.number("bucket_max_aspect", DEFAULT_BUCKET_MAX_ASPECT,
+                                         minimum=1),
     )
 
 
@@ -258,7 +268,7 @@ def parse_train(section: Section) -> TrainSpec:
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "width", "height")
     )
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
@@ -274,7 +284,17 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        width=_image_side(section, "width"),
+        height=_image_side(section, "height"),
     )
+
+
+def _image_side(section: Section, key: str) -> int | None:
+    # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
+    value = section.integer(key, None, minimum=8)
+    if value is not None and value % 8:
+        raise section.error(f"must be a multiple of 8 (got {value})", key)
+    return value
 
 
 def parse_target_modules(value: Any, error: Any, key: str) -> str:

@@ -81,3 +81,18 @@ def test_reference_command_carries_the_interpolation_mode(tmp_path) -> None:
     assert '--image_interpolation_mode="bicubic"' in command
     assert any("adapter 'dora'" in n for n in notes)
     assert any("caption_dropout 0.1" in n for n in notes)
+
+
+def test_dry_run_shows_the_buckets_and_their_counts(tmp_path, capsys) -> None:
+    from hpo.run import main
+    from trials.synthetic import make_car_dataset
+
+    folder = make_car_dataset(tmp_path / "cars", n_images=4, size=48, seed=0)
+    sweep = write_sweep(tmp_path, **{"data.train_dir": str(folder), "data.synthetic": None,
+                                     "data.aspect_buckets": True, "eval.width": 48,
+                                     "eval.height": 24})
+    assert main(["--sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "buckets        buckets of ~32^2 px, sides multiple of 4" in out
+    assert "buckets        32x32 (1.00:1): 4 image(s)" in out
+    assert "images of 48x24px" in out
