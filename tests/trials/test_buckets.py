@@ -22,7 +22,12 @@ SIZES = [(96, 48)] * 3 + [(48, 96)] * 2 + [(64, 64)] * 2 + [(80, 60)]
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("mixed")
+    return write_mixed_folder(tmp_path_factory.mktemp("mixed"))
+
+
+def write_mixed_folder(folder: Path) -> Path:
+    """Striped images of the SIZES with captions naming their shape, in imagefolder layout."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     lines = []
     for i, (w, h) in enumerate(SIZES):
