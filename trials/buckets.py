@@ -242,6 +242,24 @@ def encode(examples: Sequence[Example], data: DataSpec, components, device, dtyp
     return tensors
 
 
+def check_cached(tensors: dict[str, torch.Tensor], n_examples: int, data: DataSpec
+                 ) -> str | None:
+    """Why cached bucket tensors cannot be used for ``n_examples`` images, or None."""
+    sizes, bucket_of = tensors.get("bucket_sizes"), tensors.get("bucket_of")
+    if sizes is None or bucket_of is None or tuple(bucket_of.shape) != (n_examples,) \
+            or "bucket_crop" not in tensors:
+        return f"the bucket plan should cover {n_examples} images"
+    if data.center_crop:
+        flips = 2 if data.random_flip else 1
+        for k in range(len(sizes)):
+            mean, std = tensors.get(f"bucket_mean.{k}"), tensors.get(f"bucket_std.{k}")
+            n = int((bucket_of == k).sum())
+            if mean is None or std is None or mean.shape != std.shape \
+                    or tuple(mean.shape[:2]) != (n, flips):
+                return f"bucket {k} latents should hold {n} images x {flips} flip(s)"
+    return None
+
+
 def from_tensors(tensors: dict[str, torch.Tensor]) -> BucketedLatents | None:
     """Rebuild :class:`BucketedLatents` from cached tensors; None for an unbucketed cache."""
     if "bucket_sizes" not in tensors:
