@@ -97,3 +97,51 @@ def test_dry_run_shows_the_buckets_and_their_counts(tmp_path, capsys) -> None:
     assert "buckets        32x32 (1.00:1): 4 image(s)" in out
     assert "images of 48x24px" in out
 
+
+@pytest.mark.slow
+def test_sweep_over_adapters_with_buckets_caption_dropout_and_wandb(ray_cluster, tmp_path,
+                                                                    monkeypatch) -> None:
+    import optuna
+    import yaml
+    from diffusers import StableDiffusionPipeline
+    from optuna.trial import TrialState
+    from PIL import Image
+
+    from hpo.run import main
+    from tests.trials.test_buckets import write_mixed_folder
+    from trials.models import TINY_MODEL, resolve_model_path
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = write_mixed_folder(tmp_path / "mixed")
+    sweep = write_sweep(tmp_path, **{
+        "method": "grid", "early_terminate": None, "data.train_dir": str(data),
+        "data.synthetic": None, "data.aspect_buckets": True, "eval.width": 48,
+        "eval.height": 24, "train.caption_dropout": 0.1,
+        "parameters.adapter": {"values": ["lora", "dora"]}, "parameters.rank": {"value": 2},
+        "parameters.learning_rate": {"value": 1e-3}, "parameters.max_train_steps": {"value": 4},
+        "parameters.target_modules": {"value": "attn"}})
+    out = tmp_path / "runs"
+    assert main(["--sweep", str(sweep), "--trials", "2", "--out", str(out), "--address",
+                 ray_cluster, "--wandb"]) == 0
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'e2e' / 'optuna.db'}")
+    assert sorted(t.params["adapter"] for t in study.trials) == ["dora", "lora"]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    dora = next(t for t in study.trials if t.params["adapter"] == "dora")
+    lora = next(t for t in study.trials if t.params["adapter"] == "lora")
+    print(f"cpu_seconds lora {lora.user_attrs['cpu_seconds']:.1f} "
+          f"dora {dora.user_attrs['cpu_seconds']:.1f}")
+    best_lora = out / "e2e" / "best_lora"
+    pipe = StableDiffusionPipeline.from_pretrained(
+        resolve_model_path(TINY_MODEL, out / "cache"), safety_checker=None,
+        requires_safety_checker=False)
+    pipe.load_lora_weights(best_lora)  # the winner, DoRA or not, loads in diffusers
+    winner = study.best_trial.params["adapter"]
+    assert (best_lora / "lora_kohya.safetensors").is_file() == (winner == "lora")
+    with Image.open(best_lora / "samples.png") as grid:
+        assert grid.width == 48  # eval at 48 x 24, one image per prompt (the FAST sweep)
+    runs = list((out / "e2e" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    best = yaml.safe_load((out / "e2e" / "best.yaml").read_text())
+    assert best["data"]["aspect_buckets"] is True
+    assert "--image_interpolation_mode" in best["result"]["reference_command"]
