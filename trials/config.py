@@ -29,6 +29,14 @@ TINY_MODEL = "tiny"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# peft LoraConfig(use_dora=False/True): LoRA, or DoRA (Liu et al. 2024).
+ADAPTERS = ("lora", "dora")
+# The reference script's --image_interpolation_mode choices (torchvision InterpolationMode
+# members, lower case) and its default.
+INTERPOLATION_MODES = ("bilinear", "bicubic", "box", "hamming", "lanczos", "nearest",
+                       "nearest_exact")
+DEFAULT_INTERPOLATION = "lanczos"
+DEFAULT_BUCKET_MAX_ASPECT = 2.5  # long side / short side; car side views are about 2:1
 # train.fused_accumulation: one batch per optimizer step (on), the reference's micro-batches
 # one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
 FUSED_MODES = ("auto", "on", "off")
@@ -40,7 +48,11 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "attn": ("to_q", "to_k", "to_v", "to_out.0"),
     "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
-PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules")
+PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules",
+                   "adapter", "caption_dropout")
+# Parameters a sweep may leave out: alpha defaults to rank, adapter to lora, caption dropout to
+# train.caption_dropout.
+OPTIONAL_PARAMETERS = ("lora_alpha", "adapter", "caption_dropout")
 PARAMETER_PATHS = {name: f"parameters.{name}" for name in PARAMETER_NAMES}
 _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
@@ -79,6 +91,10 @@ class DataSpec:
     center_crop: bool = True
     random_flip: bool = False
     synthetic: SyntheticData | None = None
+    image_interpolation_mode: str = DEFAULT_INTERPOLATION
+    # Aspect-ratio buckets (trials.buckets); off: the reference's square crop.
+    aspect_buckets: bool = False
+    bucket_max_aspect: float = DEFAULT_BUCKET_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,9 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     prediction_type: str | None = None
     fused_accumulation: str = "auto"  # see trials.accumulate
+    # Probability of training a sample on the empty caption (for classifier-free guidance);
+    # kohya sd-scripts' --caption_dropout_rate. A parameters.caption_dropout overrides it.
+    caption_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,8 @@ class EvalSpec:
     clip_fp16: bool = False
     channels_last: bool = False
     compile_unet: bool = False
+    width: int | None = None  # images drawn for scoring; None: data.resolution
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,8 @@ class HyperParams:
     learning_rate: float
     max_train_steps: int
     target_modules: str
+    adapter: str = "lora"
+    caption_dropout: float | None = None  # None: train.caption_dropout
 
 
 @dataclass(frozen=True)
@@ -150,6 +173,12 @@ class TrialConfig:
 
     def with_params(self, params: HyperParams) -> TrialConfig:
         return replace(self, params=params)
+
+    @property
+    def caption_dropout(self) -> float:
+        """The searched ``parameters.caption_dropout`` if any, else ``train.caption_dropout``."""
+        searched = self.params.caption_dropout
+        return self.train.caption_dropout if searched is None else searched
 
 
 def rung_steps(every: int, max_steps: int, explicit: tuple[int, ...] | None = None
@@ -200,7 +229,8 @@ def parse_model(section: Section) -> ModelSpec:
 def parse_data(section: Section, base_dir: Path) -> DataSpec:
     section.allow_only(
         ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic")
+         "random_flip", "synthetic", "image_interpolation_mode", "aspect_buckets",
+         "bucket_max_aspect")
     )
     synthetic = None
     if section.has("synthetic"):
@@ -222,6 +252,11 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         center_crop=section.boolean("center_crop", True),
         random_flip=section.boolean("random_flip", False),
         synthetic=synthetic,
+        image_interpolation_mode=section.string(
+            "image_interpolation_mode", DEFAULT_INTERPOLATION, INTERPOLATION_MODES),
+        aspect_buckets=section.boolean("aspect_buckets", False),
+        bucket_max_aspect=section.number("bucket_max_aspect", DEFAULT_BUCKET_MAX_ASPECT,
+                                         minimum=1),
     )
 
 
@@ -244,6 +279,7 @@ def parse_train(section: Section) -> TrainSpec:
         gradient_checkpointing=section.boolean("gradient_checkpointing", False),
         prediction_type=section.string("prediction_type", None, PREDICTION_TYPES),
         fused_accumulation=parse_fused(section),
+        caption_dropout=section.number("caption_dropout", 0.0, minimum=0, maximum=1),
     )
 
 
@@ -258,8 +294,8 @@ def parse_fused(section: Section) -> str:
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size", "merge_lora",
-         "clip_fp16", "channels_last", "compile_unet", "rungs")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "width", "height",
+         "merge_lora", "clip_fp16", "channels_last", "compile_unet", "rungs")
     )
     rungs = None
     if section.has("rungs"):
@@ -288,7 +324,17 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         channels_last=section.boolean("channels_last", False),
         compile_unet=section.boolean("compile_unet", False),
         rungs=rungs,
+        width=_image_side(section, "width"),
+        height=_image_side(section, "height"),
     )
+
+
+def _image_side(section: Section, key: str) -> int | None:
+    # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
+    value = section.integer(key, None, minimum=8)
+    if value is not None and value % 8:
+        raise section.error(f"must be a multiple of 8 (got {value})", key)
+    return value
 
 
 def parse_target_modules(value: Any, error: Any, key: str) -> str:
@@ -331,6 +377,12 @@ def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
         return check_number(value, error, key, above=0, maximum=1.0)
     if name == "target_modules":
         return parse_target_modules(value, error, key)
+    if name == "adapter":
+        if value not in ADAPTERS:
+            raise error(f"must be one of {', '.join(ADAPTERS)} (got {describe(value)})", key)
+        return value
+    if name == "caption_dropout":
+        return check_number(value, error, key, minimum=0, maximum=1)
     if name == "lora_alpha":
         factor = alpha_rule(value)
         if factor is not None:
@@ -355,6 +407,9 @@ def make_params(values: Mapping[str, Any]) -> HyperParams:
         learning_rate=float(values["learning_rate"]),
         max_train_steps=int(values["max_train_steps"]),
         target_modules=str(values["target_modules"]),
+        adapter=str(values.get("adapter", "lora")),
+        caption_dropout=None if values.get("caption_dropout") is None
+        else float(values["caption_dropout"]),
     )
 
 
@@ -424,7 +479,7 @@ def load_trial_config(
         elif name in fixed:
             values[name] = check_param_value(
                 name, fixed[name], params_section.sub(name).error, "value")
-        elif name != "lora_alpha":  # alpha defaults to rank
+        elif name not in OPTIONAL_PARAMETERS:  # alpha defaults to rank, adapter to lora
             raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
     return TrialConfig(
         model=parse_model(root.sub("model")),
