@@ -118,8 +118,10 @@ def test_a_trial_trains_the_same_lora_fused_or_not(make_trial_config, tmp_path) 
         losses = result.rungs[-1]["train_loss"]
         loras[mode + "-loss"] = losses
     assert loras["on-loss"] == pytest.approx(loras["off-loss"], rel=1e-4)
+    # AdamW divides by sqrt(v): an element whose gradient is ~0 can turn a rounding difference
+    # into a visible one, so the bound is far below one update (lr 1e-3), not at float epsilon.
     for key, value in loras["off"].items():
-        torch.testing.assert_close(loras["on"][key], value, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(loras["on"][key], value, rtol=1e-3, atol=1e-5)
 
 
 def test_fused_accumulation_reads_booleans_and_names(tmp_path) -> None:
