@@ -133,6 +133,8 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "clip_score_stderr": attrs.get("clip_score_stderr"),
             "baseline_clip_score": baseline,
             "delta_vs_baseline": attrs.get("delta_vs_baseline"),
+            # paired by prompt (same seeds): see hpo.paired
+            "delta_vs_baseline_stderr": attrs.get("delta_vs_baseline_stderr"),
             "clip_i": attrs.get("clip_i"),
             "best_step": best_step,
             "lora": str(best_lora / WEIGHTS_NAME),

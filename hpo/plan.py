@@ -137,6 +137,14 @@ def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
         log.info("no GPU in the Ray cluster: trials run on CPU")
 
 
+def _delta_line(label: str, delta: float | None, stderr: float | None) -> str:
+    """``label: Δ +0.1234 ± 0.0123 (paired over prompts, same seeds)``."""
+    if delta is None:
+        return f"{label}: no baseline score"
+    spread = f" ± {stderr:.4f}" if stderr is not None else ""
+    return f"{label}: Δ {delta:+.4f}{spread} (paired stderr over prompts, same seeds)"
+
+
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
             storage_url: str, seconds: float) -> str:
     """The closing lines: best score, where the outputs are, how to open the dashboard."""
@@ -158,6 +166,8 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
             + (f" ± {stderr:.4f}" if stderr is not None else "")
             + (f" (baseline without LoRA {baseline:.4f})" if baseline is not None else "")
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
+        lines.append(_delta_line("  vs baseline", best.user_attrs.get("delta_vs_baseline"),
+                                 best.user_attrs.get("delta_vs_baseline_stderr")))
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

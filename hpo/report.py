@@ -250,13 +250,15 @@ def trials_table(study: optuna.Study) -> str:
     sign = -1 if _maximize(study) else 1
     trials = sorted(trials, key=lambda t: (trial_score(study, t) is None,
                                            sign * (trial_score(study, t) or 0.0)))
-    head = ["trial", "state", _metric(study), "± stderr", "best step", *params,
+    head = ["trial", "state", _metric(study), "± stderr", "Δ vs baseline", "± paired",
+            "best step", *params,
             label.split(" (")[0], "note"]
     rows = []
     for t in trials:
         a = t.user_attrs
         cells = [t.number, t.state.name, _num(trial_score(study, t)),
-                 _num(a.get("clip_score_stderr")), a.get("best_step", ""),
+                 _num(a.get("clip_score_stderr")), _num(a.get("delta_vs_baseline"), "+.4f"),
+                 _num(a.get("delta_vs_baseline_stderr")), a.get("best_step", ""),
                  *[_num(t.params[p], ".3g") if isinstance(t.params.get(p), float)
                    else t.params.get(p, "") for p in params],
                  _num(a.get(key), ".1f"), a.get("fail_reason", "")]
@@ -279,6 +281,11 @@ def _summary(study: optuna.Study) -> str:
                      f"{_num(best.user_attrs.get('clip_score_stderr'))} at step "
                      f"{_esc(best.user_attrs.get('best_step', '?'))}, params "
                      f"<code>{_esc(best.params)}</code>.")
+        delta = best.user_attrs.get("delta_vs_baseline")
+        if delta is not None:
+            lines.append(f"Best vs baseline: Δ {delta:+.4f} ± "
+                         f"{_num(best.user_attrs.get('delta_vs_baseline_stderr'))} (paired "
+                         f"standard error over prompts: the same seeds on both sides).")
     if base is not None:
         lines.append(f"Baseline without LoRA: {base:.4f} ± "
                      f"{_num(attrs.get('baseline_clip_score_stderr'))} (same prompts, same "

@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo.chaos import ChaosPlan
+from hpo.paired import paired_or_none
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import Sweep
 from trials.config import TrialConfig
@@ -225,6 +226,15 @@ class StudyRecorder(tune.Callback):
         self._finish(trial, TrialState.FAIL,
                      reason=f"the trial process failed {attempts} time(s): {text}"[:2000])
 
+    def _paired_vs_baseline(self, per_prompt: list[float] | None) -> dict[str, Any]:
+        """The paired standard error (over prompts) of the delta against the baseline."""
+        base = self.searcher.study.user_attrs.get("baseline_per_prompt")
+        paired = paired_or_none(per_prompt, base)
+        if paired is None:
+            return {}
+        return {"delta_vs_baseline_stderr": paired.stderr,
+                "delta_vs_baseline_p_value": paired.p_value}
+
     def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         rungs = self.rungs.get(trial.trial_id, [])
@@ -249,6 +259,7 @@ class StudyRecorder(tune.Callback):
                 per_prompt=best.get("per_prompt"),
                 delta_vs_baseline=None if self.baseline is None
                 else value - self.baseline,
+                **self._paired_vs_baseline(best.get("per_prompt")),
                 train_seconds=last["train_seconds"],
                 eval_seconds=last["eval_seconds"],
                 setup_seconds=last.get("setup_seconds"),

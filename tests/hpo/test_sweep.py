@@ -74,6 +74,13 @@ def test_outputs_are_written(finished_sweep) -> None:
     best = yaml.safe_load((folder / "best.yaml").read_text())
     study = load_study(finished_sweep)
     assert best["result"]["clip_score"] == study.best_value
+    # The delta against the baseline carries its paired standard error (over prompts).
+    winner = study.best_trial
+    assert best["result"]["delta_vs_baseline"] == pytest.approx(
+        study.best_value - study.user_attrs["baseline_clip_score"])
+    assert best["result"]["delta_vs_baseline_stderr"] == winner.user_attrs[
+        "delta_vs_baseline_stderr"] > 0
+    assert "delta_vs_baseline_stderr" in " ".join(frame.columns)
     assert "accelerate launch train_text_to_image_lora.py" in best["result"]["reference_command"]
     assert all("value" in spec for spec in best["parameters"].values())
 
