@@ -195,7 +195,8 @@ def name_objective(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # set_metric_names is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if study.metric_names is None:
-            study.set_metric_names([str(study.user_attrs.get("metric", "clip_score"))])
+            names = [str(o["name"]) for o in study.user_attrs.get("objectives") or ()]
+            study.set_metric_names(names or [str(study.user_attrs.get("metric", "clip_score"))])
 
 
 def upload_baseline(study: optuna.Study, study_dir: Path,

@@ -145,6 +145,31 @@ def _delta_line(label: str, delta: float | None, stderr: float | None) -> str:
     return f"{label}: Δ {delta:+.4f}{spread} (paired stderr over prompts, same seeds)"
 
 
+def confirmation_lines(study: optuna.Study) -> list[str]:
+    """The winner's confirmed score and paired differences, for the summary."""
+    from hpo.winner import confirmation_summary
+
+    conf = confirmation_summary(study)
+    if conf is None:
+        return []
+    stderr = conf.get("clip_score_stderr")
+    lines = [f"confirmed on fresh seeds (seed {conf['seed']}, {conf['images_per_prompt']} "
+             f"image(s) per prompt, trials {conf['trials']}): trial {conf['winner']} "
+             f"clip_score {conf['clip_score']:.4f}"
+             + (f" ± {stderr:.4f}" if stderr is not None else "")
+             + (f" (search score {conf['search_clip_score']:.4f})"
+                if conf.get("search_clip_score") is not None else "")]
+    if "delta_vs_baseline" in conf:
+        lines.append(_delta_line("  vs baseline, fresh seeds", conf["delta_vs_baseline"],
+                                 conf.get("delta_vs_baseline_stderr")))
+    if "delta_vs_runner_up" in conf:
+        lines.append(_delta_line(f"  vs runner-up trial {conf['runner_up']}",
+                                 conf["delta_vs_runner_up"],
+                                 conf.get("delta_vs_runner_up_stderr")))
+    lines.append(f"  {conf['verdict']}")
+    return lines
+
+
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
             storage_url: str, seconds: float) -> str:
     """The closing lines: best score, where the outputs are, how to open the dashboard."""
@@ -161,13 +186,17 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         lines.append("no trial completed, so there is no best configuration yet")
     else:
         stderr = best.user_attrs.get("clip_score_stderr")
+        # The best rung's clip_score on the search seeds (with several objectives, too).
+        score = best.user_attrs.get("score_per_rung", {}).get(
+            str(best.user_attrs.get("best_step")), float("nan"))
         lines.append(
-            f"best: trial {best.number}, clip_score {best.value:.4f}"
+            f"best: trial {best.number}, clip_score {score:.4f}"
             + (f" ± {stderr:.4f}" if stderr is not None else "")
             + (f" (baseline without LoRA {baseline:.4f})" if baseline is not None else "")
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
         lines.append(_delta_line("  vs baseline", best.user_attrs.get("delta_vs_baseline"),
                                  best.user_attrs.get("delta_vs_baseline_stderr")))
+        lines += confirmation_lines(study)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import export, report
+    from hpo import confirm, export, pareto, report
     from hpo import study as studies
 
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -138,8 +138,14 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
             if interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
+        if not interrupted and sweep.confirm.top_k:
+            try:  # resumable: only what is missing on the confirmation seeds is scored
+                confirm.confirm(sweep, study, study_dir, cache_dir, args.address)
+            except KeyboardInterrupt:
+                interrupted = True
         baseline = study.user_attrs.get("baseline_clip_score")
         best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
+        pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
         csv = export.write_trials_csv(study, study_dir)
         log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))

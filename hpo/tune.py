@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 # The classic progress table shows each trial's parameters beside its score.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
+             "clip_i_holdout", "dino_holdout",
              "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
              "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id")
 
@@ -183,7 +184,8 @@ class StudyRecorder(tune.Callback):
         rung = {k: result[k] for k in RUNG_KEYS if k in result}
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
-        ot_trial.report(float(result["clip_score"]), int(result["step"]))
+        if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
+            ot_trial.report(float(result[self.sweep.metric]), int(result["step"]))
         node = result.get("node_id")
         if node and self.nodes.get(trial.trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
@@ -242,11 +244,21 @@ class StudyRecorder(tune.Callback):
                                  "wall_seconds": time.time() - self.started.get(
                                      trial.trial_id, time.time())}
         value = None
+        values: list[float] | None = None
         if rungs:
+            # The best rung by the first objective (ASHA's metric too); with several
+            # objectives the trial's values are all taken at that rung.
+            metric = self.sweep.metric
             pick = max if self.sweep.goal == "maximize" else min
-            best_i = pick(range(len(rungs)), key=lambda i: rungs[i]["clip_score"])
+            best_i = pick(range(len(rungs)),
+                          key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
             best, last = rungs[best_i], rungs[-1]
-            value = float(best["clip_score"])
+            value = float(best.get(metric) if best.get(metric) is not None else math.nan)
+            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
+                      for o in self.sweep.objectives] or [value]
+            if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
+                state = TrialState.FAIL
+                reason = f"no finite value of every objective at step {best['step']}: {values}"
             ckpts = self.checkpoints.get(trial.trial_id, [])
             lora = ckpts[best_i] if best_i < len(ckpts) else None
             busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
@@ -256,9 +268,11 @@ class StudyRecorder(tune.Callback):
                 best_step=best["step"],
                 clip_score_stderr=best["clip_score_stderr"],
                 clip_i=best.get("clip_i"),
+                clip_i_holdout=best.get("clip_i_holdout"),
+                dino_holdout=best.get("dino_holdout"),
                 per_prompt=best.get("per_prompt"),
                 delta_vs_baseline=None if self.baseline is None
-                else value - self.baseline,
+                else float(best["clip_score"]) - self.baseline,
                 **self._paired_vs_baseline(best.get("per_prompt")),
                 train_seconds=last["train_seconds"],
                 eval_seconds=last["eval_seconds"],
@@ -284,10 +298,17 @@ class StudyRecorder(tune.Callback):
             observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study
         if state == TrialState.COMPLETE:
-            study.tell(ot_trial, value)
+            study.tell(ot_trial, values if self.sweep.multi_objective else value)
         else:
             study.tell(ot_trial, state=state)
         self.finished += 1
+
+
+def _finite(value: Any, goal: str) -> float:
+    """A rung's metric for ranking rungs; a missing or NaN value ranks last."""
+    if value is None or not math.isfinite(float(value)):
+        return -math.inf if goal == "maximize" else math.inf
+    return float(value)
 
 
 def _absolute(storage_path: str) -> str:
@@ -318,15 +339,43 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     return ray.get(task.remote(config))
 
 
+def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
+                  jobs: dict[str, tuple[TrialConfig, str | None]], seed: int,
+                  images_per_prompt: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rescore LoRAs (None = the base model) in parallel Ray tasks with a trial's resources.
+
+    ``jobs`` maps a key to (config, LoRA folder). Yields ``(key, scores)`` as each task ends,
+    so the caller can record it at once; a task that raised yields ``{"error": ...}``.
+    """
+    from trials.rescore import rescore
+
+    res = trial_resources(sweep, cluster)
+    task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)
+    pending = {task.remote(config, None if lora is None else Path(lora), seed,
+                           images_per_prompt): key for key, (config, lora) in jobs.items()}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            yield key, ray.get(ready[0])
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            yield key, {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+
+
 def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseStorage,
               n_new: int, slots: int, cluster: dict[str, float], storage_path: str,
               cache_dir: Path, baseline: float | None,
               observers: Sequence[SweepObserver] = (),
               chaos: ChaosPlan | None = None) -> StudyRecorder:
     """Run ``n_new`` more trials with Tune; the study records every one of them."""
+    if sweep.multi_objective:  # a multi-objective study; Tune's ASHA uses the first
+        metrics: Any = [o.name for o in sweep.objectives]
+        modes: Any = ["max" if o.goal == "maximize" else "min" for o in sweep.objectives]
+    else:
+        metrics, modes = sweep.metric, "max" if sweep.goal == "maximize" else "min"
     searcher = StudySearch(
-        space=define_by_run(sweep), metric=sweep.metric,
-        mode="max" if sweep.goal == "maximize" else "min", sampler=make_sampler(sweep),
+        space=define_by_run(sweep), metric=metrics, mode=modes, sampler=make_sampler(sweep),
         study_name=study_name, storage=storage)
     recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos)
     mode = "max" if sweep.goal == "maximize" else "min"
@@ -343,7 +392,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     searched = [p.name for p in sweep.searched]
     reporter = tune.CLIReporter(
         parameter_columns=searched,
-        metric_columns=["step", "clip_score", "clip_score_stderr", "train_loss"],
+        metric_columns=["step", *dict.fromkeys(["clip_score", *(o.name for o in sweep.objectives)]),
+                        "clip_score_stderr", "train_loss"],
         # Not sort_by_metric: Ray 2.60 crashes sorting a finished trial that has no score.
         max_report_frequency=15, metric=sweep.metric, mode=mode)
     tuner = tune.Tuner(

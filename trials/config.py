@@ -43,7 +43,7 @@ _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
-    "early_terminate", "resources", "result",
+    "early_terminate", "resources", "result", "select", "confirm",
 )
 
 
