@@ -50,6 +50,15 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         f"  eval           {len(e.prompt_list)} prompts from {e.prompts} x "
         f"{e.images_per_prompt} images, {e.inference_steps} steps, guidance "
         f"{e.guidance_scale:g}, seed {e.seed}; CLIP {e.clip_model}/{e.clip_pretrained}",
+        f"  held out       {d.holdout} training image(s) (seed {d.holdout_seed}), reference "
+        f"folder {e.reference_dir}; DINOv2 {e.dino_model}" if d.holdout or e.reference_dir
+        else "  held out       none (no clip_i_holdout / dino_holdout)",
+        f"  objectives     {', '.join(f'{o.name} ({o.goal})' for o in sweep.objectives)}; "
+        f"winner rule {sweep.select.rule}"
+        + (f" {list(sweep.select.weights)}" if sweep.select.weights else ""),
+        f"  confirmation   top {sweep.confirm.top_k} on seed {sweep.confirm.seed}, "
+        f"{sweep.confirm.images_per_prompt} image(s) per prompt" if sweep.confirm.top_k
+        else "  confirmation   off",
         "  search space:",
     ]
     for p in sweep.parameters:
@@ -96,6 +105,9 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path) -> None:
                 from None
     ensure_dataset(sweep.data)
     examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
+    held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
+    if sweep.eval.reference_dir is not None:
+        load_examples(sweep.eval.reference_dir, sweep.data.caption_column)
     overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
     if overlap:
         log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
@@ -106,6 +118,26 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path) -> None:
             check_model_source(resolve_model_path(name, cache_dir))
         except ValueError as err:
             raise PreflightError(f"{sweep.source}: model.name: {err}") from None
+
+
+def held_out_split(sweep: Sweep, examples: list | None = None) -> dict[str, Any] | None:
+    """The held-out real images as the study records them (None without any)."""
+    from trials.data import load_examples
+    from trials.holdout import split
+
+    d = sweep.data
+    if not d.holdout and sweep.eval.reference_dir is None:
+        return None
+    held: list = []
+    if d.holdout:
+        examples = examples or load_examples(d.train_dir, d.caption_column)
+        try:
+            held = split(examples, d.holdout, d.holdout_seed)[1]
+        except ValueError as err:
+            raise PreflightError(f"{sweep.source}: {err}") from None
+    return {"n": d.holdout, "seed": d.holdout_seed, "files": [ex.file_name for ex in held],
+            "reference_dir": None if sweep.eval.reference_dir is None
+            else str(sweep.eval.reference_dir), "dino_model": sweep.eval.dino_model}
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:

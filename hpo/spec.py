@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.objectives import (
+    FIDELITY_METRICS,
     METRICS,
     Confirm,
     Objective,
@@ -350,6 +351,11 @@ def load_sweep(path: str | Path) -> Sweep:
         select=parse_select(root, objectives),
         confirm=parse_confirm(root, eval_spec.seed, eval_spec.images_per_prompt),
     )
+    fidelity = [o.name for o in objectives if o.name in FIDELITY_METRICS]
+    if fidelity and not sweep.data.holdout and sweep.eval.reference_dir is None:
+        raise root.error(f"{fidelity[0]} needs held-out real images: set data.holdout (a "
+                         "number of training images never trained on) or eval.reference_dir",
+                         "metric")
     if sweep.method == "nsga2" and not sweep.multi_objective:
         raise root.error("nsga2 is for several objectives; list them under metric (or use "
                          "tpe)", "method")

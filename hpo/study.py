@@ -116,6 +116,7 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
     """Write what a reader needs to trust and reproduce the study (first run only)."""
     if "sweep_file" in study.user_attrs:
         return
+    from hpo.plan import held_out_split
     attrs = {
         "sweep_file": str(sweep.source),
         "sweep_yaml": sweep.source.read_text(encoding="utf-8"),
@@ -128,6 +129,7 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         "objectives": [{"name": o.name, "goal": o.goal} for o in sweep.objectives]
         or [{"name": sweep.metric, "goal": sweep.goal}],
         "select": sweep.select.as_dict(),
+        "holdout": held_out_split(sweep),  # the images no trial trains on
         "eval_seed": sweep.eval.seed,
         "n_prompts": len(sweep.eval.prompt_list),
         "prompts": list(sweep.eval.prompt_list),

@@ -76,6 +76,8 @@ class DataSpec:
     center_crop: bool = True
     random_flip: bool = False
     synthetic: SyntheticData | None = None
+    holdout: int = 0  # images of train_dir never trained on (trials.holdout)
+    holdout_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
+    reference_dir: Path | None = None  # held-out real images, imagefolder format
+    dino_model: str = "facebook/dinov2-base"  # hub id, local folder, or `tiny`
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ def parse_model(section: Section) -> ModelSpec:
 def parse_data(section: Section, base_dir: Path) -> DataSpec:
     section.allow_only(
         ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic")
+         "random_flip", "synthetic", "holdout", "holdout_seed")
     )
     synthetic = None
     if section.has("synthetic"):
@@ -205,6 +209,8 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         center_crop=section.boolean("center_crop", True),
         random_flip=section.boolean("random_flip", False),
         synthetic=synthetic,
+        holdout=section.integer("holdout", 0, minimum=0),
+        holdout_seed=section.integer("holdout_seed", 0, minimum=0),
     )
 
 
@@ -232,8 +238,15 @@ def parse_train(section: Section) -> TrainSpec:
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "reference_dir",
+         "dino_model")
     )
+    reference_dir = resolve_path(section.string("reference_dir"), base_dir) \
+        if section.has("reference_dir") else None
+    dino_model = section.string("dino_model", "facebook/dinov2-base")
+    if dino_model != TINY_MODEL and (dino_model.startswith((".", "/", "~"))
+                                     or Path(dino_model).exists()):
+        dino_model = str(resolve_path(dino_model, Path.cwd()))  # a local folder
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
     default_tag = None if clip_model == TINY_MODEL else "laion2b_s32b_b79k"
@@ -248,6 +261,8 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        reference_dir=reference_dir,
+        dino_model=dino_model,
     )
 
 
