@@ -48,7 +48,8 @@ def pending_jobs(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: 
         return not (isinstance(record, dict) and winner.matches(record, settings)
                     and "error" not in record)
 
-    for trial in winner.candidates(study)[: sweep.confirm.top_k]:
+    top = winner.candidates(study)[: sweep.confirm.top_k]
+    for trial in top:
         key = winner.trial_key(trial.number)
         if not missing(key):
             continue
@@ -57,7 +58,7 @@ def pending_jobs(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: 
         config = sweep.trial_config(values, output_dir=study_dir / "confirm" /
                                     f"trial-{trial.number}", cache_dir=cache_dir)
         jobs[key] = (config, trial.user_attrs.get("lora_path"))
-    if jobs and missing(winner.BASELINE_KEY):
+    if top and missing(winner.BASELINE_KEY):
         config = sweep.trial_config(baseline_values(sweep),
                                     output_dir=study_dir / "confirm" / "baseline",
                                     cache_dir=cache_dir)
