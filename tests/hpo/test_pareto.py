@@ -100,3 +100,35 @@ def test_pareto_sweep_writes_a_two_objective_study_front_files_and_plot(
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert 'data-title="Pareto front"' in page and 'id="pareto-plot"' in page
     assert page.count('class="pareto-trial"') == len(front)
+
+
+def test_front_files_and_report_plot_from_a_two_objective_study(tmp_path: Path) -> None:
+    """Without Ray: a two-objective study as the recorder leaves it -> pareto/*.yaml, report."""
+    from hpo import pareto, report
+    from hpo import study as studies
+    from hpo.space import define_by_run, sampler_settings
+    from trials.synthetic import ensure_dataset
+
+    sweep = load_sweep(pareto_doc(tmp_path))
+    ensure_dataset(sweep.data)  # the held-out split is recorded from the folder
+    study_dir = tmp_path / "runs" / "tiny-pareto"
+    study_dir.mkdir(parents=True)
+    study = studies.open_study(studies.open_storage(studies.default_storage_url(study_dir)),
+                               sweep, "tiny-pareto")
+    studies.record_study_attrs(study, sweep, sampler_settings(sweep))
+    space = define_by_run(sweep)
+    for values in ([24.0, 90.0], [23.0, 95.0], [22.0, 89.0]):  # the third is dominated
+        trial = study.ask()
+        space(trial)
+        trial.set_user_attr("best_step", 20)
+        trial.set_user_attr("score_per_rung", {"20": values[0]})
+        study.tell(trial, values)
+    assert [t.values for t in study.trials][1] == [23.0, 95.0]  # both values recorded
+    written = pareto.write_pareto_files(sweep, study, study_dir, "sqlite", None)
+    assert sorted(p.name for p in written) == ["trial-0.yaml", "trial-1.yaml"]
+    doc = yaml.safe_load((study_dir / "pareto" / "trial-1.yaml").read_text())
+    assert doc["result"]["objectives"] == {"clip_score": 23.0, "dino_holdout": 95.0}
+    assert best_trial(study).number == 0  # rule first: the front's best clip_score
+    page = report.write_report(study, study_dir).read_text(encoding="utf-8")
+    assert 'data-title="Pareto front"' in page and 'id="pareto-plot"' in page
+    assert page.count('class="pareto-trial"') == 2
