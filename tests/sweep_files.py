@@ -46,6 +46,7 @@ FAST = {
     "early_terminate.grace_steps": 4,
     "early_terminate.reduction_factor": 3,
     "confirm.top_k": 2,
+    "confirm.images_per_prompt": 1,
 }
 
 
