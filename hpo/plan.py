@@ -101,7 +101,7 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path) -> None:
         log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
                     "measure memorization, not generalisation", len(overlap), overlap[0])
     name = sweep.model.name
-    if name == "tiny" or os.path.exists(name) or name.startswith((".", "/", "~")):
+    if name in ("tiny", "toyworld") or os.path.exists(name) or name.startswith((".", "/", "~")):
         try:
             check_model_source(resolve_model_path(name, cache_dir))
         except ValueError as err:
@@ -137,6 +137,23 @@ def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
         log.info("no GPU in the Ray cluster: trials run on CPU")
 
 
+def paired_gain(scores: list[float] | None, baseline: list[float] | None
+                ) -> tuple[float, float, int] | None:
+    """Mean per-prompt gain over the baseline, its paired standard error, and the prompt count.
+
+    Trials and baseline share prompts and image seeds (common random numbers), so the
+    per-prompt differences are the independent units: SE = sd(diffs) / sqrt(n). None when
+    either side is missing, their lengths differ, or fewer than two prompts exist.
+    """
+    if not scores or not baseline or len(scores) != len(baseline) or len(scores) < 2:
+        return None
+    diffs = [float(a) - float(b) for a, b in zip(scores, baseline, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
+    return mean, se, n
+
+
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
             storage_url: str, seconds: float) -> str:
     """The closing lines: best score, where the outputs are, how to open the dashboard."""
@@ -158,6 +175,13 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
             + (f" ± {stderr:.4f}" if stderr is not None else "")
             + (f" (baseline without LoRA {baseline:.4f})" if baseline is not None else "")
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
+        paired = paired_gain(best.user_attrs.get("per_prompt"),
+                             study.user_attrs.get("baseline_per_prompt"))
+        if paired is not None:
+            gain, se, n = paired
+            lines.append(f"best vs baseline: {gain:+.4f} ± {se:.4f} (paired by prompt over {n} "
+                         f"prompts, same seeds; {gain / se:+.1f} standard errors)"
+                         if se > 0 else f"best vs baseline: {gain:+.4f} over {n} prompts")
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")
