@@ -116,6 +116,10 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     attrs = trial.user_attrs
     best_step = int(attrs.get("best_step") or values["max_train_steps"])
     command, notes = reference_command(sweep, values, best_step)
+    ran = attrs.get("precision")  # what the trial's device actually ran (fp32 on a CPU)
+    if ran and ran != sweep.train.mixed_precision:
+        notes.append(f"mixed_precision {sweep.train.mixed_precision} was asked for, but the "
+                     f"trial ran {ran} on {attrs.get('device')}: its score is that run's")
     best_lora = out_dir / "best_lora"
     doc = {
         "name": f"{study.study_name}-best",
@@ -135,6 +139,7 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "delta_vs_baseline": attrs.get("delta_vs_baseline"),
             "clip_i": attrs.get("clip_i"),
             "best_step": best_step,
+            "precision": ran,
             "lora": str(best_lora / WEIGHTS_NAME),
             "trial_lora": attrs.get("lora_path"),
             "reference_command": command,

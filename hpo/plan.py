@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shlex
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import optuna
 
 from hpo.spec import Sweep
 from hpo.study import best_trial, counted_trials, default_storage_url, redact
+from trials.validation import ConfigError, closest
 
 log = logging.getLogger("hpo")
 
@@ -25,8 +27,12 @@ def baseline_values(sweep: Sweep) -> dict[str, Any]:
     """Any valid parameter values: the baseline trains nothing, but needs a full config."""
     values: dict[str, Any] = {}
     for p in sweep.parameters:
-        grid = p.grid()
-        values[p.name] = p.value if p.is_fixed else (grid[0] if grid else p.low)
+        if p.kind in ("value", "values"):
+            values[p.name] = (p.grid() or (None,))[0]
+        else:  # a range's low end (an int where the parameter takes whole numbers)
+            low = p.low
+            values[p.name] = int(low) if p.size() is not None and low is not None \
+                and float(low).is_integer() else low
     return values
 
 
@@ -53,11 +59,12 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         "  search space:",
     ]
     for p in sweep.parameters:
-        grid = p.grid()
-        size = f"{len(grid)} value(s)" if grid else "continuous"
+        n = p.size()
+        size = f"{n:,} value(s)" if n is not None else "continuous"
         lines.append(f"    {p.name:<16} {p.describe():<44} {size}")
     grid_size = sweep.grid_size()
-    lines.append(f"  configurations {grid_size if grid_size else 'infinite (continuous ranges)'}")
+    lines.append(f"  configurations "
+                 f"{f'{grid_size:,}' if grid_size else 'infinite (continuous ranges)'}")
     lines.append(f"  rungs          every {e.every_steps} steps: "
                  f"{', '.join(map(str, sweep.rungs(sweep.max_steps)))}")
     if sweep.early_terminate:
@@ -79,33 +86,138 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
     return "\n".join(lines)
 
 
-def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path) -> None:
-    """Check output folders, data, prompts and model before Ray starts or a GPU is touched."""
-    from trials.data import heldout_overlap, load_examples
+def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False
+              ) -> str | None:
+    """Check output folders, data, prompts, model and CLIP model before Ray starts.
+
+    The dry run runs the same checks but writes nothing: output folders are checked for
+    write access without being made, a synthetic dataset is not generated, the tiny model is
+    not built. Returns the training data's content hash (for the study fingerprint), or None
+    when a dry run found the synthetic dataset not generated yet.
+    """
+    from trials.data import folder_fingerprint, heldout_overlap, load_examples
     from trials.models import check_model_source, resolve_model_path
     from trials.synthetic import ensure_dataset
 
     for folder in (study_dir, cache_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise PreflightError(f"{folder}: output folder is not writable ({err.strerror})") \
-                from None
-    ensure_dataset(sweep.data)
-    examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
-    overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
-    if overlap:
-        log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
-                    "measure memorization, not generalisation", len(overlap), overlap[0])
+        _check_writable(folder, create=not dry_run)
+    contents = None
+    if dry_run and sweep.data.synthetic and not sweep.data.train_dir.exists():
+        log.info("%s: data.train_dir: %s does not exist yet; the run generates it (synthetic)",
+                 sweep.source, sweep.data.train_dir)
+    else:
+        if not dry_run:
+            ensure_dataset(sweep.data)
+        examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
+        contents = folder_fingerprint(examples, sweep.data.caption_column)
+        overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
+        if overlap:
+            log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
+                        "measure memorization, not generalisation", len(overlap), overlap[0])
     name = sweep.model.name
-    if name in ("tiny", "toyworld") or os.path.exists(name) or name.startswith((".", "/", "~")):
+    if (name == "tiny" and not dry_run) or (name != "tiny" and (
+            name == "toyworld" or os.path.exists(name) or name.startswith((".", "/", "~")))):
         try:
             check_model_source(resolve_model_path(name, cache_dir))
         except ValueError as err:
             raise PreflightError(f"{sweep.source}: model.name: {err}") from None
+    check_clip_model(sweep)
+    for line in long_prompts(sweep):
+        log.warning("%s", line)
+    return contents
+
+
+def _check_writable(folder: Path, create: bool) -> None:
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+            return
+        existing = folder
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise PreflightError(f"{folder}: output folder is not writable ({err.strerror})") \
+            from None
+
+
+def check_clip_model(sweep: Sweep) -> None:
+    """The CLIP model and pretrained tag must be ones open_clip offers (or a local file)."""
+    import open_clip
+
+    from trials.score import TINY_CLIP, TOYWORLD
+
+    model, tag = sweep.eval.clip_model, sweep.eval.clip_pretrained
+    if model in (TINY_CLIP, TOYWORLD) or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    models = open_clip.list_models()
+    if model not in models:
+        raise ConfigError(sweep.source, "eval.clip_model",
+                          f"open_clip has no model {model!r}{closest(model, models)}; e.g. "
+                          f"ViT-H-14, ViT-bigG-14, ViT-L-14 (open_clip.list_models())")
+    if tag is None or Path(tag).expanduser().is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if tag not in tags:
+        raise ConfigError(sweep.source, "eval.clip_pretrained",
+                          f"{tag!r} is not a pretrained tag of {model} in open_clip"
+                          f"{closest(tag, tags)}; allowed: {', '.join(tags) or 'none'} "
+                          f"(or a checkpoint file)")
+
+
+def _prompt_lines(path: Path) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        lines.setdefault(line.strip(), number)
+    return lines
+
+
+def long_prompts(sweep: Sweep) -> list[str]:
+    """Warnings for prompts longer than the SD text encoder's or the scorer's context.
+
+    Both truncate silently: a cut prompt is scored on words the images were not drawn for.
+    SD v1.5's tokenizer is CLIP's BPE (the one open_clip ships), 77 tokens with start and end;
+    the scorer's context length comes from its open_clip config.
+    """
+    import open_clip
+
+    from trials.score import TINY_CLIP, TINY_CLIP_CONFIG
+
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    model = sweep.eval.clip_model
+    if model == TINY_CLIP:
+        scorer_context = int(TINY_CLIP_CONFIG["text_cfg"]["context_length"])  # type: ignore[index]
+    else:
+        config = open_clip.get_model_config(model) or {}
+        scorer_context = int(config.get("text_cfg", {}).get("context_length", 77))
+    where = _prompt_lines(sweep.eval.prompts)
+    out = []
+    for prompt in sweep.eval.prompt_list:
+        tokens = len(bpe.encode(prompt)) + 2  # start and end of text
+        for who, context in (("the SD text encoder", 77), (f"the scorer {model}", scorer_context)):
+            if tokens > context:
+                out.append(f"warning: {sweep.eval.prompts}:{where.get(prompt, '?')}: prompt has "
+                           f"{tokens} tokens, {who} reads {context}: the rest is cut off")
+    return out
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a connection: ``ray.init`` would retry for minutes."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise PreflightError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise PreflightError(f"--address {address}: no Ray cluster answers there ({reason}); "
+                             f"is the head node up (ray status on it)?") from None
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
@@ -135,6 +247,10 @@ def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
             f"but the largest node has {cpus:g}")
     if not gpus:
         log.info("no GPU in the Ray cluster: trials run on CPU")
+        if sweep.train.mixed_precision != "no":
+            log.warning("warning: train.mixed_precision is %s, but on a CPU trials run fp32; "
+                        "the study and best.yaml record the precision that ran",
+                        sweep.train.mixed_precision)
 
 
 def paired_gain(scores: list[float] | None, baseline: list[float] | None

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpo import plan
+from hpo import fingerprint, plan
 from hpo.chaos import parse_chaos
-from hpo.space import sampler_settings
+from hpo.lock import StudyLocked, study_lock
+from hpo.space import make_sampler, run_seed, sampler_settings
 from hpo.spec import Sweep, load_sweep
 from trials.validation import ConfigError
 
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study (rerunning the same command does too)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved sweep and exit without starting Ray")
+                   help="run every check of a real run (sweep, data, model, CLIP model, prompts, "
+                        "address, an existing study's fingerprint), print the resolved sweep and "
+                        "exit without starting Ray or writing anything")
     p.add_argument("--inject-faults", default=None, metavar="KIND=RATE,...",
                    help="testing only: make trials fail at random, e.g. kill=0.1,nan=0.05 "
                         "(kinds: kill, nan, oom, error)")
@@ -67,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def driver_lock(study_dir: Path) -> Iterator[None]:
-    """Refuse a second driver on the same study: the study has one writer."""
+    """Refuse a second driver writing the same output folder (the study itself is locked in
+    its storage: :mod:`hpo.lock`)."""
     lock_path = study_dir / ".driver.lock"
     with open(lock_path, "w") as handle:
         try:
@@ -83,21 +87,52 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.trials < 1:
-            raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
+        check_args(args)
         args.chaos = parse_chaos(args.inject_faults, args.fault_seed)
         sweep = load_sweep(args.sweep)
         name = args.study or sweep.name
         study_dir = (args.out / name).resolve()
         if args.dry_run:
-            print(plan.describe(sweep, name, study_dir, args))
-            return 0
+            return dry_run(sweep, name, study_dir, args)
         return run(sweep, name, study_dir, args)
-    except (ConfigError, SweepError, ValueError) as err:
+    except (ConfigError, SweepError, ValueError, StudyLocked) as err:
         if args.debug:
             raise
         print(f"error: {str(err).strip()}", file=sys.stderr)
         return 2
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Command-line values that no later check would catch."""
+    if args.trials < 1:
+        raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SweepError(f"--concurrency: must be >= 1 (got {args.concurrency})")
+    if args.study is not None and (
+            not args.study or args.study in (".", "..")
+            or not all(c.isalnum() or c in "-_." for c in args.study)):
+        raise SweepError(f"--study: a name of letters, digits, '-', '_' and '.', written to "
+                         f"OUT/NAME, so no path separators (got {args.study!r})")
+
+
+def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
+    """Every check of :func:`run` that comes before Ray, writing nothing; then the plan."""
+    import optuna
+
+    from hpo import study as studies
+
+    contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
+    plan.check_address(args.address)
+    storage_url = args.storage or studies.default_storage_url(study_dir)
+    existing = None
+    if args.storage or (study_dir / "optuna.db").is_file():
+        storage = plan.connect_storage(storage_url)
+        if name in {s.study_name for s in storage.get_all_studies()}:
+            existing = optuna.load_study(study_name=name, storage=storage)
+    if existing is not None and contents is not None:
+        fingerprint.check_existing(existing, fingerprint.compute(sweep, contents))
+    print(plan.describe(sweep, name, study_dir, args))
+    return 0
 
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
@@ -108,11 +143,14 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
     storage_url = args.storage or studies.default_storage_url(study_dir)
     storage_label = studies.redact(storage_url)
     cache_dir = args.out.resolve() / "cache"
-    plan.preflight(sweep, study_dir, cache_dir)
+    contents = plan.preflight(sweep, study_dir, cache_dir)
+    assert contents is not None
+    plan.check_address(args.address)
     storage = plan.connect_storage(storage_url)
 
-    with driver_lock(study_dir):
+    with study_lock(storage_url, name, study_dir), driver_lock(study_dir):
         study = studies.open_study(storage, sweep, name)
+        fingerprint.check_or_record(study, fingerprint.compute(sweep, contents))
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))
         requeued = studies.recover_interrupted(study)
         if requeued:
@@ -127,15 +165,21 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
                  max(remaining, 0))
         started = time.time()
         interrupted = False
+        stopped_by: str | None = None
         if remaining > 0:
             try:
-                run_trials(sweep, name, storage, study, study_dir, cache_dir, remaining, args)
+                stopped_by = run_trials(sweep, name, storage, study, study_dir, cache_dir,
+                                        remaining, args)
             except KeyboardInterrupt:
                 interrupted = True
             # Ctrl-C (caught by Tune, or here) leaves trials RUNNING: make the study consistent.
             requeued = studies.recover_interrupted(study)
             interrupted = interrupted or bool(requeued)
-            if interrupted:
+            if stopped_by:
+                log.info("stopped: a trial failed for a reason every trial would share; %d "
+                         "unfinished trial(s) queued again, fix it and rerun the same command",
+                         len(requeued))
+            elif interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
         baseline = study.user_attrs.get("baseline_clip_score")
@@ -143,14 +187,30 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         csv = export.write_trials_csv(study, study_dir)
         log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
+    if stopped_by:
+        reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
+        print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",
+              file=sys.stderr)
+        return 2
     return 130 if interrupted else 0
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
-               remaining: int, args: argparse.Namespace) -> None:
-    """Start Ray, score the baseline once per study, and run ``remaining`` trials."""
+               remaining: int, args: argparse.Namespace) -> str | None:
+    """Start Ray, score the baseline once per study, and run ``remaining`` trials.
+
+    Returns the error that stopped the sweep early (one every trial would hit), or None.
+    """
     from hpo import artifacts
     from hpo import tune as tuning
+
+    # A new sampler seed for each run, from the sweep's seed and the study's size: a rerun
+    # continues the search instead of replaying its first draws (hpo.space.run_seed).
+    sampler = make_sampler(sweep, len(study.trials))
+    runs = list(study.user_attrs.get("sampler_runs", []))
+    runs.append({"trials_before": len(study.trials),
+                 "seed": run_seed(sweep.seed, len(study.trials))})
+    study.set_user_attr("sampler_runs", runs)
 
     cluster = tuning.start_ray(args.address)
     plan.check_resources(sweep, tuning.node_resources())
@@ -167,11 +227,12 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),
                                           sweep.eval.prompt_list, study.user_attrs)
     log.info("running %d trial(s), %d at a time", remaining, slots)
-    tuning.run_sweep(
+    recorder = tuning.run_sweep(
         sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
         storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
         baseline=study.user_attrs.get("baseline_clip_score"), chaos=args.chaos,
-        observers=[observer])
+        observers=[observer], sampler=sampler)
+    return recorder.stopper.reason
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ added back by :meth:`hpo.spec.Sweep.trial_config`.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec import Parameter, Sweep
 
@@ -58,14 +60,71 @@ def sampler_settings(sweep: Sweep) -> dict[str, Any]:
     return settings
 
 
-def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    """TPE, random or grid, seeded from the sweep (``method.seed``, else ``train.seed``)."""
+def run_seed(sweep_seed: int, trials_in_study: int) -> int:
+    """The sampler seed of one driver run: the sweep's seed and the study's size when it starts.
+
+    A fresh sampler seeded with the sweep's seed alone would repeat its random draws on every
+    rerun (trials 2-3 of a resumed study would copy trials 0-1). Mixing in the number of trials
+    already in the study gives each run new draws, and the same study state with the same seed
+    still gives the same next draws (reproducible). TPE reads every trial in the study, so it
+    stays conditioned on earlier runs whatever the seed.
+    """
+    if trials_in_study == 0:
+        return sweep_seed  # a fresh study draws exactly what a single run always drew
+    digest = hashlib.sha256(f"hpo.space/v1:{sweep_seed}:{trials_in_study}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class StudyGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, made safe for ask/tell and for re-queued trials.
+
+    Optuna 5's ``after_trial`` calls ``study.stop()`` once the grid is used up, which raises
+    outside ``study.optimize()`` (Tune drives the study by ask/tell): here ``--trials`` and the
+    grid size end the sweep instead. A trial queued with ``enqueue_trial`` (a re-run of an
+    interrupted one) carries no ``grid_id``, so the grid would not count its point as visited:
+    it gets the grid id of its parameters here.
+    """
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None and "grid_id" not in trial.system_attrs:
+            grid_id = self.grid_id_of(fixed)
+            if grid_id is not None:
+                study._storage.set_trial_system_attr(trial._trial_id, "search_space",
+                                                     self._search_space)
+                study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
+            return
+        super().before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        pass  # never study.stop(): see the class docstring
+
+    def grid_id_of(self, params: dict[str, Any]) -> int | None:
+        """The index in the grid of these parameter values, or None when they are not on it."""
+        if set(params) != set(self._param_names):
+            return None
+        wanted = tuple(params[name] for name in self._param_names)
+        for grid_id, point in enumerate(self._all_grids):
+            if all(self._grid_value_equal(a, b) for a, b in zip(point, wanted, strict=True)):
+                return grid_id
+        return None
+
+
+def make_sampler(sweep: Sweep, trials_in_study: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE, random or grid, seeded from the sweep (``method.seed``, else ``train.seed``).
+
+    ``trials_in_study`` is the study's size when this run starts; see :func:`run_seed`.
+    """
+    seed = run_seed(sweep.seed, trials_in_study)
     if sweep.method == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if sweep.method == "grid":
         grid = {p.name: list(p.grid() or ()) for p in sweep.searched}
-        return optuna.samplers.GridSampler(grid, seed=sweep.seed)
+        # The seed shuffles the grid ids, which must mean the same points in every run:
+        # the sweep's own seed; the points still left are what changes between runs.
+        return StudyGridSampler(grid, seed=sweep.seed)
     settings = sampler_settings(sweep)
     return optuna.samplers.TPESampler(
-        seed=sweep.seed, multivariate=settings["multivariate"],
+        seed=seed, multivariate=settings["multivariate"],
         constant_liar=settings["constant_liar"], n_startup_trials=settings["n_startup_trials"])

@@ -38,6 +38,9 @@ GOALS = ("maximize", "minimize")
 METRICS = ("clip_score",)
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")
 MAX_RUNGS = 50
+# More values than this in one range, or grid points in all, is a typo (q: 1e-9), not a plan.
+MAX_VALUES = 1_000_000
+MAX_GRID = 100_000
 # Parameters that take whole numbers: a uniform range of them is sampled as integers.
 INTEGRAL = ("rank", "max_train_steps")
 _SWEEP_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k != "result")
@@ -71,6 +74,19 @@ class Parameter:
         if self.kind == "q_uniform" and self.q:
             n = math.floor((self.high - self.low) / self.q + 1e-9) + 1
             return tuple(_tidy(self.low + i * self.q) for i in range(n))
+        return None
+
+    def size(self) -> int | None:
+        """How many values :meth:`grid` holds, computed without building it; None = continuous."""
+        if self.kind == "value":
+            return 1
+        if self.kind == "values":
+            return len(self.values)
+        assert self.low is not None and self.high is not None
+        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
+            return int(self.high) - int(self.low) + 1
+        if self.kind == "q_uniform" and self.q:
+            return math.floor((self.high - self.low) / self.q + 1e-9) + 1
         return None
 
     def describe(self) -> str:
@@ -131,17 +147,18 @@ class Sweep:
         """The largest ``max_train_steps`` any trial can get (ASHA's ``max_t``)."""
         steps = self.parameter("max_train_steps")
         assert steps is not None
-        grid = steps.grid()
-        return int(max(grid) if grid else steps.high or 0)
+        if steps.high is not None:  # a range: its top, without listing it
+            return int(steps.high)
+        return int(max(steps.grid() or (0,)))
 
     def grid_size(self) -> int | None:
         """Number of distinct configurations, or None when some range is continuous."""
         size = 1
         for p in self.parameters:
-            grid = p.grid()
-            if grid is None:
+            n = p.size()
+            if n is None:
                 return None
-            size *= len(grid)
+            size *= n
         return size
 
     def rungs(self, max_train_steps: int) -> list[int]:
@@ -218,6 +235,11 @@ def _parse_parameter(section: Section, name: str) -> Parameter:
                 f"must divide max - min ({high - low:g}) into whole steps (got {q:g})", "q")
     elif section.has("q"):
         raise section.error(f"only q_uniform takes q (distribution is {dist})", "q")
+    n = Parameter(name, dist, low=low, high=high, q=q).size()
+    if n is not None and n > MAX_VALUES:
+        raise section.error(
+            f"gives {n:,} values; at most {MAX_VALUES:,} (use a larger q, a narrower range, or "
+            f"a continuous distribution)", "q" if q else "max")
     # The range ends must themselves be valid values (e.g. learning_rate min > 0).
     check_param_value(name, int(low) if name in INTEGRAL else low, section.error, "min")
     check_param_value(name, int(high) if name in INTEGRAL else high, section.error, "max")
@@ -242,8 +264,7 @@ def _parse_parameters(section: Section) -> tuple[Parameter, ...]:
 def _check_rungs(sweep: Sweep, section: Section) -> None:
     steps = sweep.parameter("max_train_steps")
     assert steps is not None
-    grid = steps.grid()
-    smallest = int(min(grid) if grid else steps.low or 0)
+    smallest = int(steps.low if steps.low is not None else min(steps.grid() or (0,)))
     every = sweep.eval.every_steps
     if every > smallest:
         raise section.sub("eval").error(
@@ -332,10 +353,18 @@ def load_sweep(path: str | Path) -> Sweep:
         resources=resources,
     )
     if sweep.method == "grid" and sweep.grid_size() is None:
-        cont = next(p for p in sweep.parameters if p.grid() is None)
+        cont = next(p for p in sweep.parameters if p.size() is None)
         raise root.sub("parameters").sub(cont.name).error(
             f"method grid needs values, int_uniform or q_uniform (got {cont.kind})",
             "distribution")
+    grid_size = sweep.grid_size()
+    if sweep.method == "grid" and grid_size is not None and grid_size > MAX_GRID:
+        raise root.error(f"method grid over {grid_size:,} configurations; at most "
+                         f"{MAX_GRID:,} (fewer values, or method tpe)", "parameters")
+    if train.lr_scheduler != "constant" and train.lr_warmup_steps > sweep.max_steps:
+        raise root.sub("train").error(
+            f"must be <= the largest max_train_steps ({sweep.max_steps}), or no trial ever "
+            f"finishes warming up (got {train.lr_warmup_steps})", "lr_warmup_steps")
     _check_rungs(sweep, root)
     return sweep
 

@@ -9,9 +9,11 @@ import importlib.metadata
 import os
 import re
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -19,7 +21,13 @@ from optuna.trial import TrialState
 
 from hpo.spec import Sweep
 
+T = TypeVar("T")
+
 INTERRUPTED = "interrupted"
+# How long a write waits for a reader's lock on a SQLite study (a dashboard, a script), and how
+# often a write that still finds it locked is tried again: a slow reader must not end a sweep.
+SQLITE_BUSY_TIMEOUT_S = 60.0
+LOCKED_RETRIES = 5
 LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "open-clip-torch",
              "optuna", "ray", "safetensors")
 
@@ -49,10 +57,64 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     database = _new_sqlite_file(url)
     if database is not None:
         _create_sqlite_schema(database)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, **kwargs)
     except sqlalchemy.exc.IntegrityError:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def _is_locked(err: BaseException) -> bool:
+    while err is not None:
+        if "database is locked" in str(err):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+def retry_locked(write: Callable[[], T], pause: float = 1.0) -> T:
+    """Run a storage write, trying again while SQLite reports "database is locked".
+
+    The busy timeout already waits :data:`SQLITE_BUSY_TIMEOUT_S` per try; this covers a reader
+    that holds its lock for longer.
+    """
+    for attempt in range(LOCKED_RETRIES):
+        try:
+            return write()
+        except Exception as err:
+            if not _is_locked(err) or attempt == LOCKED_RETRIES - 1:
+                raise
+            time.sleep(pause * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def set_intermediate(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
+    """Write a rung's score at its step, replacing one already there.
+
+    ``Trial.report`` ignores a second report at a step, so a retried trial's curve would stay
+    the dead attempt's while its value came from the new one.
+    """
+    retry_locked(lambda: study._storage.set_trial_intermediate_value(trial_id, step, value))
+
+
+def clear_intermediate(study: optuna.Study, trial_id: int) -> None:
+    """Forget a trial's rung scores (a retry starts over: all it records is its own)."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)  # a cached storage wraps the RDB one
+    if isinstance(storage, optuna.storages.RDBStorage):
+        from optuna.storages._rdb import models
+
+        def delete() -> None:
+            with storage.scoped_session() as session:
+                session.query(models.TrialIntermediateValueModel).filter_by(
+                    trial_id=trial_id).delete()
+                session.commit()
+
+        retry_locked(delete)
+    else:  # in-memory storage (tests): the frozen trial holds the values
+        storage._get_trial(trial_id).intermediate_values.clear()
 
 
 def _new_sqlite_file(url: str) -> Path | None:
@@ -142,10 +204,11 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     marked = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        storage.set_trial_user_attr(
-            trial._trial_id, "fail_reason",
-            "the sweep driver stopped before this trial finished; its parameters were queued "
-            "again")
+        if "fail_reason" not in trial.user_attrs:  # a sweep-wide error already gave one
+            storage.set_trial_user_attr(
+                trial._trial_id, "fail_reason",
+                "the sweep driver stopped before this trial finished; its parameters were "
+                "queued again")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         # Not skip_if_exists: that would match the trial just marked FAIL and queue nothing.
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})

@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hpo.chaos import ChaosPlan
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import Sweep
+from hpo.study import clear_intermediate, retry_locked, set_intermediate
 from trials.config import TrialConfig
 
 # Results that carry an error but no score must not trip Tune's metric check; ASHA already
@@ -42,7 +43,7 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
              "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
-             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id")
+             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision")
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
@@ -54,7 +55,9 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, flo
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+            # num_cpus None lets Ray size the node itself, from the container's CPU quota
+            # (os.cpu_count() would count the host's CPUs on a pod and over-subscribe).
+            ray.init(num_cpus=num_cpus, include_dashboard=False,
                      object_store_memory=256 * 2**20, log_to_driver=True,
                      configure_logging=False)
     return dict(ray.cluster_resources())
@@ -108,7 +111,31 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     try:
         run_trial(trial_config, report)
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
-        tune.report({"trial_error": f"{type(err).__name__}: {err}"})
+        tune.report({"trial_error": f"{type(err).__name__}: {err}",
+                     "sweep_error": is_sweep_wide(err)})
+
+
+def is_sweep_wide(err: Exception) -> bool:
+    """Whether an error would fail every trial alike (bad data, model or config), not this
+    trial's parameters: such an error stops the sweep instead of burning its budget."""
+    from trials.data import DataError
+    from trials.models import ModelError
+    from trials.validation import ConfigError
+
+    return isinstance(err, DataError | ModelError | ConfigError)
+
+
+class SweepStopper(tune.Stopper):
+    """Stops the whole experiment once :class:`StudyRecorder` has seen a sweep-wide error."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
 
 
 class StudySearch(OptunaSearch):
@@ -171,6 +198,7 @@ class StudyRecorder(tune.Callback):
         self.started: dict[str, float] = {}
         self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
         self.finished = 0
+        self.stopper = SweepStopper()  # its reason: the error that stopped the sweep
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.time())
@@ -182,7 +210,8 @@ class StudyRecorder(tune.Callback):
         rung = {k: result[k] for k in RUNG_KEYS if k in result}
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
-        ot_trial.report(float(result["clip_score"]), int(result["step"]))
+        set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
+                         float(result["clip_score"]))
         node = result.get("node_id")
         if node and self.nodes.get(trial.trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
@@ -200,13 +229,24 @@ class StudyRecorder(tune.Callback):
                 observer.rung_saved(ot_trial, rungs[len(paths) - 1], checkpoint.path)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # The retried trial starts from step 0; its rungs are reported again.
+        # The retried trial starts from step 0; its rungs are reported again, and everything
+        # the study records for it must come from that one attempt.
         self.rungs.pop(trial.trial_id, None)
         self.checkpoints.pop(trial.trial_id, None)
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        clear_intermediate(self.searcher.study, ot_trial._trial_id)
+        ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         rungs = self.rungs.get(trial.trial_id, [])
+        if last.get("sweep_error"):
+            # Not this trial's fault: leave it RUNNING, so the driver marks it interrupted
+            # (uncounted) and queues its parameters again; stop the sweep.
+            self.searcher.optuna_trial(trial.trial_id).set_user_attr(
+                "fail_reason", str(last["trial_error"]))
+            self.stopper.reason = self.stopper.reason or str(last["trial_error"])
+            return
         if "trial_error" in last:
             self._finish(trial, TrialState.FAIL, reason=str(last["trial_error"]))
         elif not rungs:
@@ -259,6 +299,7 @@ class StudyRecorder(tune.Callback):
                 peak_memory_mb=last.get("peak_memory_mb"),
                 samples_per_second=last.get("samples_per_second"),
                 last_step=last["step"],
+                precision=last.get("precision"),
                 lora_path=None if lora is None else str(Path(lora)),
             )
         if reason:
@@ -273,9 +314,9 @@ class StudyRecorder(tune.Callback):
             observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study
         if state == TrialState.COMPLETE:
-            study.tell(ot_trial, value)
+            retry_locked(lambda: study.tell(ot_trial, value))
         else:
-            study.tell(ot_trial, state=state)
+            retry_locked(lambda: study.tell(ot_trial, state=state))
         self.finished += 1
 
 
@@ -311,11 +352,12 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
               n_new: int, slots: int, cluster: dict[str, float], storage_path: str,
               cache_dir: Path, baseline: float | None,
               observers: Sequence[SweepObserver] = (),
-              chaos: ChaosPlan | None = None) -> StudyRecorder:
+              chaos: ChaosPlan | None = None,
+              sampler: optuna.samplers.BaseSampler | None = None) -> StudyRecorder:
     """Run ``n_new`` more trials with Tune; the study records every one of them."""
     searcher = StudySearch(
         space=define_by_run(sweep), metric=sweep.metric,
-        mode="max" if sweep.goal == "maximize" else "min", sampler=make_sampler(sweep),
+        mode="max" if sweep.goal == "maximize" else "min", sampler=sampler or make_sampler(sweep),
         study_name=study_name, storage=storage)
     recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos)
     mode = "max" if sweep.goal == "maximize" else "min"
@@ -341,7 +383,7 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
                                     max_concurrent_trials=slots, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_absolute(storage_path),
-            callbacks=[recorder], progress_reporter=reporter, verbose=1,
+            callbacks=[recorder], progress_reporter=reporter, verbose=1, stop=recorder.stopper,
             failure_config=tune.FailureConfig(max_failures=sweep.resources.max_retries),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=sweep.metric,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from trials.config import DataSpec, ModelSpec
 from trials.data import Example, folder_fingerprint, load_rgb, preprocess
 
 CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +72,27 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_valid(file: Path, n_examples: int, n_captions: int, data: DataSpec
+                ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """The cached tensors, or None and why the file cannot be used (truncated, wrong shapes)."""
+    try:
+        tensors = load_file(file)
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        return None, f"{type(err).__name__}: {err}"
+    embeds = tensors.get("text_embeds")
+    if embeds is None or embeds.ndim != 3 or embeds.shape[0] != n_captions:
+        return None, f"text_embeds should hold {n_captions} captions"
+    if data.center_crop:
+        mean, std = tensors.get("latent_mean"), tensors.get("latent_std")
+        flips = 2 if data.random_flip else 1
+        if mean is None or std is None or mean.shape != std.shape \
+                or tuple(mean.shape[:2]) != (n_examples, flips):
+            return None, f"latents should hold {n_examples} images x {flips} flip(s)"
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        return None, "it holds NaN or infinite values"
+    return tensors, None
 
 
 @torch.no_grad()
@@ -115,10 +138,14 @@ def load_or_build(
         start += len(ex.captions)
 
     with _locked(file.with_suffix(".lock")):
-        hit = file.is_file()
-        if hit:
-            tensors = load_file(file)
-        else:
+        tensors = None
+        if file.is_file():
+            tensors, problem = _read_valid(file, len(examples), len(captions), data)
+            if problem:
+                # A damaged shared file would fail every trial after it: build it again.
+                log.warning("warning: rebuilding the damaged cache file %s (%s)", file, problem)
+        hit = tensors is not None
+        if tensors is None:
             tensors = {"text_embeds": encode_texts(
                 captions, components.tokenizer, components.text_encoder, device)}
             if data.center_crop:

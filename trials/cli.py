@@ -32,6 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def replaced_values(raw: dict[str, Any], overrides: list[str]) -> list[str]:
+    """A note for each ``--set`` that replaces a ``value`` the file fixes."""
+    params = raw.get("parameters")
+    notes = []
+    for pair in overrides:
+        name, _, text = pair.partition("=")
+        spec = params.get(name.strip()) if isinstance(params, dict) else None
+        if isinstance(spec, dict) and "value" in spec:
+            notes.append(f"note: --set {name.strip()}={text.strip()} replaces the file's fixed "
+                         f"value {spec['value']!r} (parameters.{name.strip()}.value)")
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     from trials.config import parse_overrides
@@ -48,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_trial_config(
             args.file, parse_overrides(args.overrides, args.file),
             output_dir=out, cache_dir=args.cache.resolve())
+        train = config.train
+        if train.lr_scheduler != "constant" and train.lr_warmup_steps > \
+                config.params.max_train_steps:
+            raise ConfigError(args.file, "train.lr_warmup_steps", (
+                f"must be <= max_train_steps ({config.params.max_train_steps}), or the "
+                f"trial never finishes warming up (got {train.lr_warmup_steps})"))
         ensure_dataset(config.data)
         overlap = heldout_overlap(list(config.eval.prompt_list),
                                   load_examples(config.data.train_dir, config.data.caption_column))
@@ -60,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     if overlap:
         print(f"warning: {len(overlap)} held-out prompt(s) equal a training caption, e.g. "
               f"{overlap[0]!r}: they measure memorization, not generalisation", file=sys.stderr)
+    for line in replaced_values(raw, args.overrides):
+        print(line, file=sys.stderr)
     expected: dict[str, Any] = raw.get("result") or {}
     print(f"training {config.params} -> {out}")
 
     def report(step: int, metrics: dict[str, Any], checkpoint: Path) -> bool:
         print(f"step {step:>6}: clip_score {metrics['clip_score']:.4f} "
               f"± {metrics['clip_score_stderr']:.4f}  loss {metrics['train_loss']:.4f}  "
+              f"{metrics.get('samples_per_second', float('nan')):.2f} samples/s  "
               f"-> {checkpoint}")
         return False
 

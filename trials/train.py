@@ -13,6 +13,7 @@ Run one trial by hand with ``python -m trials.train FILE.yaml`` (see :mod:`trial
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import resource
@@ -88,6 +89,11 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The ``mixed_precision`` value that describes what ran: fp16, bf16 or no (fp32)."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -201,6 +207,11 @@ def run_trial(config: TrialConfig, report: Report) -> TrialResult:
     """
     device = pick_device()
     dtype = weight_dtype_for(config.train.mixed_precision, device)
+    if precision_name(dtype) != config.train.mixed_precision:
+        logging.getLogger(__name__).warning(
+            "warning: mixed_precision %s was asked for, but on %s the trial runs %s; the "
+            "results record the precision that ran", config.train.mixed_precision, device.type,
+            "fp32" if dtype == torch.float32 else precision_name(dtype))
     setup_start = time.perf_counter()
     with warm.kept_components(config, device, dtype) as components:
         return fine_tune(config, components, report, device, dtype, setup_start)
@@ -290,6 +301,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 "peak_memory_mb": peak_memory_mb(device),
                 "cache_hit": data.cache_hit,
                 "device": device.type,
+                "precision": precision_name(dtype),
             }
             losses.clear()
             result.rungs.append(metrics)

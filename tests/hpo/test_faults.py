@@ -100,5 +100,7 @@ def test_ctrl_c_stops_within_seconds_and_the_study_resumes(ray_cluster, tmp_path
     counted = [t for t in study.trials
                if t.state.is_finished() and not t.user_attrs.get("interrupted")]
     assert len(counted) == 4
+    # The rerun continued the search (issue 11): no configuration was drawn twice.
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 4
     with sqlite3.connect(out / "ctrl-c" / "optuna.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

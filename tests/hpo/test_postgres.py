@@ -160,3 +160,18 @@ def _get(app, path: str) -> Any:
 
 def _files_with(folder: Path, secret: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_the_one_driver_lock_is_an_advisory_lock_in_the_database(postgres, tmp_path) -> None:
+    from hpo.lock import StudyLocked, study_lock
+
+    name = f"lock-{uuid.uuid4().hex[:8]}"
+    with study_lock(postgres, name, tmp_path / "a"):
+        # Another driver, with another --out, on the same study: refused, password hidden.
+        with pytest.raises(StudyLocked) as caught, study_lock(postgres, name, tmp_path / "b"):
+            pass
+        assert "another sweep driver" in str(caught.value) and PASSWORD not in str(caught.value)
+        with study_lock(postgres, f"{name}-other", tmp_path / "b"):  # other studies are free
+            pass
+    with study_lock(postgres, name, tmp_path / "b"):  # released with the first driver
+        pass

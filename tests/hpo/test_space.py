@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hpo.space import define_by_run, make_sampler, sampler_settings
+from hpo.space import define_by_run, make_sampler, run_seed, sampler_settings
 from hpo.spec import Sweep, load_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_integral_parameters_stay_integers(sweep_with: Callable[..., Sweep]) -> 
 def test_sampler_per_method(sweep_with: Callable[..., Sweep], method: str,
                             sampler: type) -> None:
     sweep = sweep_with({"learning_rate": {"values": [1e-4, 2e-4]}}, method=method)
-    assert type(make_sampler(sweep)) is sampler
+    assert isinstance(make_sampler(sweep), sampler)
     settings = sampler_settings(sweep)
     assert settings["method"] == method and settings["seed"] == 42  # train.seed
 
@@ -150,3 +150,77 @@ def test_grid_sampler_covers_the_grid(sweep_with: Callable[..., Sweep]) -> None:
     seen = {(t.params["rank"], t.params["learning_rate"], t.params["max_train_steps"])
             for t in trials}
     assert seen == set(itertools.product((2, 3), (1e-4, 2e-4), (20, 30, 40)))
+
+
+def resumed(sweep: Sweep, runs: list[int]) -> optuna.Study:
+    """One study filled by several driver runs of ``runs[i]`` trials, each with a new sampler
+    built as ``hpo.run`` builds it (from the study's size when the run starts)."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    space = define_by_run(sweep)
+    for n in runs:
+        study = optuna.load_study(study_name="s", storage=storage,
+                                  sampler=make_sampler(sweep, len(study.trials)))
+        for _ in range(n):
+            trial = study.ask()
+            space(trial)
+            study.tell(trial, float(trial.params.get("learning_rate", trial.number)))
+    return study
+
+
+@pytest.mark.parametrize("method", ["tpe", "random"])
+def test_a_resumed_study_continues_the_search_instead_of_replaying_it(
+        sweep_with: Callable[..., Sweep], method: str) -> None:
+    # Issue 11, item 1: --trials 2, then --trials 4, must not repeat trials 0-1.
+    sweep = sweep_with(method={"type": method, "seed": 0})
+    study = resumed(sweep, [2, 2])
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == 4, params
+    # Reproducible: the same runs from the same seed give the same trials.
+    assert [t.params for t in resumed(sweep, [2, 2]).trials] == [t.params for t in study.trials]
+    # A first run draws what a single run always drew.
+    assert [t.params for t in study.trials[:2]] == [t.params for t in sample(sweep, 2)]
+    assert run_seed(0, 0) == 0 and run_seed(0, 2) != run_seed(0, 3)
+
+
+def test_tpe_is_conditioned_on_trials_of_earlier_runs(sweep_with: Callable[..., Sweep]) -> None:
+    sweep = sweep_with(method={"type": "tpe", "seed": 0})
+    study = resumed(sweep, [11, 1])  # past TPE's 10 start-up trials, over two runs
+    last = study.trials[-1]
+    # Conditioned on 11 trials maximizing learning_rate, TPE proposes a large one.
+    assert last.params["learning_rate"] > sorted(
+        t.params["learning_rate"] for t in study.trials[:11])[5]
+
+
+def grid_sweep(sweep_with: Callable[..., Sweep]) -> Sweep:
+    return sweep_with({"learning_rate": {"value": 1e-4}, "max_train_steps": {"value": 20},
+                       "target_modules": {"value": "attn"}, "rank": {"values": [2, 4]}},
+                      method="grid")
+
+
+def test_grid_end_does_not_stop_the_study_and_resumes_cleanly(
+        sweep_with: Callable[..., Sweep]) -> None:
+    # Issue 11, item 3: Optuna's GridSampler stops the study (raises) at the last tell.
+    sweep = grid_sweep(sweep_with)
+    study = resumed(sweep, [1, 1])  # the last tell of the grid, in a second run, raises nothing
+    assert sorted(t.params["rank"] for t in study.trials) == [2, 4]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_requeued_grid_trial_takes_its_grid_point(sweep_with: Callable[..., Sweep]) -> None:
+    sweep = sweep_with({"learning_rate": {"value": 1e-4}, "max_train_steps": {"value": 20},
+                        "target_modules": {"value": "attn"}, "rank": {"values": [2, 4, 8]}},
+                       method="grid")
+    study = optuna.create_study(sampler=make_sampler(sweep), direction="maximize")
+    space = define_by_run(sweep)
+    first = study.ask()
+    space(first)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # interrupted, as recover marks it
+    study.enqueue_trial(first.params)
+    for _ in range(3):
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, 1.0)
+    ranks = [t.params["rank"] for t in study.trials[1:]]
+    assert ranks[0] == first.params["rank"] and sorted(ranks) == [2, 4, 8]
+    assert study.trials[1].system_attrs["grid_id"] == study.trials[0].system_attrs["grid_id"]

@@ -129,6 +129,8 @@ def test_killed_driver_then_rerun_ends_with_exactly_n_trials(ray_cluster, tmp_pa
                if t.state.is_finished() and not t.user_attrs.get("interrupted")]
     assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
     assert len(counted) == 5
+    # The rerun continued the search (issue 11): no configuration was drawn twice.
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 5
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     # Finished trials survived the crash unchanged; interrupted parameters were run again.
     after = {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}

@@ -65,3 +65,23 @@ def test_baseline_gives_identical_scores_twice(make_trial_config, tmp_path) -> N
     assert first["per_prompt"] == second["per_prompt"]
     assert (tmp_path / "a" / "samples.png").read_bytes() == \
         (tmp_path / "b" / "samples.png").read_bytes()
+
+
+def test_a_damaged_cache_file_is_rebuilt_and_named(synthetic_dataset, tiny_model_dir, tmp_path,
+                                                   caplog) -> None:
+    # Issue 11, item 5: `truncate -s 100` on the shared file made every later trial fail.
+    first = _encode(synthetic_dataset, tmp_path / "cache", tiny_model_dir)
+    with open(first.cache_file, "r+b") as handle:
+        handle.truncate(100)
+    with caplog.at_level("WARNING"):
+        again = _encode(synthetic_dataset, tmp_path / "cache", tiny_model_dir)
+    assert not again.cache_hit and again.cache_file == first.cache_file
+    assert torch.equal(again.latent_mean, first.latent_mean)
+    assert f"rebuilding the damaged cache file {first.cache_file}" in caplog.text
+    assert _encode(synthetic_dataset, tmp_path / "cache", tiny_model_dir).cache_hit
+
+    # A file that reads but holds the wrong shapes (e.g. written for other data) is rebuilt too.
+    from safetensors.torch import save_file
+
+    save_file({"text_embeds": torch.zeros(1, 77, 32)}, first.cache_file)
+    assert not _encode(synthetic_dataset, tmp_path / "cache", tiny_model_dir).cache_hit

@@ -20,15 +20,39 @@ def _sweep(tmp_path, prompts=None):
     return path
 
 
-def test_trains_and_scores_from_a_sweep_file(tiny_model_dir, tmp_path, capsys) -> None:
-    code = main([str(_sweep(tmp_path)), "--set", "rank=2", "--set", "learning_rate=1e-3",
+def test_trains_and_scores_from_a_sweep_file(tiny_model_dir, tmp_path, capsys,
+                                             caplog) -> None:
+    sweep = _sweep(tmp_path)
+    doc = yaml.safe_load(sweep.read_text())
+    doc["train"]["mixed_precision"] = "fp16"  # on this CPU the trial runs fp32
+    sweep.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    code = main([str(sweep), "--set", "rank=2", "--set", "learning_rate=1e-3",
                  "--set", "max_train_steps=10", "--set", "target_modules=cross_attn",
+                 "--set", "lora_alpha=8",
                  "--out", str(tmp_path / "out"), "--cache", str(tiny_model_dir.parent)])
     assert code == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["params"]["rank"] == 2 and result["best"]["step"] == 10
+    assert result["params"]["lora_alpha"] == 8
     assert (tmp_path / "out" / "step-000010" / "pytorch_lora_weights.safetensors").is_file()
-    assert "clip_score" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "clip_score" in out and "samples/s" in out  # issue 11: throughput is printed
+    # Issue 11: an override of a fixed value is said, and the precision that ran is recorded.
+    assert "note: --set lora_alpha=8 replaces the file's fixed value 'rank'" in err
+    assert result["best"]["precision"] == "no"
+    assert "mixed_precision fp16 was asked for, but on cpu the trial runs fp32" in caplog.text
+
+
+def test_warmup_longer_than_the_trial_is_refused(tiny_model_dir, tmp_path, capsys) -> None:
+    sweep = _sweep(tmp_path)
+    doc = yaml.safe_load(sweep.read_text())
+    doc["train"].update(lr_scheduler="linear", lr_warmup_steps=50)
+    sweep.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    code = main([str(sweep), "--set", "rank=2", "--set", "learning_rate=1e-3",
+                 "--set", "max_train_steps=10", "--set", "target_modules=cross_attn",
+                 "--cache", str(tiny_model_dir.parent)])
+    assert code == 2
+    assert "train.lr_warmup_steps: must be <= max_train_steps (10)" in capsys.readouterr().err
 
 
 def test_a_searched_parameter_without_a_value_is_one_line_error(tiny_model_dir, tmp_path,
