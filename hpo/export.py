@@ -7,6 +7,7 @@ closest ``accelerate launch train_text_to_image_lora.py`` command for the refere
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,8 @@ from hpo.spec import Sweep
 from hpo.study import best_trial, counted_trials
 from trials.config import TARGET_PRESETS
 from trials.lora import WEIGHTS_NAME
+
+log = logging.getLogger("hpo")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -62,6 +65,7 @@ def reference_command(
         f'--train_data_dir="{d.train_dir}"',
         f'--caption_column="{d.caption_column}"',
         f"--resolution={d.resolution}",
+        f'--image_interpolation_mode="{d.image_interpolation_mode}"',
         *(["--center_crop"] if d.center_crop else []),
         *(["--random_flip"] if d.random_flip else []),
         f"--train_batch_size={t.train_batch_size}",
@@ -96,6 +100,12 @@ def reference_command(
     if p.lora_alpha != p.rank:
         notes.append(f"lora_alpha {p.lora_alpha:g} != rank {p.rank} cannot be expressed: the "
                      "reference script sets alpha = rank")
+    if p.adapter != "lora":
+        notes.append(f"adapter {p.adapter!r} cannot be expressed: the reference script trains "
+                     "a plain LoRA")
+    if config.caption_dropout:
+        notes.append(f"caption_dropout {config.caption_dropout:g} cannot be expressed: the "
+                     "reference script always trains on the caption")
     if best_step != p.max_train_steps and t.lr_scheduler != "constant":
         notes.append(f"the sweep trained {p.max_train_steps} steps and kept step {best_step}; "
                      f"with the {t.lr_scheduler} schedule a shorter run follows another curve")
@@ -164,9 +174,22 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
         staging = out_dir / "best_lora.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(lora, staging)
+        write_kohya_beside(staging)
         shutil.rmtree(best_lora, ignore_errors=True)
         staging.rename(best_lora)
     return path
+
+
+def write_kohya_beside(lora_dir: Path) -> Path | None:
+    """The kohya-format file (AUTOMATIC1111, ComfyUI) beside a LoRA; None, with a warning,
+    when the adapter cannot be exported in that format (DoRA)."""
+    from trials.export_kohya import KohyaExportError, write_kohya
+
+    try:
+        return write_kohya(lora_dir)
+    except KohyaExportError as err:
+        log.warning("warning: %s: no kohya file: %s", lora_dir.name, err)
+        return None
 
 
 def write_trials_csv(study: optuna.Study, out_dir: Path) -> Path:

@@ -46,15 +46,19 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         + (f" @ {sweep.model.revision}" if sweep.model.revision else "")
         + (f" ({sweep.model.variant})" if sweep.model.variant else ""),
         f"  data           {d.train_dir} (caption column {d.caption_column!r}, "
-        f"{d.resolution}px, {'center' if d.center_crop else 'random'} crop"
+        f"{d.resolution}px, {d.image_interpolation_mode} resize, "
+        f"{'center' if d.center_crop else 'random'} crop"
         f"{', random flip' if d.random_flip else ''}"
         f"{', generated if missing' if d.synthetic else ''})",
+        *([f"  buckets        {line}" for line in _bucket_lines(sweep)]
+          if d.aspect_buckets else []),
         f"  train          batch {t.train_batch_size} x accumulation "
         f"{t.gradient_accumulation_steps}, {t.lr_scheduler} LR (warmup {t.lr_warmup_steps}), "
         f"mixed precision {t.mixed_precision}, seed {t.seed}, max_grad_norm {t.max_grad_norm}, "
         f"snr_gamma {t.snr_gamma}, noise_offset {t.noise_offset}",
         f"  eval           {len(e.prompt_list)} prompts from {e.prompts} x "
-        f"{e.images_per_prompt} images, {e.inference_steps} steps, guidance "
+        f"{e.images_per_prompt} images of {e.width or d.resolution}x"
+        f"{e.height or d.resolution}px, {e.inference_steps} steps, guidance "
         f"{e.guidance_scale:g}, seed {e.seed}; CLIP {e.clip_model}/{e.clip_pretrained}",
         "  search space:",
     ]
@@ -84,6 +88,12 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         "nothing was run (--dry-run)",
     ]
     return "\n".join(lines)
+
+
+def _bucket_lines(sweep: Sweep) -> list[str]:
+    from trials.buckets import dry_run_lines
+
+    return dry_run_lines(sweep.data, sweep.model.name)
 
 
 def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False

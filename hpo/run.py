@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="testing only: make trials fail at random, e.g. kill=0.1,nan=0.05 "
                         "(kinds: kill, nan, oom, error)")
     p.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="log every trial as a run to this MLflow tracking server, e.g. "
+                        "http://127.0.0.1:5000 (needs the mlflow extra)")
+    p.add_argument("--wandb", action="store_true",
+                   help="log every trial as a W&B run (needs the wandb extra; WANDB_MODE=offline "
+                        "keeps it local)")
+    p.add_argument("--wandb-project", default=None,
+                   help="W&B project (default: $WANDB_PROJECT, else the study name)")
+    p.add_argument("--wandb-entity", default=None, help="W&B entity (default: $WANDB_ENTITY)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -120,7 +129,9 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) 
     import optuna
 
     from hpo import study as studies
+    from hpo import tracking
 
+    tracking.check(args.mlflow, args.wandb)
     contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
     plan.check_address(args.address)
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -137,8 +148,10 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) 
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import export, report
+    from hpo import export, report, tracking
     from hpo import study as studies
+
+    tracking.check(args.mlflow, args.wandb)
 
     storage_url = args.storage or studies.default_storage_url(study_dir)
     storage_label = studies.redact(storage_url)
@@ -201,7 +214,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
 
     Returns the error that stopped the sweep early (one every trial would hit), or None.
     """
-    from hpo import artifacts
+    from hpo import artifacts, tracking
     from hpo import tune as tuning
 
     # A new sampler seed for each run, from the sweep's seed and the study's size: a rerun
@@ -231,7 +244,10 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
         sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
         storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
         baseline=study.user_attrs.get("baseline_clip_score"), chaos=args.chaos,
-        observers=[observer], sampler=sampler)
+        observers=[observer, *tracking.observers(
+            sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
+            wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)],
+        sampler=sampler)
     return recorder.stopper.reason
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trials.config import (
+    OPTIONAL_PARAMETERS,
     PARAMETER_NAMES,
     PARAMETER_PATHS,
     TOP_LEVEL_KEYS,
@@ -209,7 +210,7 @@ def _parse_parameter(section: Section, name: str) -> Parameter:
             seen.add(str(item))
         return Parameter(name, "values", values=tuple(checked))
     dist = section.string("distribution", choices=DISTRIBUTIONS)
-    if name == "target_modules":
+    if name in ("target_modules", "adapter"):
         raise section.error(f"{name} takes value or values, not a distribution", "distribution")
     low = section.number("min")
     high = section.number("max")
@@ -253,7 +254,8 @@ def _parse_parameters(section: Section) -> tuple[Parameter, ...]:
                 f"unknown parameter{closest(str(name), PARAMETER_NAMES)}; "
                 f"tunable: {', '.join(PARAMETER_NAMES)}", str(name))
     params = [_parse_parameter(section.sub(name), name) for name in section.data]
-    missing = [n for n in PARAMETER_NAMES if n not in section.data and n != "lora_alpha"]
+    missing = [n for n in PARAMETER_NAMES
+               if n not in section.data and n not in OPTIONAL_PARAMETERS]
     if missing:
         raise section.error("is required (a value, values or distribution)", missing[0])
     if "lora_alpha" not in section.data:

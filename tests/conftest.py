@@ -77,7 +77,7 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
 
     def build(**kw) -> TrialConfig:
         params = {"rank": 4, "lora_alpha": 4.0, "learning_rate": 1e-3, "max_train_steps": 6,
-                  "target_modules": "attn"}
+                  "target_modules": "attn", "adapter": "lora"}
         params.update({k: kw.pop(k) for k in list(kw) if k in params})
         return TrialConfig(
             model=ModelSpec("tiny"),

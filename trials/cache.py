@@ -6,7 +6,8 @@ once per (model, folder contents, resolution, crop, flip, caption column) and ev
 sweep reads the same safetensors file.
 
 What is cached, and what is not:
-- text embeddings of every caption (each caption of a list-valued entry);
+- text embeddings of every caption (each caption of a list-valued entry), and of the empty
+  caption for caption dropout;
 - with ``center_crop: true``, the latent *distribution* (mean, std) of each image, once per flip
   variant. Training still draws ``mean + std * noise`` each step, exactly like
   ``latent_dist.sample()``, so the per-step randomness of the reference is kept;
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trials import buckets
 from trials.config import DataSpec, ModelSpec
 from trials.data import Example, folder_fingerprint, load_rgb, preprocess
 
@@ -46,6 +48,10 @@ class EncodedData:
     latent_std: torch.Tensor | None
     cache_file: Path
     cache_hit: bool
+    # (77, dim): the empty caption "", which caption dropout trains on instead of a caption.
+    empty_text: torch.Tensor | None = None
+    # With data.aspect_buckets: the bucket plan and per-bucket latents (latent_mean is None).
+    buckets: buckets.BucketedLatents | None = None
 
 
 def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
@@ -58,7 +64,10 @@ def cache_key(model: ModelSpec, data: DataSpec, fingerprint: str) -> str:
         "center_crop": data.center_crop,
         "random_flip": data.random_flip,
         "caption_column": data.caption_column,
+        "interpolation": data.image_interpolation_mode,
     }
+    if data.aspect_buckets:  # only then, so unbucketed caches keep their keys
+        parts["buckets"] = data.bucket_max_aspect
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -84,7 +93,11 @@ def _read_valid(file: Path, n_examples: int, n_captions: int, data: DataSpec
     embeds = tensors.get("text_embeds")
     if embeds is None or embeds.ndim != 3 or embeds.shape[0] != n_captions:
         return None, f"text_embeds should hold {n_captions} captions"
-    if data.center_crop:
+    if data.aspect_buckets:
+        problem = buckets.check_cached(tensors, n_examples, data)
+        if problem:
+            return None, problem
+    elif data.center_crop:
         mean, std = tensors.get("latent_mean"), tensors.get("latent_std")
         flips = 2 if data.random_flip else 1
         if mean is None or std is None or mean.shape != std.shape \
@@ -115,7 +128,8 @@ def _encode_latents(examples: list[Example], data: DataSpec, vae, device, dtype)
     for example in examples:
         image = load_rgb(example.path)
         pixels = torch.stack([
-            preprocess(image, data.resolution, center_crop=True, flip=flip) for flip in flips
+            preprocess(image, data.resolution, center_crop=True, flip=flip,
+                       interpolation=data.image_interpolation_mode) for flip in flips
         ]).to(device, dtype)
         dist = vae.encode(pixels).latent_dist
         means.append(dist.mean.float().cpu())
@@ -147,13 +161,20 @@ def load_or_build(
         hit = tensors is not None
         if tensors is None:
             tensors = {"text_embeds": encode_texts(
-                captions, components.tokenizer, components.text_encoder, device)}
-            if data.center_crop:
+                captions, components.tokenizer, components.text_encoder, device),
+                "empty_text": encode_texts([""], components.tokenizer, components.text_encoder,
+                                           device)[0]}
+            if data.aspect_buckets:
+                tensors.update(buckets.encode(examples, data, components, device, dtype))
+            elif data.center_crop:
                 mean, std = _encode_latents(examples, data, components.vae, device, dtype)
                 tensors.update(latent_mean=mean, latent_std=std)
             tmp = file.with_suffix(f".tmp{os.getpid()}")
             save_file(tensors, tmp, metadata={"key": key, "n_examples": str(len(examples))})
             os.replace(tmp, file)
+    if "empty_text" not in tensors:  # a cache file written before caption dropout existed
+        tensors["empty_text"] = encode_texts(
+            [""], components.tokenizer, components.text_encoder, device)[0]
     return EncodedData(
         examples=examples,
         text_embeds=tensors["text_embeds"],
@@ -162,4 +183,6 @@ def load_or_build(
         latent_std=tensors.get("latent_std"),
         cache_file=file,
         cache_hit=hit,
+        empty_text=tensors["empty_text"],
+        buckets=buckets.from_tensors(tensors),
     )

@@ -29,6 +29,14 @@ TINY_MODEL = "tiny"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# peft LoraConfig(use_dora=False/True): LoRA, or DoRA (Liu et al. 2024).
+ADAPTERS = ("lora", "dora")
+# The reference script's --image_interpolation_mode choices (torchvision InterpolationMode
+# members, lower case) and its default.
+INTERPOLATION_MODES = ("bilinear", "bicubic", "box", "hamming", "lanczos", "nearest",
+                       "nearest_exact")
+DEFAULT_INTERPOLATION = "lanczos"
+DEFAULT_BUCKET_MAX_ASPECT = 2.5  # long side / short side; car side views are about 2:1
 
 # Module-name patterns handed to peft. Plain names match any module whose name ends with them
 # (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.
@@ -37,7 +45,11 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "attn": ("to_q", "to_k", "to_v", "to_out.0"),
     "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
-PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules")
+PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules",
+                   "adapter", "caption_dropout")
+# Parameters a sweep may leave out: alpha defaults to rank, adapter to lora, caption dropout to
+# train.caption_dropout.
+OPTIONAL_PARAMETERS = ("lora_alpha", "adapter", "caption_dropout")
 PARAMETER_PATHS = {name: f"parameters.{name}" for name in PARAMETER_NAMES}
 _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
@@ -76,6 +88,10 @@ class DataSpec:
     center_crop: bool = True
     random_flip: bool = False
     synthetic: SyntheticData | None = None
+    image_interpolation_mode: str = DEFAULT_INTERPOLATION
+    # Aspect-ratio buckets (trials.buckets); off: the reference's square crop.
+    aspect_buckets: bool = False
+    bucket_max_aspect: float = DEFAULT_BUCKET_MAX_ASPECT
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,9 @@ class TrainSpec:
     noise_offset: float = 0.0
     gradient_checkpointing: bool = False
     prediction_type: str | None = None
+    # Probability of training a sample on the empty caption (for classifier-free guidance);
+    # kohya sd-scripts' --caption_dropout_rate. A parameters.caption_dropout overrides it.
+    caption_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,8 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
+    width: int | None = None  # images drawn for scoring; None: data.resolution
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,8 @@ class HyperParams:
     learning_rate: float
     max_train_steps: int
     target_modules: str
+    adapter: str = "lora"
+    caption_dropout: float | None = None  # None: train.caption_dropout
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,12 @@ class TrialConfig:
 
     def with_params(self, params: HyperParams) -> TrialConfig:
         return replace(self, params=params)
+
+    @property
+    def caption_dropout(self) -> float:
+        """The searched ``parameters.caption_dropout`` if any, else ``train.caption_dropout``."""
+        searched = self.params.caption_dropout
+        return self.train.caption_dropout if searched is None else searched
 
 
 def rung_steps(every: int, max_steps: int) -> list[int]:
@@ -183,7 +212,8 @@ def parse_model(section: Section) -> ModelSpec:
 def parse_data(section: Section, base_dir: Path) -> DataSpec:
     section.allow_only(
         ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic")
+         "random_flip", "synthetic", "image_interpolation_mode", "aspect_buckets",
+         "bucket_max_aspect")
     )
     synthetic = None
     if section.has("synthetic"):
@@ -205,6 +235,11 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         center_crop=section.boolean("center_crop", True),
         random_flip=section.boolean("random_flip", False),
         synthetic=synthetic,
+        image_interpolation_mode=section.string(
+            "image_interpolation_mode", DEFAULT_INTERPOLATION, INTERPOLATION_MODES),
+        aspect_buckets=section.boolean("aspect_buckets", False),
+        bucket_max_aspect=section.number("bucket_max_aspect", DEFAULT_BUCKET_MAX_ASPECT,
+                                         minimum=1),
     )
 
 
@@ -226,13 +261,14 @@ def parse_train(section: Section) -> TrainSpec:
         noise_offset=section.number("noise_offset", 0.0, minimum=0),
         gradient_checkpointing=section.boolean("gradient_checkpointing", False),
         prediction_type=section.string("prediction_type", None, PREDICTION_TYPES),
+        caption_dropout=section.number("caption_dropout", 0.0, minimum=0, maximum=1),
     )
 
 
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "width", "height")
     )
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
@@ -248,7 +284,17 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        width=_image_side(section, "width"),
+        height=_image_side(section, "height"),
     )
+
+
+def _image_side(section: Section, key: str) -> int | None:
+    # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
+    value = section.integer(key, None, minimum=8)
+    if value is not None and value % 8:
+        raise section.error(f"must be a multiple of 8 (got {value})", key)
+    return value
 
 
 def parse_target_modules(value: Any, error: Any, key: str) -> str:
@@ -291,6 +337,12 @@ def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
         return check_number(value, error, key, above=0, maximum=1.0)
     if name == "target_modules":
         return parse_target_modules(value, error, key)
+    if name == "adapter":
+        if value not in ADAPTERS:
+            raise error(f"must be one of {', '.join(ADAPTERS)} (got {describe(value)})", key)
+        return value
+    if name == "caption_dropout":
+        return check_number(value, error, key, minimum=0, maximum=1)
     if name == "lora_alpha":
         factor = alpha_rule(value)
         if factor is not None:
@@ -315,6 +367,9 @@ def make_params(values: Mapping[str, Any]) -> HyperParams:
         learning_rate=float(values["learning_rate"]),
         max_train_steps=int(values["max_train_steps"]),
         target_modules=str(values["target_modules"]),
+        adapter=str(values.get("adapter", "lora")),
+        caption_dropout=None if values.get("caption_dropout") is None
+        else float(values["caption_dropout"]),
     )
 
 
@@ -384,7 +439,7 @@ def load_trial_config(
         elif name in fixed:
             values[name] = check_param_value(
                 name, fixed[name], params_section.sub(name).error, "value")
-        elif name != "lora_alpha":  # alpha defaults to rank
+        elif name not in OPTIONAL_PARAMETERS:  # alpha defaults to rank, adapter to lora
             raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
     return TrialConfig(
         model=parse_model(root.sub("model")),

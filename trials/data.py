@@ -328,23 +328,36 @@ def load_examples(train_dir: str | Path, caption_column: str = "text") -> list[E
     return examples
 
 
+def interpolation_mode(name: str) -> InterpolationMode:
+    """torchvision's ``InterpolationMode`` for a lower-case name, as the reference script maps
+    ``--image_interpolation_mode`` (``getattr(InterpolationMode, name.upper())``)."""
+    mode = getattr(InterpolationMode, name.upper(), None)
+    if not isinstance(mode, InterpolationMode):
+        choices = ", ".join(m.name.lower() for m in InterpolationMode)
+        raise ValueError(f"unknown interpolation mode {name!r}; choices: {choices}")
+    return mode
+
+
 def preprocess(
     image: Image.Image,
     resolution: int,
     center_crop: bool,
     flip: bool,
     rng: random.Random | None = None,
+    interpolation: str = "lanczos",
 ) -> torch.Tensor:
     """Apply the reference script's train transforms; return float32 ``(3, res, res)`` in [-1, 1].
 
-    Resize the shorter side to ``resolution`` (bilinear), centre or random crop (offsets drawn
+    Resize the shorter side to ``resolution`` with ``interpolation`` (a torchvision
+    ``InterpolationMode`` name in lower case; the reference script's
+    ``--image_interpolation_mode``, default ``lanczos``), centre or random crop (offsets drawn
     from ``rng``, default the ``random`` module), flip horizontally if ``flip``, then normalise.
     """
     if resolution <= 0:
         raise ValueError(f"resolution must be positive, got {resolution}")
     if image.mode != "RGB":
         raise ValueError(f"preprocess expects an RGB image (use load_rgb), got mode {image.mode}")
-    resized = TF.resize(image, resolution, interpolation=InterpolationMode.BILINEAR)
+    resized = TF.resize(image, resolution, interpolation=interpolation_mode(interpolation))
     if center_crop:
         cropped = TF.center_crop(resized, [resolution, resolution])
     else:

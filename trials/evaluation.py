@@ -38,6 +38,7 @@ class Evaluator:
         for this config and these examples; computed here when not given."""
         self.config = config.eval
         self.resolution = config.data.resolution
+        self.size = (config.eval.width or self.resolution, config.eval.height or self.resolution)
         self.prompts = list(config.eval.prompt_list)
         self.pipe = make_pipeline(components, device, dtype)
         self.scorer = scorer or ClipScorer(config.eval.clip_model, config.eval.clip_pretrained,
@@ -51,7 +52,8 @@ class Evaluator:
         cfg = self.config
         images = generate_images(
             self.pipe, self.prompts, cfg.images_per_prompt, cfg.inference_steps,
-            cfg.guidance_scale, cfg.seed, self.resolution, batch_size=cfg.batch_size)
+            cfg.guidance_scale, cfg.seed, self.resolution, batch_size=cfg.batch_size,
+            width=self.size[0], height=self.size[1])
         result = self.scorer.score(self.prompts, images, self.train_embeds)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,15 @@
 """LoRA adapters on the UNet: choosing target modules, attaching, and saving them atomically.
 
-Weights are written the way the reference script writes them (diffusers key format in
-``pytorch_lora_weights.safetensors``), plus the adapter config as safetensors metadata so that
-``pipe.load_lora_weights(dir)`` rebuilds the same rank, alpha and target modules.
+Weights are written where the reference script writes them (``pytorch_lora_weights.safetensors``,
+``unet.``-prefixed keys), plus the adapter config as safetensors metadata so that
+``pipe.load_lora_weights(dir)`` rebuilds the same rank, alpha, target modules and adapter type.
+
+One key style per file: the reference script's ``convert_state_dict_to_diffusers`` renames only
+attention layers (``to_q.lora.down``) and leaves every other module in peft's style
+(``ff.net.2.lora_A``), so a file with feed-forward targets mixed both. We write peft's style
+(``<module>.lora_A.weight`` / ``lora_B.weight``, and ``lora_magnitude_vector`` for DoRA)
+for every module, which is what diffusers writes for its newer pipelines and what
+``load_lora_weights`` reads without conversion.
 """
 
 from __future__ import annotations
@@ -69,12 +76,18 @@ def resolve_target_modules(spec: str, unet: torch.nn.Module) -> str | list[str]:
 
 
 def lora_config(params: HyperParams, unet: torch.nn.Module) -> LoraConfig:
-    """The peft config the reference script builds, with this trial's rank/alpha/targets."""
+    """The peft config the reference script builds, with this trial's rank/alpha/targets.
+
+    ``adapter: dora`` sets peft's ``use_dora`` (DoRA, Liu et al. 2024, "Weight-Decomposed
+    Low-Rank Adaptation"): the same low-rank update plus a trained magnitude per output
+    feature of each wrapped layer, saved as ``lora_magnitude_vector``.
+    """
     return LoraConfig(
         r=params.rank,
         lora_alpha=params.lora_alpha,
         init_lora_weights="gaussian",
         target_modules=resolve_target_modules(params.target_modules, unet),
+        use_dora=params.adapter == "dora",
     )
 
 
@@ -101,6 +114,16 @@ def adapter_metadata(unet: Any) -> dict[str, Any]:
     return config
 
 
+def lora_state_dict(unet: Any) -> dict[str, torch.Tensor]:
+    """The adapter's weights in one key style, fp32 on the CPU, keys without the ``unet.`` prefix.
+
+    Keys are peft's: ``<module>.lora_A.weight`` (rank x in), ``<module>.lora_B.weight``
+    (out x rank) and, for DoRA, ``<module>.lora_magnitude_vector`` (out,).
+    """
+    state = get_peft_model_state_dict(unet)
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
 def save_lora(unet: Any, directory: Path) -> Path:
     """Write the UNet adapter to ``directory`` atomically and return the weights file.
 
@@ -108,17 +131,14 @@ def save_lora(unet: Any, directory: Path) -> Path:
     complete, so a crash or a full disk never leaves a half-written file where a reader looks.
     """
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
         StableDiffusionPipeline.save_lora_weights(
             save_directory=tmp,
-            unet_lora_layers=state,
+            unet_lora_layers=lora_state_dict(unet),
             safe_serialization=True,
             unet_lora_adapter_metadata=adapter_metadata(unet),
         )

@@ -96,8 +96,12 @@ def generate_images(
     seed: int,
     resolution: int,
     batch_size: int = 8,
+    width: int | None = None,
+    height: int | None = None,
 ) -> list[list[Image.Image]]:
     """Generate ``images_per_prompt`` PIL images for each prompt; returns ``[prompt][image]``.
+
+    Images are ``resolution`` square unless ``width``/``height`` (pixels) say otherwise.
 
     Each image gets its own CPU ``torch.Generator`` seeded by ``image_seed``, so an image does
     not depend on batch size, batch composition or accelerator type.
@@ -113,8 +117,8 @@ def generate_images(
             prompt=[prompts[p] for p, _ in batch],
             num_inference_steps=inference_steps,
             guidance_scale=guidance_scale,
-            height=resolution,
-            width=resolution,
+            height=height or resolution,
+            width=width or resolution,
             generator=generators,
             output_type="pil",
         )

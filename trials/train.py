@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
-from trials import cache, evaluation, faults, warm
+from trials import buckets, cache, evaluation, faults, warm
+from trials.captions import drop_captions
 from trials.config import TrialConfig, rung_steps
 from trials.data import Example, load_examples, load_rgb, preprocess
 from trials.lora import attach_lora, save_lora
@@ -121,8 +122,14 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
     """Latents (scaled) and caption embeddings for one micro-batch."""
     flips = [config.data.random_flip and rng.random() < 0.5 for _ in indices]
     rows = [rng.choice(data.caption_rows[i]) for i in indices]
-    text = data.text_embeds[rows].to(device, dtype)
-    if data.latent_mean is not None:
+    text = data.text_embeds[rows]
+    if config.caption_dropout:  # no draw otherwise: the default keeps its random stream
+        text = drop_captions(text, data.empty_text, config.caption_dropout, rng)
+    text = text.to(device, dtype)
+    if data.buckets is not None:  # aspect-ratio buckets: the batch is from one bucket
+        latents = buckets.batch_latents(data.buckets, indices, flips, data.examples,
+                                        config.data, components.vae, rng, device, dtype)
+    elif data.latent_mean is not None:
         index = (torch.tensor(indices), torch.tensor(flips, dtype=torch.long))
         mean, std = data.latent_mean[index], data.latent_std[index]
         # Same as latent_dist.sample(): a fresh draw every step, from the cached distribution.
@@ -131,7 +138,8 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
     else:  # random crop: encode this step's crop, as the reference does
         pixels = torch.stack([
             preprocess(load_rgb(data.examples[i].path), config.data.resolution,
-                       center_crop=False, flip=f, rng=rng)
+                       center_crop=False, flip=f, rng=rng,
+                       interpolation=config.data.image_interpolation_mode)
             for i, f in zip(indices, flips, strict=True)
         ]).to(device, dtype)
         with torch.no_grad():
@@ -245,7 +253,9 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                                  num_warmup_steps=train_cfg.lr_warmup_steps,
                                  num_training_steps=params.max_train_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    batches = make_batch_sampler(len(examples), train_cfg.train_batch_size, rng)
+    batches = (buckets.batch_sampler(data.buckets.plan, train_cfg.train_batch_size, rng)
+               if data.buckets is not None
+               else make_batch_sampler(len(examples), train_cfg.train_batch_size, rng))
     rungs = rung_steps(config.eval.every_steps, params.max_train_steps)
     setup_seconds = time.perf_counter() - setup_start
 

@@ -126,11 +126,12 @@ CASES = [
     ({"train.epochs": 1},
      "train.epochs: unknown key (allowed: train_batch_size, gradient_accumulation_steps, "
      "lr_scheduler, lr_warmup_steps, mixed_precision, seed, max_grad_norm, snr_gamma, "
-     "noise_offset, gradient_checkpointing, prediction_type)"),
+     "noise_offset, gradient_checkpointing, prediction_type, caption_dropout)"),
     ({"method": {"type": "tpe", "sed": 1}}, "method.sed: unknown key (did you mean 'seed'?)"),
     ({"parameters.learning_rat": {"value": 1e-4}},
      "parameters.learning_rat: unknown parameter (did you mean 'learning_rate'?); tunable: "
-     "rank, lora_alpha, learning_rate, max_train_steps, target_modules"),
+     "rank, lora_alpha, learning_rate, max_train_steps, target_modules, adapter, "
+     "caption_dropout"),
     # evaluation rungs and early termination
     ({"eval.every_steps": 35},
      "eval.every_steps: must be <= the smallest max_train_steps (30) so every trial is scored "

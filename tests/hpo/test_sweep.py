@@ -64,6 +64,7 @@ def test_asha_stopped_trials_are_pruned_with_their_rungs(finished_sweep) -> None
 def test_outputs_are_written(finished_sweep) -> None:
     folder = finished_sweep / "e2e"
     assert (folder / "best_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (folder / "best_lora" / "lora_kohya.safetensors").is_file()  # AUTOMATIC1111/ComfyUI
     import pandas as pd
 
     frame = pd.read_csv(folder / "trials.csv")

@@ -98,7 +98,8 @@ def test_alpha_defaults_to_rank(make_file: Callable[..., Path], tmp_path: Path) 
     assert load(path, [], tmp_path).params.lora_alpha == 16.0
 
 
-TUNABLE = "tunable: rank, lora_alpha, learning_rate, max_train_steps, target_modules"
+TUNABLE = ("tunable: rank, lora_alpha, learning_rate, max_train_steps, target_modules, "
+            "adapter, caption_dropout")
 
 
 @pytest.mark.parametrize(("parameters", "pairs", "expected"), [

@@ -429,19 +429,34 @@ def _gradient(width: int, height: int) -> Image.Image:
     return Image.fromarray(rgb.round().astype(np.uint8))
 
 
-def test_preprocess_matches_reference_center_crop_pipeline() -> None:
+@pytest.mark.parametrize("mode", ["lanczos", "bilinear", "bicubic", "nearest_exact"])
+def test_preprocess_matches_reference_center_crop_pipeline(mode: str) -> None:
+    # The reference script: Resize(resolution, interpolation=getattr(InterpolationMode,
+    # args.image_interpolation_mode.upper())), CenterCrop, ToTensor, Normalize.
     image = _gradient(100, 50)
     reference = transforms.Compose(
         [
-            transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.Resize(32, interpolation=getattr(transforms.InterpolationMode,
+                                                        mode.upper())),
             transforms.CenterCrop(32),
             transforms.ToTensor(),
             transforms.Normalize([0.5], [0.5]),
         ]
     )
-    out = preprocess(image, 32, center_crop=True, flip=False)
+    out = preprocess(image, 32, center_crop=True, flip=False, interpolation=mode)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert torch.equal(out, reference(image))
+
+
+def test_default_interpolation_is_the_references_lanczos() -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)  # detail at every scale: resampling filters differ
+    lanczos = preprocess(image, 64, center_crop=True, flip=False)
+    assert torch.equal(lanczos, preprocess(image, 64, True, False, interpolation="lanczos"))
+    bilinear = preprocess(image, 64, True, False, interpolation="bilinear")
+    assert (lanczos - bilinear).abs().max() > 0.1
+    with pytest.raises(ValueError, match="choices: nearest, nearest_exact, bilinear"):
+        preprocess(image, 64, True, False, interpolation="sinc")
 
 
 def test_preprocess_range() -> None:
@@ -453,8 +468,10 @@ def test_preprocess_range() -> None:
 
 def test_random_crop_uses_rng_offsets() -> None:
     image = _gradient(120, 40)  # resized to 96x32: only the horizontal offset varies
-    a = preprocess(image, 32, center_crop=False, flip=False, rng=random.Random(3))
-    b = preprocess(image, 32, center_crop=False, flip=False, rng=random.Random(3))
+    a = preprocess(image, 32, center_crop=False, flip=False, rng=random.Random(3),
+                   interpolation="bilinear")
+    b = preprocess(image, 32, center_crop=False, flip=False, rng=random.Random(3),
+                   interpolation="bilinear")
     assert torch.equal(a, b)
     rng = random.Random(3)
     top, left = rng.randint(0, 0), rng.randint(0, 64)

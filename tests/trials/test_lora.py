@@ -98,3 +98,15 @@ def test_presets_resolve_to_the_intended_layers(tiny_model_dir) -> None:
     cross = resolve_target_modules("cross_attn", unet)
     assert isinstance(cross, str) and "attn2" in cross
     assert resolve_target_modules("attn1.to_q,ff.net.2", unet) == ["attn1.to_q", "ff.net.2"]
+
+
+@pytest.mark.parametrize("target_modules", ["attn", "cross_attn", "attn_ff"])
+def test_every_module_is_saved_in_one_key_style(tiny_model_dir, tmp_path, target_modules) -> None:
+    components = _lora_unet(tiny_model_dir.parent, target_modules, 2, 2.0)
+    weights = save_lora(components.unet, tmp_path / "lora")
+    with safe_open(weights, framework="pt") as handle:
+        keys = list(handle.keys())
+    styles = {k.rsplit(".", 2)[-2] for k in keys}
+    assert styles == {"lora_A", "lora_B"}, styles  # never lora.down/up beside lora_A/B
+    if target_modules == "attn_ff":
+        assert any(".ff.net.2." in k for k in keys) and any(".attn1.to_q." in k for k in keys)

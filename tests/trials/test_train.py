@@ -143,3 +143,25 @@ def test_gradient_accumulation_and_schedules_run(make_trial_config) -> None:
         "snr_gamma": 5.0, "noise_offset": 0.05, "prediction_type": "v_prediction"})
     run_trial(config, report)
     assert seen[0][1]["learning_rate_now"] < 1e-3  # cosine decayed by the last step
+
+
+def test_dora_with_caption_dropout_trains_and_loads_in_diffusers(make_trial_config,
+                                                                 tiny_model_dir) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    seen, report = _collect()
+    run_trial(make_trial_config(adapter="dora", max_train_steps=3,
+                                train={"caption_dropout": 0.5}), report)
+    checkpoint = seen[-1][2]
+    saved = load_file(checkpoint / WEIGHTS_NAME)
+    assert any(k.endswith("lora_magnitude_vector") for k in saved)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.load_lora_weights(checkpoint)
+    loaded = {n: p for n, p in pipe.unet.named_parameters() if "lora_magnitude_vector" in n}
+    assert len(loaded) == sum(k.endswith("lora_magnitude_vector") for k in saved)
+    name = next(k for k in saved if k.endswith("lora_magnitude_vector"))
+    module = name.removeprefix("unet.").removesuffix(".lora_magnitude_vector")
+    match = [v for n, v in loaded.items() if n.startswith(f"{module}.lora_magnitude_vector.")]
+    assert len(match) == 1
+    torch.testing.assert_close(match[0], saved[name])
