@@ -113,9 +113,10 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
         lines += [f"**Failed:** {_cell(attrs['fail_reason'])}", ""]
     score = attrs.get("score_per_rung", {}).get(str(attrs.get("best_step")))
     if score is not None:
-        base = f" (baseline without LoRA {_fmt(baseline_score)}, Δ " \
-               f"{_fmt(attrs.get('delta_vs_baseline'), '+.4f')})" if baseline_score is not None \
-            else ""
+        base = (f" (baseline without LoRA {_fmt(baseline_score)}, Δ "
+                f"{_fmt(attrs.get('delta_vs_baseline'), '+.4f')} ± "
+                f"{_fmt(attrs.get('delta_vs_baseline_stderr'))} paired)"
+                if baseline_score is not None else "")
         lines += [f"**clip_score {_fmt(score)} ± {_fmt(attrs.get('clip_score_stderr'))}** at "
                   f"step {attrs.get('best_step')}{base}; CLIP-I {_fmt(attrs.get('clip_i'))}", ""]
     if params:
@@ -194,7 +195,8 @@ def name_objective(study: optuna.Study) -> None:
     with warnings.catch_warnings():  # set_metric_names is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if study.metric_names is None:
-            study.set_metric_names([str(study.user_attrs.get("metric", "clip_score"))])
+            names = [str(o["name"]) for o in study.user_attrs.get("objectives") or ()]
+            study.set_metric_names(names or [str(study.user_attrs.get("metric", "clip_score"))])
 
 
 def upload_baseline(study: optuna.Study, study_dir: Path,

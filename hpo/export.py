@@ -117,9 +117,15 @@ def reference_command(
 
 
 def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_label: str,
-                    baseline: float | None) -> Path | None:
-    """Write ``best.yaml`` for the best COMPLETE trial; None when there is none yet."""
-    trial = best_trial(study)
+                    baseline: float | None, trial: optuna.trial.FrozenTrial | None = None,
+                    path: Path | None = None) -> Path | None:
+    """Write ``best.yaml`` for the winner (:func:`hpo.study.best_trial`); None when there is
+    none yet. With ``trial`` and ``path``: the same document for that trial at ``path`` (the
+    Pareto files), and ``best_lora/`` is left alone."""
+    from hpo import winner
+
+    is_winner = trial is None
+    trial = trial or best_trial(study)
     if trial is None:
         return None
     values = winning_values(sweep, trial)
@@ -143,10 +149,15 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "study": study.study_name,
             "storage": storage_label,
             "trial": trial.number,
-            "clip_score": trial.value,
+            # the search score: the best rung's, on the search seeds
+            "clip_score": attrs.get("score_per_rung", {}).get(str(best_step), trial.value
+                                                              if len(trial.values or ()) == 1
+                                                              else None),
             "clip_score_stderr": attrs.get("clip_score_stderr"),
             "baseline_clip_score": baseline,
             "delta_vs_baseline": attrs.get("delta_vs_baseline"),
+            # paired by prompt (same seeds): see hpo.paired
+            "delta_vs_baseline_stderr": attrs.get("delta_vs_baseline_stderr"),
             "clip_i": attrs.get("clip_i"),
             "best_step": best_step,
             "precision": ran,
@@ -156,21 +167,30 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "reference_notes": notes,
         },
     }
+    if len(study.directions) > 1:
+        doc["result"]["objectives"] = winner.search_metrics(study, trial)
+        doc["result"]["pareto_optimal"] = trial.number in {t.number for t in study.best_trials}
+    confirmation = winner.confirmation_summary(study) if is_winner else None
+    if confirmation is not None:
+        doc["result"]["confirmation"] = confirmation
     if doc["train"].get("max_grad_norm") is None:
         doc["train"]["max_grad_norm"] = 0
+    path = path or out_dir / "best.yaml"
+    kind = "Best" if is_winner else "Pareto-optimal"
     header = (
-        f"# Best configuration of study {study.study_name!r} (trial {trial.number}).\n"
-        "# Reproduce it without Ray:  python -m trials.train " + str(out_dir / "best.yaml") + "\n"
+        f"# {kind} configuration of study {study.study_name!r} (trial {trial.number}).\n"
+        "# Reproduce it without Ray:  python -m trials.train " + str(path) + "\n"
         "# result.reference_command is the closest command for diffusers'\n"
         "# train_text_to_image_lora.py; result.reference_notes lists what it cannot express.\n"
     )
-    path = out_dir / "best.yaml"
+    if confirmation is not None and confirmation.get("verdict"):
+        header += f"# Confirmation on fresh seeds: {confirmation['verdict']}.\n"
     tmp = path.with_suffix(".yaml.tmp")
     text = header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     lora = attrs.get("lora_path")
-    if lora and Path(lora).is_dir():
+    if is_winner and lora and Path(lora).is_dir():
         staging = out_dir / "best_lora.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(lora, staging)

@@ -65,6 +65,15 @@ def compute(sweep: Sweep, data_contents: str) -> dict[str, str]:
         fp[f"eval.{key}"] = _show(getattr(e, key))
     fp["metric.name"] = _show(sweep.metric)
     fp["metric.goal"] = _show(sweep.goal)
+    # Held-out images and further objectives, only when used (older fingerprints stay equal).
+    if d.holdout:
+        fp["data.holdout"] = _show([d.holdout, d.holdout_seed])
+    if e.reference_dir is not None or d.holdout:
+        fp["eval.dino_model"] = _show(e.dino_model)
+    if e.reference_dir is not None:
+        fp["eval.reference_dir"] = _show(str(e.reference_dir))
+    if sweep.multi_objective:
+        fp["metric.objectives"] = _show([[o.name, o.goal] for o in sweep.objectives])
     for p in sorted(sweep.parameters, key=lambda p: p.name):
         fp[f"parameters.{p.name}"] = _show(
             {"kind": p.kind, "value": p.value, "values": list(p.values), "min": p.low,

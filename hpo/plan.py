@@ -60,6 +60,15 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace)
         f"{e.images_per_prompt} images of {e.width or d.resolution}x"
         f"{e.height or d.resolution}px, {e.inference_steps} steps, guidance "
         f"{e.guidance_scale:g}, seed {e.seed}; CLIP {e.clip_model}/{e.clip_pretrained}",
+        f"  held out       {d.holdout} training image(s) (seed {d.holdout_seed}), reference "
+        f"folder {e.reference_dir}; DINOv2 {e.dino_model}" if d.holdout or e.reference_dir
+        else "  held out       none (no clip_i_holdout / dino_holdout)",
+        f"  objectives     {', '.join(f'{o.name} ({o.goal})' for o in sweep.objectives)}; "
+        f"winner rule {sweep.select.rule}"
+        + (f" {list(sweep.select.weights)}" if sweep.select.weights else ""),
+        f"  confirmation   top {sweep.confirm.top_k} on seed {sweep.confirm.seed}, "
+        f"{sweep.confirm.images_per_prompt} image(s) per prompt" if sweep.confirm.top_k
+        else "  confirmation   off",
         "  search space:",
     ]
     for p in sweep.parameters:
@@ -120,6 +129,9 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
             ensure_dataset(sweep.data)
         examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
         contents = folder_fingerprint(examples, sweep.data.caption_column)
+        held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
+        if sweep.eval.reference_dir is not None:
+            load_examples(sweep.eval.reference_dir, sweep.data.caption_column)
         overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
         if overlap:
             log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
@@ -230,6 +242,26 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                              f"is the head node up (ray status on it)?") from None
 
 
+def held_out_split(sweep: Sweep, examples: list | None = None) -> dict[str, Any] | None:
+    """The held-out real images as the study records them (None without any)."""
+    from trials.data import load_examples
+    from trials.holdout import split
+
+    d = sweep.data
+    if not d.holdout and sweep.eval.reference_dir is None:
+        return None
+    held: list = []
+    if d.holdout:
+        examples = examples or load_examples(d.train_dir, d.caption_column)
+        try:
+            held = split(examples, d.holdout, d.holdout_seed)[1]
+        except ValueError as err:
+            raise PreflightError(f"{sweep.source}: {err}") from None
+    return {"n": d.holdout, "seed": d.holdout_seed, "files": [ex.file_name for ex in held],
+            "reference_dir": None if sweep.eval.reference_dir is None
+            else str(sweep.eval.reference_dir), "dino_model": sweep.eval.dino_model}
+
+
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
     """Open the study storage, turning connection failures into one line."""
     from hpo.study import open_storage
@@ -263,21 +295,37 @@ def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
                         sweep.train.mixed_precision)
 
 
-def paired_gain(scores: list[float] | None, baseline: list[float] | None
-                ) -> tuple[float, float, int] | None:
-    """Mean per-prompt gain over the baseline, its paired standard error, and the prompt count.
+def _delta_line(label: str, delta: float | None, stderr: float | None) -> str:
+    """``label: Δ +0.1234 ± 0.0123 (paired over prompts, same seeds)``."""
+    if delta is None:
+        return f"{label}: no baseline score"
+    spread = f" ± {stderr:.4f}" if stderr is not None else ""
+    return f"{label}: Δ {delta:+.4f}{spread} (paired stderr over prompts, same seeds)"
 
-    Trials and baseline share prompts and image seeds (common random numbers), so the
-    per-prompt differences are the independent units: SE = sd(diffs) / sqrt(n). None when
-    either side is missing, their lengths differ, or fewer than two prompts exist.
-    """
-    if not scores or not baseline or len(scores) != len(baseline) or len(scores) < 2:
-        return None
-    diffs = [float(a) - float(b) for a, b in zip(scores, baseline, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
-    return mean, se, n
+
+def confirmation_lines(study: optuna.Study) -> list[str]:
+    """The winner's confirmed score and paired differences, for the summary."""
+    from hpo.winner import confirmation_summary
+
+    conf = confirmation_summary(study)
+    if conf is None:
+        return []
+    stderr = conf.get("clip_score_stderr")
+    lines = [f"confirmed on fresh seeds (seed {conf['seed']}, {conf['images_per_prompt']} "
+             f"image(s) per prompt, trials {conf['trials']}): trial {conf['winner']} "
+             f"clip_score {conf['clip_score']:.4f}"
+             + (f" ± {stderr:.4f}" if stderr is not None else "")
+             + (f" (search score {conf['search_clip_score']:.4f})"
+                if conf.get("search_clip_score") is not None else "")]
+    if "delta_vs_baseline" in conf:
+        lines.append(_delta_line("  vs baseline, fresh seeds", conf["delta_vs_baseline"],
+                                 conf.get("delta_vs_baseline_stderr")))
+    if "delta_vs_runner_up" in conf:
+        lines.append(_delta_line(f"  vs runner-up trial {conf['runner_up']}",
+                                 conf["delta_vs_runner_up"],
+                                 conf.get("delta_vs_runner_up_stderr")))
+    lines.append(f"  {conf['verdict']}")
+    return lines
 
 
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
@@ -296,18 +344,17 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         lines.append("no trial completed, so there is no best configuration yet")
     else:
         stderr = best.user_attrs.get("clip_score_stderr")
+        # The best rung's clip_score on the search seeds (with several objectives, too).
+        score = best.user_attrs.get("score_per_rung", {}).get(
+            str(best.user_attrs.get("best_step")), float("nan"))
         lines.append(
-            f"best: trial {best.number}, clip_score {best.value:.4f}"
+            f"best: trial {best.number}, clip_score {score:.4f}"
             + (f" ± {stderr:.4f}" if stderr is not None else "")
             + (f" (baseline without LoRA {baseline:.4f})" if baseline is not None else "")
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
-        paired = paired_gain(best.user_attrs.get("per_prompt"),
-                             study.user_attrs.get("baseline_per_prompt"))
-        if paired is not None:
-            gain, se, n = paired
-            lines.append(f"best vs baseline: {gain:+.4f} ± {se:.4f} (paired by prompt over {n} "
-                         f"prompts, same seeds; {gain / se:+.1f} standard errors)"
-                         if se > 0 else f"best vs baseline: {gain:+.4f} over {n} prompts")
+        lines.append(_delta_line("  vs baseline", best.user_attrs.get("delta_vs_baseline"),
+                                 best.user_attrs.get("delta_vs_baseline_stderr")))
+        lines += confirmation_lines(study)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

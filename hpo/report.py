@@ -38,6 +38,7 @@ from hpo.artifacts import (
 )
 from hpo.dashboard import DashboardError, find_study, storage_url
 from hpo.study import best_trial
+from hpo.winner import confirmation_summary
 
 log = logging.getLogger("hpo")
 
@@ -52,8 +53,8 @@ def _maximize(study: optuna.Study) -> bool:
 
 def trial_score(study: optuna.Study, trial: FrozenTrial) -> float | None:
     """A COMPLETE trial's value, or a PRUNED trial's best rung (its intermediate values)."""
-    if trial.value is not None:
-        return float(trial.value)
+    if trial.values:  # with several objectives: the first (the one ASHA stops on)
+        return float(trial.values[0])
     values = [v for v in trial.intermediate_values.values() if v is not None and math.isfinite(v)]
     if not values:
         return None
@@ -82,17 +83,25 @@ def _baseline_line(fig: go.Figure, study: optuna.Study) -> go.Figure:
     return fig
 
 
+def _first(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
+    """Optuna's plots need a target with several objectives: the first one."""
+    return (lambda t: t.values[0]) if len(study.directions) > 1 else None
+
+
 def history_figure(study: optuna.Study) -> go.Figure:
-    fig = optuna.visualization.plot_optimization_history(study, target_name=_metric(study))
+    fig = optuna.visualization.plot_optimization_history(study, target=_first(study),
+                                                         target_name=_metric(study))
     return _baseline_line(fig, study)
 
 
 def importance_figure(study: optuna.Study) -> go.Figure:
-    return optuna.visualization.plot_param_importances(study, target_name=_metric(study))
+    return optuna.visualization.plot_param_importances(study, target=_first(study),
+                                                       target_name=_metric(study))
 
 
 def parallel_figure(study: optuna.Study) -> go.Figure:
-    return optuna.visualization.plot_parallel_coordinate(study, target_name=_metric(study))
+    return optuna.visualization.plot_parallel_coordinate(study, target=_first(study),
+                                                         target_name=_metric(study))
 
 
 def steps_figure(study: optuna.Study) -> go.Figure:
@@ -250,13 +259,15 @@ def trials_table(study: optuna.Study) -> str:
     sign = -1 if _maximize(study) else 1
     trials = sorted(trials, key=lambda t: (trial_score(study, t) is None,
                                            sign * (trial_score(study, t) or 0.0)))
-    head = ["trial", "state", _metric(study), "± stderr", "best step", *params,
+    head = ["trial", "state", _metric(study), "± stderr", "Δ vs baseline", "± paired",
+            "best step", *params,
             label.split(" (")[0], "note"]
     rows = []
     for t in trials:
         a = t.user_attrs
         cells = [t.number, t.state.name, _num(trial_score(study, t)),
-                 _num(a.get("clip_score_stderr")), a.get("best_step", ""),
+                 _num(a.get("clip_score_stderr")), _num(a.get("delta_vs_baseline"), "+.4f"),
+                 _num(a.get("delta_vs_baseline_stderr")), a.get("best_step", ""),
                  *[_num(t.params[p], ".3g") if isinstance(t.params.get(p), float)
                    else t.params.get(p, "") for p in params],
                  _num(a.get(key), ".1f"), a.get("fail_reason", "")]
@@ -275,10 +286,19 @@ def _summary(study: optuna.Study) -> str:
     base = attrs.get("baseline_clip_score")
     lines = [f"<b>{len(trials)} trial(s)</b>: {_esc(', '.join(parts) or 'none')}."]
     if best is not None:
-        lines.append(f"Best: trial {best.number}, {_esc(_metric(study))} {best.value:.4f} ± "
+        lines.append(f"Best: trial {best.number}, {_esc(_metric(study))} "
+                     f"{_num(trial_score(study, best))} ± "
                      f"{_num(best.user_attrs.get('clip_score_stderr'))} at step "
                      f"{_esc(best.user_attrs.get('best_step', '?'))}, params "
                      f"<code>{_esc(best.params)}</code>.")
+        delta = best.user_attrs.get("delta_vs_baseline")
+        if delta is not None:
+            lines.append(f"Best vs baseline: Δ {delta:+.4f} ± "
+                         f"{_num(best.user_attrs.get('delta_vs_baseline_stderr'))} (paired "
+                         f"standard error over prompts: the same seeds on both sides).")
+    verdict = (confirmation_summary(study) or {}).get("verdict")
+    if verdict:
+        lines.append(f"Confirmation on fresh seeds: {_esc(verdict)}.")
     if base is not None:
         lines.append(f"Baseline without LoRA: {base:.4f} ± "
                      f"{_num(attrs.get('baseline_clip_score_stderr'))} (same prompts, same "
@@ -299,7 +319,7 @@ def _images(study: optuna.Study, store: FileSystemArtifactStore, study_dir: Path
         cells.append(f'<figure><img id="best-grid" alt="best trial image grid" '
                      f'src="{_png_data_uri(data)}"><figcaption>best: trial {trial.number}, '
                      f'step {_esc(trial.user_attrs.get("best_step", "?"))}, score '
-                     f'{trial.value:.4f}</figcaption></figure>')
+                     f'{_num(trial_score(study, trial))}</figcaption></figure>')
     if base is not None:
         cells.append(f'<figure><img id="baseline-grid" alt="baseline image grid" '
                      f'src="{_png_data_uri(base)}"><figcaption>baseline without LoRA'
@@ -338,6 +358,13 @@ def build_report(study: optuna.Study, store: FileSystemArtifactStore, study_dir:
             body = f'<p class="missing">Not shown: {_esc(err)}</p>'
         sections.append(f'<section class="figure" data-title="{_esc(title)}"><h2>{_esc(title)}'
                         f'</h2><p class="why">{_esc(why)}</p>{body}</section>')
+    if len(study.directions) > 1:
+        from hpo.pareto import pareto_section
+
+        sections.append('<section class="figure" data-title="Pareto front"><h2>Pareto front'
+                        '</h2><p class="why">Trials no other trial beats on every objective; '
+                        "best.yaml is the one the sweep's select rule picks.</p>"
+                        + pareto_section(study, store, not js_included) + "</section>")
     for title, make_part in (("Best trial vs baseline", lambda: _images(study, store, study_dir)),
                              ("All trials", lambda: trials_table(study))):
         try:

@@ -148,7 +148,7 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) 
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import export, report, tracking
+    from hpo import confirm, export, pareto, report, tracking
     from hpo import study as studies
 
     tracking.check(args.mlflow, args.wandb)
@@ -195,8 +195,14 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
             elif interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
+        if not interrupted and not stopped_by and sweep.confirm.top_k:
+            try:  # resumable: only what is missing on the confirmation seeds is scored
+                confirm.confirm(sweep, study, study_dir, cache_dir, args.address)
+            except KeyboardInterrupt:
+                interrupted = True
         baseline = study.user_attrs.get("baseline_clip_score")
         best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
+        pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
         csv = export.write_trials_csv(study, study_dir)
         log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
@@ -234,7 +240,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
                                     cache_dir=cache_dir)
         scores = tuning.run_baseline(sweep, config, cluster)
         for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",
-                    "eval_seconds"):
+                    "eval_seconds", "clip_i_holdout", "dino_holdout"):
             study.set_user_attr(f"baseline_{key}", scores.get(key))
     artifacts.upload_baseline(study, study_dir, sweep.eval.prompt_list)  # once per study
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),

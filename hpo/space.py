@@ -14,6 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec import Parameter, Sweep
 
+# Smaller than Optuna's default (50): a LoRA sweep runs tens of trials, not thousands.
+NSGA2_POPULATION = 8
+
 
 def suggest(trial: optuna.Trial, param: Parameter) -> Any:
     """Ask Optuna for one value of ``param``."""
@@ -57,6 +60,10 @@ def sampler_settings(sweep: Sweep) -> dict[str, Any]:
     if sweep.method == "tpe":
         # Optuna 5 turned these on by default; written out so a reader knows what ran.
         settings.update(multivariate=True, constant_liar=True, n_startup_trials=10)
+    if sweep.method == "nsga2":
+        settings.update(population_size=NSGA2_POPULATION)
+    if sweep.multi_objective:
+        settings["objectives"] = [f"{o.name} ({o.goal})" for o in sweep.objectives]
     return settings
 
 
@@ -125,6 +132,9 @@ def make_sampler(sweep: Sweep, trials_in_study: int = 0) -> optuna.samplers.Base
         # the sweep's own seed; the points still left are what changes between runs.
         return StudyGridSampler(grid, seed=sweep.seed)
     settings = sampler_settings(sweep)
+    if sweep.method == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=sweep.seed)
+    # With several objectives this is Optuna's multi-objective TPE (MOTPE).
     return optuna.samplers.TPESampler(
         seed=seed, multivariate=settings["multivariate"],
         constant_liar=settings["constant_liar"], n_startup_trials=settings["n_startup_trials"])

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo.objectives import (
+    FIDELITY_METRICS,
+    METRICS,
+    Confirm,
+    Objective,
+    Select,
+    parse_confirm,
+    parse_objectives,
+    parse_select,
+)
 from trials.config import (
     OPTIONAL_PARAMETERS,
     PARAMETER_NAMES,
@@ -34,9 +44,8 @@ from trials.config import (
 )
 from trials.validation import ConfigError, Section, closest, describe, load_yaml_mapping
 
-METHODS = ("tpe", "random", "grid")
+METHODS = ("tpe", "random", "grid", "nsga2")  # nsga2: multi-objective sweeps only
 GOALS = ("maximize", "minimize")
-METRICS = ("clip_score",)
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")
 MAX_RUNGS = 50
 # More values than this in one range, or grid points in all, is a typo (q: 1e-9), not a plan.
@@ -135,6 +144,14 @@ class Sweep:
     parameters: tuple[Parameter, ...]
     early_terminate: EarlyTerminate | None
     resources: Resources
+    # Every objective (``metric`` and ``goal`` above are the first); see hpo.objectives.
+    objectives: tuple[Objective, ...] = ()
+    select: Select = field(default_factory=Select)
+    confirm: Confirm = field(default_factory=lambda: Confirm(top_k=0))
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def searched(self) -> tuple[Parameter, ...]:
@@ -300,8 +317,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not all(c.isalnum() or c in "-_." for c in name):
         raise root.error(f"may use letters, digits, '-', '_' and '.' only (got {name!r})", "name")
 
-    metric = root.sub("metric")
-    metric.allow_only(("name", "goal"))
+    objectives = parse_objectives(root)
     method = root.sub("method") if isinstance(root.data.get("method"), dict) else None
     if method is not None:
         method.allow_only(("type", "seed"))
@@ -339,21 +355,33 @@ def load_sweep(path: str | Path) -> Sweep:
             "gpu_per_trial")
 
     train = parse_train(root.sub("train"))
+    eval_spec = parse_eval(root.sub("eval"), base)
     sweep = Sweep(
         source=file.resolve(),
         name=name,
         model=parse_model(root.sub("model")),
         data=parse_data(root.sub("data"), base),
         train=train,
-        eval=parse_eval(root.sub("eval"), base),
-        metric=metric.string("name", "clip_score", METRICS),
-        goal=metric.string("goal", "maximize", GOALS),
+        eval=eval_spec,
+        metric=objectives[0].name,
+        goal=objectives[0].goal,
         method=method_name,
         seed=seed if seed is not None else train.seed,
         parameters=_parse_parameters(root.sub("parameters")),
         early_terminate=early,
         resources=resources,
+        objectives=objectives,
+        select=parse_select(root, objectives),
+        confirm=parse_confirm(root, eval_spec.seed, eval_spec.images_per_prompt),
     )
+    fidelity = [o.name for o in objectives if o.name in FIDELITY_METRICS]
+    if fidelity and not sweep.data.holdout and sweep.eval.reference_dir is None:
+        raise root.error(f"{fidelity[0]} needs held-out real images: set data.holdout (a "
+                         "number of training images never trained on) or eval.reference_dir",
+                         "metric")
+    if sweep.method == "nsga2" and not sweep.multi_objective:
+        raise root.error("nsga2 is for several objectives; list them under metric (or use "
+                         "tpe)", "method")
     if sweep.method == "grid" and sweep.grid_size() is None:
         cont = next(p for p in sweep.parameters if p.size() is None)
         raise root.sub("parameters").sub(cont.name).error(
@@ -371,4 +399,5 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
-__all__ = ["ConfigError", "EarlyTerminate", "Parameter", "Resources", "Sweep", "load_sweep"]
+__all__ = ["METRICS", "ConfigError", "EarlyTerminate", "Parameter", "Resources", "Sweep",
+           "load_sweep"]

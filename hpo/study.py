@@ -150,8 +150,9 @@ def _create_sqlite_schema(path: Path) -> None:
 def open_study(storage: optuna.storages.BaseStorage, sweep: Sweep, name: str,
                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Create the study, or load it when it exists (the dashboard needs it to exist)."""
+    directions = [o.goal for o in sweep.objectives] or [sweep.goal]
     return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                               direction=sweep.goal, load_if_exists=True)
+                               directions=directions, load_if_exists=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -177,6 +178,7 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
     """Write what a reader needs to trust and reproduce the study (first run only)."""
     if "sweep_file" in study.user_attrs:
         return
+    from hpo.plan import held_out_split
     attrs = {
         "sweep_file": str(sweep.source),
         "sweep_yaml": sweep.source.read_text(encoding="utf-8"),
@@ -185,6 +187,11 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         "sampler": sampler,
         "clip_model": f"{sweep.eval.clip_model}/{sweep.eval.clip_pretrained}",
         "metric": sweep.metric,
+        # every objective and the rule that names the winner (read by hpo.winner)
+        "objectives": [{"name": o.name, "goal": o.goal} for o in sweep.objectives]
+        or [{"name": sweep.metric, "goal": sweep.goal}],
+        "select": sweep.select.as_dict(),
+        "holdout": held_out_split(sweep),  # the images no trial trains on
         "eval_seed": sweep.eval.seed,
         "n_prompts": len(sweep.eval.prompt_list),
         "prompts": list(sweep.eval.prompt_list),
@@ -224,9 +231,12 @@ def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best COMPLETE trial, or None while there is none."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(complete, key=lambda t: t.value)
+    """The winner, or None while no trial is COMPLETE.
+
+    The winner is the best confirmed trial when a confirmation ran (:mod:`hpo.confirm`), else
+    the best candidate by the sweep's ``select`` rule: the best COMPLETE trial with one
+    objective, the rule's pick from the Pareto front with several (:mod:`hpo.winner`).
+    """
+    from hpo.winner import pick
+
+    return pick(study)

@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo.chaos import ChaosPlan
+from hpo.paired import paired_or_none
 from hpo.space import define_by_run, make_sampler
 from hpo.spec import Sweep
 from hpo.study import clear_intermediate, retry_locked, set_intermediate
@@ -42,6 +43,7 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 # The classic progress table shows each trial's parameters beside its score.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
+             "clip_i_holdout", "dino_holdout",
              "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
              "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision")
 
@@ -210,8 +212,9 @@ class StudyRecorder(tune.Callback):
         rung = {k: result[k] for k in RUNG_KEYS if k in result}
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
-        set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
-                         float(result["clip_score"]))
+        if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
+            set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
+                             float(result[self.sweep.metric]))
         node = result.get("node_id")
         if node and self.nodes.get(trial.trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
@@ -265,6 +268,15 @@ class StudyRecorder(tune.Callback):
         self._finish(trial, TrialState.FAIL,
                      reason=f"the trial process failed {attempts} time(s): {text}"[:2000])
 
+    def _paired_vs_baseline(self, per_prompt: list[float] | None) -> dict[str, Any]:
+        """The paired standard error (over prompts) of the delta against the baseline."""
+        base = self.searcher.study.user_attrs.get("baseline_per_prompt")
+        paired = paired_or_none(per_prompt, base)
+        if paired is None:
+            return {}
+        return {"delta_vs_baseline_stderr": paired.stderr,
+                "delta_vs_baseline_p_value": paired.p_value}
+
     def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         rungs = self.rungs.get(trial.trial_id, [])
@@ -272,11 +284,21 @@ class StudyRecorder(tune.Callback):
                                  "wall_seconds": time.time() - self.started.get(
                                      trial.trial_id, time.time())}
         value = None
+        values: list[float] | None = None
         if rungs:
+            # The best rung by the first objective (ASHA's metric too); with several
+            # objectives the trial's values are all taken at that rung.
+            metric = self.sweep.metric
             pick = max if self.sweep.goal == "maximize" else min
-            best_i = pick(range(len(rungs)), key=lambda i: rungs[i]["clip_score"])
+            best_i = pick(range(len(rungs)),
+                          key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
             best, last = rungs[best_i], rungs[-1]
-            value = float(best["clip_score"])
+            value = float(best.get(metric) if best.get(metric) is not None else math.nan)
+            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
+                      for o in self.sweep.objectives] or [value]
+            if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
+                state = TrialState.FAIL
+                reason = f"no finite value of every objective at step {best['step']}: {values}"
             ckpts = self.checkpoints.get(trial.trial_id, [])
             lora = ckpts[best_i] if best_i < len(ckpts) else None
             busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
@@ -286,9 +308,12 @@ class StudyRecorder(tune.Callback):
                 best_step=best["step"],
                 clip_score_stderr=best["clip_score_stderr"],
                 clip_i=best.get("clip_i"),
+                clip_i_holdout=best.get("clip_i_holdout"),
+                dino_holdout=best.get("dino_holdout"),
                 per_prompt=best.get("per_prompt"),
                 delta_vs_baseline=None if self.baseline is None
-                else value - self.baseline,
+                else float(best["clip_score"]) - self.baseline,
+                **self._paired_vs_baseline(best.get("per_prompt")),
                 train_seconds=last["train_seconds"],
                 eval_seconds=last["eval_seconds"],
                 setup_seconds=last.get("setup_seconds"),
@@ -314,10 +339,18 @@ class StudyRecorder(tune.Callback):
             observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study
         if state == TrialState.COMPLETE:
-            retry_locked(lambda: study.tell(ot_trial, value))
+            retry_locked(lambda: study.tell(
+                ot_trial, values if self.sweep.multi_objective else value))
         else:
             retry_locked(lambda: study.tell(ot_trial, state=state))
         self.finished += 1
+
+
+def _finite(value: Any, goal: str) -> float:
+    """A rung's metric for ranking rungs; a missing or NaN value ranks last."""
+    if value is None or not math.isfinite(float(value)):
+        return -math.inf if goal == "maximize" else math.inf
+    return float(value)
 
 
 def _absolute(storage_path: str) -> str:
@@ -348,6 +381,30 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     return ray.get(task.remote(config))
 
 
+def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
+                  jobs: dict[str, tuple[TrialConfig, str | None]], seed: int,
+                  images_per_prompt: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rescore LoRAs (None = the base model) in parallel Ray tasks with a trial's resources.
+
+    ``jobs`` maps a key to (config, LoRA folder). Yields ``(key, scores)`` as each task ends,
+    so the caller can record it at once; a task that raised yields ``{"error": ...}``.
+    """
+    from trials.rescore import rescore
+
+    res = trial_resources(sweep, cluster)
+    task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)
+    pending = {task.remote(config, None if lora is None else Path(lora), seed,
+                           images_per_prompt): key for key, (config, lora) in jobs.items()}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            yield key, ray.get(ready[0])
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            yield key, {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+
+
 def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseStorage,
               n_new: int, slots: int, cluster: dict[str, float], storage_path: str,
               cache_dir: Path, baseline: float | None,
@@ -355,9 +412,14 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
               chaos: ChaosPlan | None = None,
               sampler: optuna.samplers.BaseSampler | None = None) -> StudyRecorder:
     """Run ``n_new`` more trials with Tune; the study records every one of them."""
+    if sweep.multi_objective:  # a multi-objective study; Tune's ASHA uses the first
+        metrics: Any = [o.name for o in sweep.objectives]
+        modes: Any = ["max" if o.goal == "maximize" else "min" for o in sweep.objectives]
+    else:
+        metrics, modes = sweep.metric, "max" if sweep.goal == "maximize" else "min"
     searcher = StudySearch(
-        space=define_by_run(sweep), metric=sweep.metric,
-        mode="max" if sweep.goal == "maximize" else "min", sampler=sampler or make_sampler(sweep),
+        space=define_by_run(sweep), metric=metrics, mode=modes,
+        sampler=sampler or make_sampler(sweep),
         study_name=study_name, storage=storage)
     recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos)
     mode = "max" if sweep.goal == "maximize" else "min"
@@ -374,7 +436,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     searched = [p.name for p in sweep.searched]
     reporter = tune.CLIReporter(
         parameter_columns=searched,
-        metric_columns=["step", "clip_score", "clip_score_stderr", "train_loss"],
+        metric_columns=["step", *dict.fromkeys(["clip_score", *(o.name for o in sweep.objectives)]),
+                        "clip_score_stderr", "train_loss"],
         # Not sort_by_metric: Ray 2.60 crashes sorting a finished trial that has no score.
         max_report_frequency=15, metric=sweep.metric, mode=mode)
     tuner = tune.Tuner(

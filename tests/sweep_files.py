@@ -45,6 +45,8 @@ FAST = {
                                  "max": 1e-2},
     "early_terminate.grace_steps": 4,
     "early_terminate.reduction_factor": 3,
+    "confirm.top_k": 2,
+    "confirm.images_per_prompt": 1,
 }
 
 

@@ -55,7 +55,7 @@ _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
-    "early_terminate", "resources", "result",
+    "early_terminate", "resources", "result", "select", "confirm",
 )
 
 
@@ -88,6 +88,8 @@ class DataSpec:
     center_crop: bool = True
     random_flip: bool = False
     synthetic: SyntheticData | None = None
+    holdout: int = 0  # images of train_dir never trained on (trials.holdout)
+    holdout_seed: int = 0
     image_interpolation_mode: str = DEFAULT_INTERPOLATION
     # Aspect-ratio buckets (trials.buckets); off: the reference's square crop.
     aspect_buckets: bool = False
@@ -128,6 +130,8 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
+    reference_dir: Path | None = None  # held-out real images, imagefolder format
+    dino_model: str = "facebook/dinov2-base"  # hub id, local folder, or `tiny`
     width: int | None = None  # images drawn for scoring; None: data.resolution
     height: int | None = None
 
@@ -212,8 +216,8 @@ def parse_model(section: Section) -> ModelSpec:
 def parse_data(section: Section, base_dir: Path) -> DataSpec:
     section.allow_only(
         ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic", "image_interpolation_mode", "aspect_buckets",
-         "bucket_max_aspect")
+         "random_flip", "synthetic", "holdout", "holdout_seed", "image_interpolation_mode",
+         "aspect_buckets", "bucket_max_aspect")
     )
     synthetic = None
     if section.has("synthetic"):
@@ -235,6 +239,8 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         center_crop=section.boolean("center_crop", True),
         random_flip=section.boolean("random_flip", False),
         synthetic=synthetic,
+        holdout=section.integer("holdout", 0, minimum=0),
+        holdout_seed=section.integer("holdout_seed", 0, minimum=0),
         image_interpolation_mode=section.string(
             "image_interpolation_mode", DEFAULT_INTERPOLATION, INTERPOLATION_MODES),
         aspect_buckets=section.boolean("aspect_buckets", False),
@@ -268,8 +274,15 @@ def parse_train(section: Section) -> TrainSpec:
 def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     section.allow_only(
         ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size", "width", "height")
+         "clip_model", "clip_pretrained", "every_steps", "batch_size", "reference_dir",
+         "dino_model", "width", "height")
     )
+    reference_dir = resolve_path(section.string("reference_dir"), base_dir) \
+        if section.has("reference_dir") else None
+    dino_model = section.string("dino_model", "facebook/dinov2-base")
+    if dino_model != TINY_MODEL and (dino_model.startswith((".", "/", "~"))
+                                     or Path(dino_model).exists()):
+        dino_model = str(resolve_path(dino_model, Path.cwd()))  # a local folder
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
     default_tag = None if clip_model in (TINY_MODEL, "toyworld") else "laion2b_s32b_b79k"
@@ -284,6 +297,8 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
         clip_pretrained=section.string("clip_pretrained", default_tag),
         every_steps=section.integer("every_steps", 100, minimum=1),
         batch_size=section.integer("batch_size", 8, minimum=1),
+        reference_dir=reference_dir,
+        dino_model=dino_model,
         width=_image_side(section, "width"),
         height=_image_side(section, "height"),
     )

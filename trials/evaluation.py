@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from trials import fidelity
 from trials.config import TrialConfig
 from trials.data import Example, load_rgb
 from trials.models import SDComponents, make_pipeline
@@ -46,6 +47,8 @@ class Evaluator:
         if train_embeds is None:
             train_embeds = reference_embeddings(self.scorer, examples)
         self.train_embeds = train_embeds
+        # Fidelity to held-out real images, when the config has some (trials.fidelity).
+        self.fidelity = fidelity.for_config(config, self.scorer, device)
 
     def score(self, out_dir: Path) -> dict[str, Any]:
         """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""
@@ -58,7 +61,9 @@ class Evaluator:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         grid_image(images, labels=self.prompts).save(out_dir / SAMPLES_NAME)
+        extra = self.fidelity.score(images) if self.fidelity is not None else {}
         return {
+            **extra,
             "clip_score": float(result.clip_score),
             "clip_score_stderr": float(result.clip_score_stderr),
             "clip_i": None if result.clip_i is None else float(result.clip_i),

@@ -33,6 +33,7 @@ from trials import buckets, cache, evaluation, faults, warm
 from trials.captions import drop_captions
 from trials.config import TrialConfig, rung_steps
 from trials.data import Example, load_examples, load_rgb, preprocess
+from trials.holdout import training_examples
 from trials.lora import attach_lora, save_lora
 from trials.models import SDComponents, load_components
 
@@ -204,7 +205,8 @@ def load_frozen(config: TrialConfig, device: torch.device, dtype: torch.dtype
     components = load_components(
         config.model.name, revision=config.model.revision, variant=config.model.variant,
         cache_dir=config.cache_dir, device=device, weight_dtype=dtype)
-    examples = load_examples(config.data.train_dir, config.data.caption_column)
+    examples = training_examples(
+        config, load_examples(config.data.train_dir, config.data.caption_column))
     return components, encode_training_set(config, components, examples, device, dtype)
 
 

@@ -32,6 +32,7 @@ from diffusers import DDPMScheduler
 from trials.config import TrialConfig
 from trials.data import Example, load_examples
 from trials.evaluation import reference_embeddings
+from trials.holdout import training_examples
 from trials.models import SDComponents, load_components
 from trials.score import ClipScorer
 
@@ -132,16 +133,19 @@ def folder_state(folder: Path) -> str:
 
 def _examples_key(config: TrialConfig) -> tuple:
     folder = Path(config.data.train_dir).resolve()
-    return (str(folder), config.data.caption_column, folder_state(folder))
+    return (str(folder), config.data.caption_column, folder_state(folder),
+            config.data.holdout, config.data.holdout_seed)
 
 
 def kept_examples(config: TrialConfig) -> list[Example]:
-    """The training folder's examples, validated again only when a file in it changed."""
+    """The training folder's examples (minus the held-out split), validated again only when
+    a file in it changed."""
     key = _examples_key(config)
     if key not in _examples:
         _examples.clear()
         _references.clear()
-        _examples[key] = load_examples(config.data.train_dir, config.data.caption_column)
+        _examples[key] = training_examples(
+            config, load_examples(config.data.train_dir, config.data.caption_column))
     return _examples[key]
 
 

@@ -67,7 +67,8 @@ CASES = [
     ({"eval.images_per_prompt": 2.5}, "eval.images_per_prompt: must be an integer (got 2.5)"),
     ({"data.center_crop": "yes"}, "data.center_crop: must be true or false (got 'yes')"),
     ({"method": [1]},
-     "method: must be one of tpe, random, grid, or a mapping with type and seed (got a list)"),
+     "method: must be one of tpe, random, grid, nsga2, or a mapping with type and seed "
+     "(got a list)"),
     ({"name": "my sweep"},
      "name: may use letters, digits, '-', '_' and '.' only (got 'my sweep')"),
     # ranges and distributions
@@ -164,7 +165,7 @@ CASES = [
     ({"method": {"type": "grid"}},
      "parameters.learning_rate.distribution: method grid needs values, int_uniform or "
      "q_uniform (got log_uniform_values)"),
-    ({"method": "bayes"}, "method: must be one of tpe, random, grid (got 'bayes')"),
+    ({"method": "bayes"}, "method: must be one of tpe, random, grid, nsga2 (got 'bayes')"),
     ({"parameters.lora_alpha": {"value": "twice rank"}},
      "parameters.lora_alpha.value: must be a number, 'rank' or 'N*rank' (got 'twice rank')"),
     ({"parameters.lora_alpha": {"value": "0*rank"}},

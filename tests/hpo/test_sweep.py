@@ -15,6 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
+from hpo.study import best_trial
 from tests.sweep_files import REPO, wait_for_trials, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -74,9 +75,64 @@ def test_outputs_are_written(finished_sweep) -> None:
     assert any((folder / "artifacts").iterdir())
     best = yaml.safe_load((folder / "best.yaml").read_text())
     study = load_study(finished_sweep)
-    assert best["result"]["clip_score"] == study.best_value
+    winner = best_trial(study)  # the best confirmed trial
+    assert best["result"]["trial"] == winner.number
+    assert best["result"]["clip_score"] == winner.value  # its search score
+    # The delta against the baseline carries its paired standard error (over prompts).
+    assert best["result"]["delta_vs_baseline"] == pytest.approx(
+        winner.value - study.user_attrs["baseline_clip_score"])
+    assert best["result"]["delta_vs_baseline_stderr"] == winner.user_attrs[
+        "delta_vs_baseline_stderr"] > 0
+    assert "delta_vs_baseline_stderr" in " ".join(frame.columns)
     assert "accelerate launch train_text_to_image_lora.py" in best["result"]["reference_command"]
     assert all("value" in spec for spec in best["parameters"].values())
+
+
+def test_the_winner_is_the_best_of_the_top_k_confirmed_on_fresh_seeds(finished_sweep) -> None:
+    study = load_study(finished_sweep)
+    conf = yaml.safe_load((finished_sweep / "e2e" / "best.yaml").read_text())["result"][
+        "confirmation"]
+    complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: -t.value)
+    top = [t.number for t in complete[:2]]
+    assert sorted(conf["trials"]) == sorted(top)
+    assert conf["seed"] == 1235 and conf["images_per_prompt"] == 1  # eval.seed + 1
+    scores = {n: study.user_attrs[f"confirm_trial_{n}"]["clip_score"] for n in top}
+    assert conf["winner"] == max(scores, key=scores.get)
+    assert conf["clip_score"] == scores[conf["winner"]]
+    assert conf["search_clip_score"] == study.trials[conf["winner"]].value
+    if len(top) == 2:
+        runner = study.user_attrs[f"confirm_trial_{conf['runner_up']}"]
+        mine = study.user_attrs[f"confirm_trial_{conf['winner']}"]
+        diffs = [a - b for a, b in zip(mine["per_prompt"], runner["per_prompt"], strict=True)]
+        assert conf["delta_vs_runner_up"] == pytest.approx(sum(diffs) / len(diffs))
+        assert conf["delta_vs_runner_up_stderr"] is not None
+        assert "distinguishable" in conf["verdict"] or "beats" in conf["verdict"]
+    base = study.user_attrs["confirm_baseline"]
+    assert base["seed"] == 1235
+    # a mean of prompt means (fp64) against a mean of fp32 image scores
+    assert conf["delta_vs_baseline"] == pytest.approx(conf["clip_score"] - base["clip_score"],
+                                                      abs=1e-4)
+
+
+def test_confirmation_resumes_scoring_only_what_is_missing(finished_sweep, ray_cluster) -> None:
+    study = load_study(finished_sweep)
+    conf = yaml.safe_load((finished_sweep / "e2e" / "best.yaml").read_text())["result"][
+        "confirmation"]
+    lost, kept = conf["trials"][-1], conf["trials"][0]
+    before = study.user_attrs[f"confirm_trial_{kept}"]
+    base_before = study.user_attrs["confirm_baseline"]
+    # As if the driver had been killed before this trial's confirmation was stored.
+    study.set_user_attr(f"confirm_trial_{lost}", None)
+    sweep = finished_sweep.parent / "sweep.yaml"
+    assert run_main(["--sweep", str(sweep), "--trials", "6", "--out", str(finished_sweep),
+                     "--address", ray_cluster]) == 0
+    study = load_study(finished_sweep)
+    assert len(study.trials) == 6  # no trial ran again
+    assert study.user_attrs[f"confirm_trial_{kept}"] == before  # not rescored
+    assert study.user_attrs["confirm_baseline"] == base_before
+    again = study.user_attrs[f"confirm_trial_{lost}"]
+    assert again["seed"] == 1235 and again["clip_score"] is not None
 
 
 def test_best_yaml_reproduces_its_score_without_ray(finished_sweep, tmp_path) -> None:
