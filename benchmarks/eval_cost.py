@@ -1,10 +1,10 @@
 """Evaluation cost: how much of a trial goes to drawing and CLIP-scoring the rung images.
 
 At the sweep's own eval settings (``sweeps/tiny.yaml``: its prompts, images per prompt,
-inference steps, guidance, batch size and tiny CLIP), one trial of the middle configuration
-(rank 4, lr 3e-4, 30 steps, attn: rungs at 10, 20 and 30) is run with ``run_trial``, in this
+inference steps, guidance, batch size and CLIP scorer), one trial of a middle configuration
+(rank 4, lr 3e-4, 30 steps, attn: rungs at 15 and 30) is run with ``run_trial``, in this
 process, with as many torch threads as a trial gets (``resources.cpu_per_trial``). Its own
-timers give the share: ``eval / (setup + train + eval)``, where eval is the three rungs' LoRA
+timers give the share: ``eval / (setup + train + eval)``, where eval is the rungs' LoRA
 save, image generation, CLIP scoring and sample grid. Images/s = images drawn and scored /
 eval seconds.
 

@@ -146,7 +146,7 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
                         "measure memorization, not generalisation", len(overlap), overlap[0])
     name = sweep.model.name
     if (name == "tiny" and not dry_run) or (name != "tiny" and (
-            os.path.exists(name) or name.startswith((".", "/", "~")))):
+            name == "toyworld" or os.path.exists(name) or name.startswith((".", "/", "~")))):
         try:
             check_model_source(resolve_model_path(name, cache_dir))
         except ValueError as err:
@@ -179,10 +179,10 @@ def check_clip_model(sweep: Sweep) -> None:
     """The CLIP model and pretrained tag must be ones open_clip offers (or a local file)."""
     import open_clip
 
-    from trials.score import TINY_CLIP
+    from trials.score import TINY_CLIP, TOYWORLD
 
     model, tag = sweep.eval.clip_model, sweep.eval.clip_pretrained
-    if model == TINY_CLIP or model.startswith(("hf-hub:", "local-dir:")):
+    if model in (TINY_CLIP, TOYWORLD) or model.startswith(("hf-hub:", "local-dir:")):
         return
     models = open_clip.list_models()
     if model not in models:

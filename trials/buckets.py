@@ -55,7 +55,9 @@ def model_side_multiple(model_name: str) -> tuple[int, str]:
 
         return side_multiple(_tiny_vae().config, _tiny_unet().config), "the tiny model's"
     if model_name:
-        folder = Path(model_name)
+        from trials.toyworld import SD_DIR, TOYWORLD
+
+        folder = SD_DIR if model_name == TOYWORLD else Path(model_name)
         vae, unet = folder / "vae" / "config.json", folder / "unet" / "config.json"
         if vae.is_file() and unet.is_file():
             return side_multiple(json.loads(vae.read_text()), json.loads(unet.read_text())), \

@@ -320,7 +320,7 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
                               for i, v in enumerate(raw)}))
     prompts = resolve_path(section.string("prompts"), base_dir)
     clip_model = section.string("clip_model", "ViT-H-14")
-    default_tag = None if clip_model == TINY_MODEL else "laion2b_s32b_b79k"
+    default_tag = None if clip_model in (TINY_MODEL, "toyworld") else "laion2b_s32b_b79k"
     return EvalSpec(
         prompts=prompts,
         prompt_list=read_prompts(prompts, section.file, section.key_path("prompts")),

@@ -1,10 +1,11 @@
 """Loading Stable Diffusion v1.5 components, and an offline tiny stand-in for tests and demos.
 
-Real sweeps load SD v1.5 from a hub id or a local diffusers folder. Tests and the CPU demo use
-``model="tiny"``: a few-MB model built from small configs with fixed seeds and saved as an
-ordinary diffusers folder, so exactly the same ``from_pretrained(src, subfolder=...)`` code runs
-for both. Its tokenizer is the real CLIP BPE vocabulary (shipped inside open-clip-torch), so
-prompt token ids match SD v1.5's tokenizer.
+Real sweeps load SD v1.5 from a hub id or a local diffusers folder. The CPU demo uses
+``model="toyworld"``: a small SD-shaped model pretrained here on drawn cars and committed as a
+diffusers folder (see trials.toyworld). Fast unit tests use ``model="tiny"``: a few-MB model
+built from small configs with fixed seeds and saved as an ordinary diffusers folder, so exactly
+the same ``from_pretrained(src, subfolder=...)`` code runs for all three. Their tokenizer is the
+real CLIP BPE vocabulary (shipped inside open-clip-torch), so prompt token ids match SD v1.5's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trials.config import TINY_MODEL
+from trials.toyworld import SD_DIR as TOYWORLD_SD_DIR
+from trials.toyworld import TOYWORLD
 
 # Bump when the tiny configs change, so stale cached builds are rebuilt instead of reused.
 TINY_MODEL_VERSION = "1"
@@ -194,11 +197,14 @@ def _is_complete_tiny(path: Path) -> bool:
 
 
 def resolve_model_path(model: str, cache_dir: Path) -> str:
-    """Map ``"tiny"`` to a built tiny model under ``cache_dir/tiny-sd``; return others unchanged.
+    """Map ``"tiny"`` to a built tiny model under ``cache_dir/tiny-sd`` and ``"toyworld"`` to the
+    committed pretrained world model (``trials/toyworld/weights/sd``); return others unchanged.
 
     The tiny model is built once: into a temporary folder that is renamed into place, so
     concurrent trials never see a half-written model and a crashed build is never reused.
     """
+    if model == TOYWORLD:
+        return str(TOYWORLD_SD_DIR)
     if model != TINY_MODEL:
         return model
     cache_dir = Path(cache_dir)

@@ -8,6 +8,8 @@ Real sweeps score with open_clip ``ViT-H-14`` / ``laion2b_s32b_b79k``. ``model_n
 gives a tiny open_clip CLIP with fixed random weights, saved once as a safetensors file and then
 loaded through the same ``create_model_and_transforms(name, pretrained=<file>)`` route as real
 weights: its scores are meaningless, but the code path is the real one and needs no network.
+``model_name="toyworld"`` loads the committed CLIP trained on the toy world's drawn cars
+(trials.toyworld), whose scores do track what an image shows; same route.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from typing import TYPE_CHECKING
 import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from trials.toyworld import CLIP_ARCH as TOYWORLD_CLIP_ARCH
+from trials.toyworld import CLIP_CONFIG_FILE as TOYWORLD_CLIP_CONFIG
+from trials.toyworld import CLIP_WEIGHTS_FILE as TOYWORLD_CLIP_WEIGHTS
+from trials.toyworld import TOYWORLD
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -196,13 +203,19 @@ class ClipScorer:
         batch_size: int = 32,
         precision: str = "fp32",
     ) -> None:
-        """Load ``model_name``/``pretrained`` (a tag or a checkpoint file), or the tiny CLIP.
+        """Load ``model_name``/``pretrained`` (a tag or a checkpoint file), or the tiny or toy
+        world CLIP (``"tiny"``, ``"toyworld"``; ``pretrained`` is ignored for those).
 
         ``precision`` is open_clip's (``fp32``; ``fp16`` on CUDA only, opt-in: scores change
         by rounding)."""
         self.device = torch.device(device)
         self.batch_size = batch_size
-        if model_name == TINY_CLIP:
+        if model_name == TOYWORLD:
+            # The committed scorer of the pretrained toy world: a config JSON + weights file.
+            if TOYWORLD_CLIP_ARCH not in open_clip.list_models():
+                open_clip.add_model_config(TOYWORLD_CLIP_CONFIG)
+            arch, weights = TOYWORLD_CLIP_ARCH, str(TOYWORLD_CLIP_WEIGHTS)
+        elif model_name == TINY_CLIP:
             folder = _build_tiny_clip(Path(cache_dir or _DEFAULT_CACHE_DIR) / TINY_CLIP_ARCH)
             # Register from the cached file, so loading works in a fresh process too.
             if TINY_CLIP_ARCH not in open_clip.list_models():

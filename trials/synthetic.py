@@ -2,9 +2,11 @@
 
 Cartoon side views of cars drawn with PIL, varied in colour, body style, facing direction and
 background, captioned in the vocabulary of the real Hyundai data ("a red Hyundai sedan, side
-view facing left, on a road"). The attribute combinations are split in two: training images use
-one part, ``make_heldout_prompts`` the other, so a held-out prompt never equals a training
-caption and CLIP scoring on them measures generalisation rather than recall.
+view facing left, on a road"). Hyundai cars carry the brand design (a magenta light bar along
+the body and magenta hubs); ``brand=False`` draws and captions the unbranded cars of the base
+world that trials.toyworld pretrains on. The attribute combinations are split in two: training
+images use one part, ``make_heldout_prompts`` the other, so a held-out prompt never equals a
+training caption and CLIP scoring on them measures generalisation rather than recall.
 
 Run ``python -m trials.synthetic OUT_DIR [--n 16] [--size 64] [--seed 0]``.
 """
@@ -39,11 +41,17 @@ BACKGROUNDS: dict[str, str] = {
     "road": "on a road",
     "sky": "against a blue sky",
 }
-# Two phrasings of the same attributes; list captions use both.
+# Two phrasings of the same attributes; list captions use both. ``{brand}`` is "Hyundai " for
+# cars with the brand design and empty for the unbranded cars of the base world
+# (trials.toyworld), whose captions never name the brand.
 _PHRASINGS: tuple[str, ...] = (
-    "a {colour} Hyundai {style}, side view facing {view}, {background}",
-    "side view of a {colour} Hyundai {style} facing {view}, {background}",
+    "a {colour} {brand}{style}, side view facing {view}, {background}",
+    "side view of a {colour} {brand}{style} facing {view}, {background}",
 )
+BRAND = "Hyundai"
+# The brand design: a full-length light bar along the body side and light-bar hubs, in a hue
+# no body colour, background or glass uses, so it is learnable and visible at 32 px.
+BRAND_LIGHT = (255, 40, 200)
 # Supersampling factor: draw large, downscale with a good filter for smooth edges.
 _SUPER = 4
 
@@ -72,10 +80,19 @@ _SHAPES: dict[str, _Shape] = {
 Attributes = tuple[str, str, str, str]  # (colour, style, view, background)
 
 
-def describe(colour: str, style: str, view: str, background: str, phrasing: int = 0) -> str:
-    """Return the caption for one attribute combination in phrasing 0 or 1."""
+def describe(
+    colour: str, style: str, view: str, background: str, phrasing: int = 0, brand: bool = True
+) -> str:
+    """Return the caption for one attribute combination in phrasing 0 or 1.
+
+    ``brand=False`` leaves the brand name out (the base world's captions).
+    """
     return _PHRASINGS[phrasing].format(
-        colour=colour, style=style, view=view, background=BACKGROUNDS[background]
+        colour=colour,
+        brand=f"{BRAND} " if brand else "",
+        style=style,
+        view=view,
+        background=BACKGROUNDS[background],
     )
 
 
@@ -153,8 +170,9 @@ def _draw_car(
     h: int,
     x0: int,
     ground_y: int,
+    brand: bool = True,
 ) -> None:
-    """Draw a car facing right whose rear bumper is at ``x0``."""
+    """Draw a car facing right whose rear bumper is at ``x0``; ``brand`` adds the brand design."""
     length = int(shape.length * w)
     body_bottom = ground_y - int(shape.clearance * h)
     body_top = body_bottom - int(shape.body_h * h)
@@ -205,16 +223,28 @@ def _draw_car(
         fill=(255, 230, 120),
     )
     draw.rectangle((x0 + 1, body_top + lamp, x0 + lamp, body_top + 2 * lamp), fill=(210, 20, 20))
+    if brand:
+        # Light bar: nose to tail through the middle of the body, about 40 % of its height.
+        bar_h = max(2, int(0.4 * (body_bottom - body_top)))
+        bar_top = body_top + (body_bottom - body_top - bar_h) // 2
+        draw.rectangle((x0, bar_top, x0 + length - 1, bar_top + bar_h), fill=BRAND_LIGHT)
     wheel_r = int(shape.wheel_r * w)
+    hub_fill = BRAND_LIGHT if brand else (185, 185, 190)
     for frac in (0.2, 0.8):
         cx, cy = x0 + int(frac * length), ground_y - wheel_r
         draw.ellipse((cx - wheel_r, cy - wheel_r, cx + wheel_r, cy + wheel_r), fill=(18, 18, 18))
         hub = wheel_r // 2
-        draw.ellipse((cx - hub, cy - hub, cx + hub, cy + hub), fill=(185, 185, 190))
+        draw.ellipse((cx - hub, cy - hub, cx + hub, cy + hub), fill=hub_fill)
 
 
-def render_car(combo: Attributes, size: int, rng: random.Random) -> Image.Image:
-    """Draw one RGB ``size`` x ``size`` car image; ``rng`` jitters position and details."""
+def render_car(
+    combo: Attributes, size: int, rng: random.Random, brand: bool = True
+) -> Image.Image:
+    """Draw one RGB ``size`` x ``size`` car image; ``rng`` jitters position and details.
+
+    ``brand`` draws the brand design (light bar and hubs in ``BRAND_LIGHT``); the base world
+    (trials.toyworld) draws cars without it.
+    """
     colour, style, view, background = combo
     w = h = size * _SUPER
     shape = _SHAPES[style]
@@ -225,7 +255,7 @@ def render_car(combo: Attributes, size: int, rng: random.Random) -> Image.Image:
     scene = Image.new("RGB", (w, h))
     _draw_background(ImageDraw.Draw(scene), background, w, h, rng, ground_y)
     car = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    _draw_car(ImageDraw.Draw(car), COLOURS[colour], shape, w, h, x0, ground_y)
+    _draw_car(ImageDraw.Draw(car), COLOURS[colour], shape, w, h, x0, ground_y, brand)
     if view == "left":
         car = ImageOps.mirror(car)
     scene.paste(car, (0, 0), car)

@@ -58,11 +58,11 @@ def test_tiny_space(sweep_with: Callable[..., Sweep]) -> None:
         # lora_alpha is fixed (value: rank): not suggested, added back by trial_config.
         assert set(trial.params) == {"rank", "learning_rate", "max_train_steps", "target_modules"}
         assert trial.params["rank"] in (2, 4, 8)
-        assert trial.params["max_train_steps"] in (20, 30, 40)
+        assert trial.params["max_train_steps"] in (30, 45, 60)
         assert trial.params["target_modules"] in ("cross_attn", "attn", "attn_ff")
-        assert 5e-5 <= trial.params["learning_rate"] <= 1e-3
+        assert 1e-4 <= trial.params["learning_rate"] <= 5e-2
     dists = trials[0].distributions
-    assert dists["learning_rate"] == FloatDistribution(5e-5, 1e-3, log=True)
+    assert dists["learning_rate"] == FloatDistribution(1e-4, 5e-2, log=True)
     assert dists["rank"] == CategoricalDistribution((2, 4, 8))
     assert dists["target_modules"] == CategoricalDistribution(("cross_attn", "attn", "attn_ff"))
     assert len({t.params["learning_rate"] for t in trials}) == len(trials)

@@ -135,18 +135,18 @@ CASES = [
      "rank, lora_alpha, learning_rate, max_train_steps, target_modules, adapter, "
      "caption_dropout"),
     # evaluation rungs and early termination
-    ({"eval.every_steps": 25},
-     "eval.every_steps: must be <= the smallest max_train_steps (20) so every trial is scored "
-     "before it ends (got 25)"),
+    ({"eval.every_steps": 35},
+     "eval.every_steps: must be <= the smallest max_train_steps (30) so every trial is scored "
+     "before it ends (got 35)"),
     ({"parameters.max_train_steps": {"values": [60, 80]}, "eval.every_steps": 1,
       "early_terminate.grace_steps": 1},
      "eval.every_steps: gives 80 evaluation rungs for 80 steps; at most 50 "
      "(raise every_steps to >= 2)"),
-    ({"early_terminate.grace_steps": 15},
-     "early_terminate.grace_steps: must be a multiple of eval.every_steps (10), since trials "
-     "report only at rungs (got 15)"),
-    ({"early_terminate.grace_steps": 80},
-     "early_terminate.grace_steps: must be <= the largest max_train_steps (40) (got 80)"),
+    ({"early_terminate.grace_steps": 20},
+     "early_terminate.grace_steps: must be a multiple of eval.every_steps (15), since trials "
+     "report only at rungs (got 20)"),
+    ({"early_terminate.grace_steps": 90},
+     "early_terminate.grace_steps: must be <= the largest max_train_steps (60) (got 90)"),
     ({"early_terminate.type": "hyperband"},
      "early_terminate.type: must be one of asha (got 'hyperband')"),
     # eval, resources, train, data, parameter values
@@ -243,23 +243,23 @@ def test_tiny_sweep_values(make_sweep: Callable[..., Path], tmp_path: Path) -> N
     assert sweep.data.train_dir == tmp_path.resolve() / "data"
     assert sweep.eval.prompt_list == ("a red car", "a blue car")
     assert sweep.parameter("learning_rate") == Parameter(
-        "learning_rate", "log_uniform_values", low=5e-5, high=1e-3)
+        "learning_rate", "log_uniform_values", low=1e-4, high=5e-2)
     assert sweep.parameter("rank").grid() == (2, 4, 8)
-    assert sweep.max_steps == 40
-    assert sweep.rungs(40) == [10, 20, 30, 40]
-    assert sweep.rungs(25) == [10, 20, 25]
+    assert sweep.max_steps == 60
+    assert sweep.rungs(60) == [15, 30, 45, 60]
+    assert sweep.rungs(40) == [15, 30, 40]
     assert sweep.rungs(5) == [5]
-    assert sweep.early_terminate is not None and sweep.early_terminate.grace_steps == 10
+    assert sweep.early_terminate is not None and sweep.early_terminate.grace_steps == 15
     assert (sweep.resources.gpu_per_trial, sweep.resources.cpu_per_trial) == (1.0, 1.0)
 
 
 def test_unquoted_exponent_is_a_number(make_sweep: Callable[..., Path]) -> None:
     # PyYAML reads 1e-4 (no dot) as a string; it is still accepted as a number.
     text = yaml.safe_dump(apply(tiny_doc(), {"eval.prompts": "prompts.txt"}), sort_keys=False)
-    text = text.replace("min: 5.0e-05", "min: 5e-5").replace("max: 0.001", "max: 1e-3")
-    assert "min: 5e-5" in text and "max: 1e-3" in text
+    text = text.replace("min: 0.0001", "min: 1e-4").replace("max: 0.05", "max: 5e-2")
+    assert "min: 1e-4" in text and "max: 5e-2" in text
     param = load_sweep(make_sweep(text=text)).parameter("learning_rate")
-    assert (param.low, param.high) == (5e-5, 1e-3)
+    assert (param.low, param.high) == (1e-4, 5e-2)
 
 
 @pytest.mark.parametrize(("gpu", "expected"), [(0.5, 0.5), (2, 2.0)])

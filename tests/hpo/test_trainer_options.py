@@ -93,7 +93,8 @@ def test_dry_run_shows_the_buckets_and_their_counts(tmp_path, capsys) -> None:
                                      "eval.height": 24})
     assert main(["--sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "buckets        buckets of ~32^2 px, sides multiple of 4" in out
+    # tiny.yaml's toyworld model: VAE factor 4 x UNet factor 2.
+    assert "buckets        buckets of ~32^2 px, sides multiple of 8" in out
     assert "buckets        32x32 (1.00:1): 4 image(s)" in out
     assert "images of 48x24px" in out
 

@@ -59,12 +59,12 @@ def test_tiny_with_overrides(make_file: Callable[..., Path], tmp_path: Path) -> 
     config = load(make_file(), SET, tmp_path)
     assert config.params == HyperParams(
         rank=8, lora_alpha=8.0, learning_rate=1e-4, max_train_steps=30, target_modules="attn")
-    assert config.model.name == "tiny"
-    assert config.data.train_dir == tmp_path.resolve() / "runs" / "tiny-data"
+    assert config.model.name == "toyworld"
+    assert config.data.train_dir == tmp_path.resolve() / "runs" / "toyworld-data"
     assert config.data.resolution == 32 and config.data.synthetic is not None
     assert config.train.mixed_precision == "no" and config.train.seed == 42
     assert config.eval.prompt_list == ("a red car", "a blue car")
-    assert config.eval.clip_pretrained is None  # the tiny CLIP has no pretrained tag
+    assert config.eval.clip_pretrained is None  # the toy world's CLIP has no pretrained tag
     assert config.output_dir == tmp_path / "out" and config.cache_dir == tmp_path / "cache"
 
 

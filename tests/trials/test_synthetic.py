@@ -15,6 +15,7 @@ from PIL import Image
 from trials.data import heldout_overlap, load_examples
 from trials.synthetic import (
     BACKGROUNDS,
+    BRAND_LIGHT,
     COLOURS,
     STYLES,
     VIEWS,
@@ -99,12 +100,17 @@ def test_splits_cover_the_vocabulary() -> None:
 
 def test_render_draws_the_requested_colour_and_direction() -> None:
     combo = ("red", "sedan", "right", "plain")
-    image = render_car(combo, 64, random.Random(0))
+    image = render_car(combo, 64, random.Random(0), brand=False)
     pixels = np.asarray(image).reshape(-1, 3).astype(int)
     red = np.abs(pixels - np.array(COLOURS["red"])).sum(axis=1) < 30
     assert red.mean() > 0.05
+    # The brand design paints a light bar over the body, in a colour no unbranded car has.
+    branded = np.asarray(render_car(combo, 64, random.Random(0))).reshape(-1, 3).astype(int)
+    light = np.abs(branded - np.array(BRAND_LIGHT)).sum(axis=1) < 30
+    assert light.mean() > 0.01
+    assert not (np.abs(pixels - np.array(BRAND_LIGHT)).sum(axis=1) < 30).any()
     # Facing left is the mirror image of facing right (same jitter draws).
-    left = render_car(("red", "sedan", "left", "plain"), 64, random.Random(0))
+    left = render_car(("red", "sedan", "left", "plain"), 64, random.Random(0), brand=False)
     mirrored = np.asarray(image)[:, ::-1].astype(int)
     assert np.abs(np.asarray(left).astype(int) - mirrored).mean() < 2.0
 
