@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,10 @@ def check(mlflow_uri: str | None, use_wandb: bool) -> None:
     if mlflow_uri:
         mlflow = _require("mlflow", "mlflow", "--mlflow")
         try:
+            if mlflow_uri.startswith(("http://", "https://")):
+                # The client retries a dead server with backoff for minutes; the server's
+                # /health answers at once, so a wrong URI fails in seconds.
+                urllib.request.urlopen(f"{mlflow_uri.rstrip('/')}/health", timeout=10).close()
             mlflow.MlflowClient(tracking_uri=mlflow_uri).search_experiments(max_results=1)
         except Exception as err:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
