@@ -20,17 +20,17 @@ def _sweep(folder: Path, **changes):
 
 
 def test_constant_schedule_makes_steps_a_fidelity_on_asha_and_candidate_rungs() -> None:
-    sweep = load_sweep(REPO / "sweeps" / "tiny.yaml")  # values [20, 30, 40]; ASHA 10 x 2^k
+    sweep = load_sweep(REPO / "sweeps" / "tiny.yaml")  # values [30, 45, 60]; ASHA 15 x 2^k
     plan = fidelity.plan_steps(sweep)
-    assert plan.fidelity and plan.candidates == (20, 30, 40)
-    assert plan.rungs == (10, 20, 30, 40)
+    assert plan.fidelity and plan.candidates == (30, 45, 60)
+    assert plan.rungs == (15, 30, 45, 60)
     run = fidelity.apply(sweep, plan)
     assert "max_train_steps" not in {p.name for p in run.searched}
-    assert run.parameter("max_train_steps").value == 40
-    assert run.rungs(40) == [10, 20, 30, 40]
+    assert run.parameter("max_train_steps").value == 60
+    assert run.rungs(60) == [15, 30, 45, 60]
     config = run.trial_config({"rank": 4, "learning_rate": 1e-4, "target_modules": "attn"},
                               output_dir=Path("."), cache_dir=Path("."))
-    assert config.params.max_train_steps == 40 and config.eval.rungs == (10, 20, 30, 40)
+    assert config.params.max_train_steps == 60 and config.eval.rungs == (15, 30, 45, 60)
 
 
 def test_hyundai_rungs_skip_what_neither_asha_nor_a_candidate_needs() -> None:

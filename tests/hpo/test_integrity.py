@@ -161,7 +161,7 @@ def test_long_prompts_warn_with_file_and_line(sweep, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if "tokens" in r.getMessage()]
     assert len(lines) == 2, lines  # the SD text encoder and the scorer
     assert all(line.startswith(f"warning: {sweep.prompts}:3: prompt has ") for line in lines)
-    assert "the SD text encoder reads 77" in lines[0] and "the scorer tiny reads 77" in lines[1]
+    assert "the SD text encoder reads 77" in lines[0] and "the scorer toyworld reads 77" in lines[1]
 
 
 # -- item 10: inputs that hang or eat memory ---------------------------------------------------
@@ -200,9 +200,9 @@ def test_bad_flags_are_refused(sweep, capsys, flags, expected) -> None:
 
 
 def test_warmup_longer_than_every_trial_is_refused(sweep, capsys) -> None:
-    changed = sweep.write(**{"train.lr_scheduler": "linear", "train.lr_warmup_steps": 41})
+    changed = sweep.write(**{"train.lr_scheduler": "linear", "train.lr_warmup_steps": 61})
     assert sweep.run("--dry-run", sweep=changed) == 2
-    assert "train.lr_warmup_steps: must be <= the largest max_train_steps (40)" in \
+    assert "train.lr_warmup_steps: must be <= the largest max_train_steps (60)" in \
         one_line(capsys)
 
 
