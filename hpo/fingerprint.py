@@ -95,7 +95,9 @@ def check_or_record(study: optuna.Study, current: dict[str, str]) -> None:
     """
     recorded = study.user_attrs.get(ATTR)
     goal = json.loads(current["metric.goal"])
-    direction = study.direction.name.lower()
+    # The first objective's direction (Study.direction raises on a multi-objective study);
+    # the others are in the fingerprint's metric.objectives.
+    direction = study.directions[0].name.lower()
     if recorded is None:
         if direction != goal:  # Optuna keeps the study's direction whatever the sweep says
             raise mismatch(study.study_name, ["metric.goal"])
