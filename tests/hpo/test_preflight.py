@@ -9,54 +9,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from PIL import Image
 
-import hpo.tune
 from hpo.plan import PreflightError, check_resources
 from hpo.run import main
 from hpo.spec import load_sweep
-from tests.sweep_files import REPO, apply, tiny_doc
-
-
-class RayStarted(Exception):
-    """Raised instead of starting Ray: reaching it means every check passed."""
+from tests.hpo.conftest import RayStarted
+from tests.sweep_files import REPO
 
 
 @pytest.fixture
-def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise RayStarted
-
-    monkeypatch.setattr(hpo.tune, "start_ray", refuse)
-
-
-@pytest.fixture
-def setup(tmp_path: Path, synthetic_dataset: Path, tiny_model_dir: Path, no_ray):
+def setup(offline_sweep: SimpleNamespace) -> SimpleNamespace:
     """A valid sweep in tmp_path with its own copy of the data: ``write``, ``data``, ``run``."""
-    data = tmp_path / "data"
-    shutil.copytree(synthetic_dataset, data)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text((REPO / "sweeps/prompts/tiny_heldout.txt").read_text(), encoding="utf-8")
-
-    def write(**changes) -> Path:
-        doc = apply(tiny_doc(), {"data.train_dir": str(data), "eval.prompts": str(prompts),
-                                 "data.synthetic": None})
-        apply(doc, changes)
-        path = tmp_path / "sweep.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        return path
-
-    def run(*extra: str, sweep: Path | None = None) -> int:
-        out = tmp_path / "runs"
-        cache = out / "cache"
-        if not (cache / "tiny-sd").exists():  # reuse the session's tiny model
-            cache.mkdir(parents=True, exist_ok=True)
-            (cache / "tiny-sd").symlink_to(tiny_model_dir)
-        return main(["--sweep", str(sweep or write()), "--trials", "2", "--out", str(out),
-                     *extra])
-
-    return SimpleNamespace(write=write, data=data, run=run)
+    return offline_sweep
 
 
 def _meta(data: Path) -> list[dict]:
