@@ -9,9 +9,10 @@ committed ``trials/toyworld/weights/``):
 - ``samples.png``: base-model images for the colour check's prompts;
 - ``manifest.json``: command, seeds, steps, library versions, final losses, check results.
 
-The scorer trains in a second process while the VAE and then the UNet train in this one, one
-thread each: on 2 cores two single-threaded processes beat one two-threaded process, whose
-OpenMP threads spin waiting on each other when the cores are shared.
+The scorer trains in a second process while the VAE trains in this one, one thread each: on 2
+cores two single-threaded processes beat one two-threaded process, whose OpenMP threads spin
+waiting on each other when the cores are shared. The UNet then trains with both threads, once
+the scorer's process has ended.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ class BuildSettings:
 
     seed: int = 0
     base_images: int = 6144
-    vae_steps: int = 300
+    vae_steps: int = 1200
     vae_batch_size: int = 32
     vae_lr: float = 2e-3
-    unet_steps: int = 1700
+    unet_steps: int = 2000
     unet_batch_size: int = 32
     unet_lr: float = 2e-3
     clip_images: int = 6144
@@ -66,8 +67,11 @@ def _start_scorer(out: Path, s: BuildSettings) -> subprocess.Popen[str]:
                             text=True)
 
 
-def _train_sd(out: Path, s: BuildSettings) -> dict[str, object]:
-    """Train VAE, then text encoder + UNet, and save the diffusers folder under ``out/sd``."""
+def _train_sd(out: Path, s: BuildSettings, before_unet=lambda: None) -> dict[str, object]:
+    """Train VAE, then text encoder + UNet, and save the diffusers folder under ``out/sd``.
+
+    ``before_unet`` runs between the two (the build waits there for the scorer's process).
+    """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -84,6 +88,7 @@ def _train_sd(out: Path, s: BuildSettings) -> dict[str, object]:
     vae, vae_stats = train_vae(torch.cat([world.images, codec_world.images]), s.vae_steps,
                                s.vae_batch_size, s.vae_lr, s.seed)
     mean, std = encode_dataset(vae, world.images)
+    before_unet()
     with tempfile.TemporaryDirectory() as tmp:
         _write_clip_vocab_files(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
@@ -124,8 +129,15 @@ def build(out: Path, s: BuildSettings, command: str) -> dict[str, object]:
     try:
         scorer = _start_scorer(tmp, s)
         torch.set_num_threads(1)
-        sd_stats = _train_sd(tmp, s)
-        clip_log = scorer.communicate()[0]
+        clip_log = ""
+
+        def scorer_done() -> None:
+            # The scorer finishes while the VAE trains; the UNet then has both cores.
+            nonlocal clip_log
+            clip_log = scorer.communicate()[0]
+            torch.set_num_threads(2)
+
+        sd_stats = _train_sd(tmp, s, scorer_done)
         print(clip_log[-2000:], flush=True)
         if scorer.returncode != 0:
             raise RuntimeError(f"scorer training failed (exit {scorer.returncode})")
