@@ -298,6 +298,16 @@ def _x(x: Any) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
+def _load_words(r: dict[str, Any]) -> str:
+    """How busy the machine was, from the load averages recorded at the start and the end."""
+    loads = [*r.get("load_average_at_start", [])[:1], *r.get("load_average_at_end", [])[:1]]
+    cpus = os.cpu_count() or 1
+    if loads and max(loads) > 1.5 * cpus:
+        return (f" (and {loads[-1]:.1f} at the end) on {cpus} cores: the machine was shared "
+                "with other work, so every wall time is slow and noisy")
+    return f" (and {loads[-1]:.1f} at the end): a quiet machine" if loads else ""
+
+
 def render(r: dict[str, Any]) -> str:
     """The BENCHMARKS.md section of these figures."""
     t, ev, sw = r.get("trainer", {}), r.get("eval", {}), r.get("sweeps", {})
@@ -305,9 +315,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [BEGIN, "## Speed (issue 15): `python -m benchmarks.speed`", "",
              f"Run on {r.get('date')} at git {r.get('git_commit', '')[:7]}; machine: "
              f"{r.get('machine')}. Load average at the start "
-             f"{', '.join(f'{x:.1f}' for x in r.get('load_average_at_start', []))}: the 2 "
-             "cores were shared with other engineers' tests and a model being trained, so every "
-             "wall time is slow and noisy. The ratios were measured side by side in one run "
+             f"{', '.join(f'{x:.1f}' for x in r.get('load_average_at_start', []))}"
+             f"{_load_words(r)}. The ratios were measured side by side in one run "
              "(runs alternating), which is what to read. Raw figures: `benchmarks/results.json`.",
              "", "| figure | result | target |", "|---|---|---|"]
     if t:
@@ -324,7 +333,8 @@ def render(r: dict[str, Any]) -> str:
     if ev:
         d, m = ev["default"], ev["merge_lora"]
         lines.append(
-            f"| evaluation share of a demo trial ({ev['measured_on']}; 40 steps, rungs "
+            f"| evaluation share of a demo trial ({ev['measured_on']}; {ev['rungs'][-1]} "
+            f"steps, rungs "
             f"{', '.join(map(str, ev['rungs']))}) | default (same images): "
             f"**{_pct(d['share'])}** (again: {_pct(ev['default_again']['share'])}); with the "
             f"opt-in `merge_lora`: {_pct(m['share'])} | <= 25 % |")
@@ -399,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if sections != ["none"]:
+        results["notes"] = []  # notes written by hand describe an earlier run
     results.update({
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}",

@@ -102,12 +102,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="sweeps, with search seeds 0..N-1")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--images-per-prompt", type=int, default=None)
+    p.add_argument("--record", action="store_true",
+                   help="write the runs to benchmarks/results.json and BENCHMARKS.md")
     args = p.parse_args(argv)
     sweep = args.sweep if args.sweep.is_absolute() else REPO / args.sweep
     runs = [measure_once(sweep, args.trials, seed, args.top_k, args.images_per_prompt)
             for seed in range(args.repeats)]
     print(table(runs))
+    if args.record:
+        record(runs, args)
     return 0
+
+
+def record(runs: list[CurseRun], args: argparse.Namespace) -> None:
+    """Write the runs to ``benchmarks/results.json`` (``winners_curse``) and BENCHMARKS.md."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import time
+    from dataclasses import asdict
+
+    results_file = REPO / "benchmarks" / "results.json"
+    current = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    curses = [r.curse for r in runs]
+    current["winners_curse"] = {
+        "sweep": str(args.sweep), "trials": args.trials, "top_k": args.top_k,
+        "runs": [asdict(r) for r in runs], "mean_curse": statistics.mean(curses),
+        "sd_curse": statistics.stdev(curses) if len(curses) > 1 else None,
+        "machine": f"{os.cpu_count()} CPU cores, {platform.platform()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": commit}
+    results_file.write_text(json.dumps(current, indent=2, default=str) + "\n")
+    begin, end = "<!-- winners-curse:begin -->", "<!-- winners-curse:end -->"
+    section = "\n".join([
+        begin, "## The winner's curse over repeated sweeps (issue 13): "
+        "`python -m benchmarks.winners_curse --record`", "",
+        f"{len(runs)} sweeps of `{Path(args.sweep).name}` ({args.trials} trials, TPE search "
+        f"seeds 0..{len(runs) - 1}, confirmation of the top {args.top_k} on fresh seeds), "
+        f"measured {current['winners_curse']['date']} on "
+        f"{current['winners_curse']['machine']}, commit {commit[:10]}. Scores are CLIP-T x 100; "
+        "`search - confirmed` is how much the maximum over noisy search scores flattered the "
+        "winner.", "", table(runs), end]) + "\n"
+    markdown = REPO / "BENCHMARKS.md"
+    text = markdown.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    markdown.write_text(text)
 
 
 if __name__ == "__main__":

@@ -219,15 +219,47 @@ def upload_baseline(study: optuna.Study, study_dir: Path,
             return None
         artifact_id = _upload_as(open_store(artifact_dir(study_dir)), source, BASELINE_NAME,
                                  study)
-        attrs = study.user_attrs
-        lines = [f"## {study.study_name}", "",
-                 f"Baseline (base model without LoRA): clip_score "
-                 f"{_fmt(attrs.get('baseline_clip_score'))} ± "
-                 f"{_fmt(attrs.get('baseline_clip_score_stderr'))}, same prompts and seeds as "
-                 f"every trial. Its image grid is the study artifact `{BASELINE_NAME}`.", ""]
-        lines += per_prompt_table(prompts, None, attrs.get("baseline_per_prompt"))
-        save_note(study, "\n".join(lines))
+        save_note(study, study_note(study, prompts))
         return artifact_id
     except Exception as err:
         log.warning("could not upload the baseline image grid %s: %s", source, err)
         return None
+
+
+def study_note(study: optuna.Study, prompts: Sequence[str] = ()) -> str:
+    """The study's markdown note: the winner (once there is one) and the baseline.
+
+    optuna-dashboard's "Best Trial" badge follows the search scores; after a confirmation on
+    fresh seeds the exported winner can be another trial, so the note names it first.
+    """
+    from hpo.winner import confirmation_summary, pick
+
+    attrs = study.user_attrs
+    lines = [f"## {study.study_name}", ""]
+    winner = pick(study)
+    if winner is not None:
+        conf = confirmation_summary(study)
+        if conf is not None:
+            lines += [f"**Winner: trial {winner.number}**, confirmed on fresh seeds "
+                      f"(seed {conf['seed']}): {conf.get('verdict', '')}", ""]
+        else:
+            lines += [f"**Winner: trial {winner.number}** (best search score; no "
+                      f"confirmation ran).", ""]
+        lines += ["The dashboard's *Best Trial* badge marks the best search score; "
+                  "`best.yaml` exports the winner named here.", ""]
+    lines += [f"Baseline (base model without LoRA): clip_score "
+              f"{_fmt(attrs.get('baseline_clip_score'))} ± "
+              f"{_fmt(attrs.get('baseline_clip_score_stderr'))}, same prompts and seeds as "
+              f"every trial. Its image grid is the study artifact `{BASELINE_NAME}`.", ""]
+    lines += per_prompt_table(prompts, None, attrs.get("baseline_per_prompt"))
+    return "\n".join(lines)
+
+
+def write_study_note(study: optuna.Study, prompts: Sequence[str] = ()) -> None:
+    """Rewrite the study note (after the search and confirmation: it then names the winner)."""
+    from optuna_dashboard import save_note
+
+    try:
+        save_note(study, study_note(study, prompts))
+    except Exception as err:  # a note must never stop the export
+        log.warning("could not write the study note: %s", err)

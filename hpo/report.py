@@ -91,7 +91,27 @@ def _first(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
 def history_figure(study: optuna.Study) -> go.Figure:
     fig = optuna.visualization.plot_optimization_history(study, target=_first(study),
                                                          target_name=_metric(study))
-    return _baseline_line(fig, study)
+    return _winner_marker(_baseline_line(fig, study), study)
+
+
+def _winner_marker(fig: go.Figure, study: optuna.Study) -> go.Figure:
+    """Mark the sweep's winner on the history plot.
+
+    Optuna's "Best Value" line follows the search scores, so after a confirmation on fresh
+    seeds it can point at a trial that lost: the star says which trial best.yaml exports.
+    """
+    winner = best_trial(study)
+    score = None if winner is None else trial_score(study, winner)
+    if winner is None or score is None:
+        return fig
+    confirmed = confirmation_summary(study) is not None
+    label = f"winner: trial {winner.number}" + (" (confirmed on fresh seeds)" if confirmed
+                                                 else "")
+    fig.add_trace(go.Scatter(x=[winner.number], y=[score], mode="markers+text", name=label,
+                             text=[label], textposition="top center",
+                             marker={"symbol": "star", "size": 16, "color": "#2ca02c",
+                                     "line": {"width": 1, "color": "black"}}))
+    return fig
 
 
 def importance_figure(study: optuna.Study) -> go.Figure:

@@ -158,7 +158,7 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import confirm, export, pareto, report, tracking
+    from hpo import artifacts, confirm, export, pareto, report, tracking
     from hpo import study as studies
 
     tracking.check(args.mlflow, args.wandb)
@@ -214,6 +214,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
         pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
         csv = export.write_trials_csv(study, study_dir)
+        artifacts.write_study_note(study, sweep.eval.prompt_list)
         log.info("report: %s", report.write_report(study, study_dir))
         print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
     if stopped_by:

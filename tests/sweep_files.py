@@ -50,10 +50,25 @@ FAST = {
 }
 
 
+# End-to-end sweeps score this many of the demo's 48 held-out prompts: evaluation is most of
+# a trial, and these tests check the plumbing, not the statistics.
+TEST_PROMPTS = 10
+
+
+def short_prompts(folder: Path, n: int = TEST_PROMPTS) -> Path:
+    """The first ``n`` prompts of ``sweeps/prompts/tiny_heldout.txt`` in ``folder/prompts.txt``."""
+    lines = [ln for ln in (REPO / "sweeps/prompts/tiny_heldout.txt").read_text(
+        encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "prompts.txt"
+    path.write_text("\n".join(lines[:n]) + "\n", encoding="utf-8")
+    return path
+
+
 def write_sweep(folder: Path, **changes: Any) -> Path:
     """Write a FAST tiny sweep to ``folder/sweep.yaml`` (data generated in ``folder/data``)."""
     doc = apply(tiny_doc(), {**FAST, "data.train_dir": str(folder / "data"),
-                             "eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt")})
+                             "eval.prompts": str(short_prompts(folder))})
     apply(doc, changes)
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trials import fast_eval, fidelity
+from trials import fast_eval, subject_fidelity
 from trials.config import TrialConfig
 from trials.data import Example, load_rgb
 from trials.models import SDComponents, make_pipeline
@@ -67,8 +67,8 @@ class Evaluator:
         if train_embeds is None:
             train_embeds = reference_embeddings(self.scorer, examples)
         self.train_embeds = train_embeds
-        # Fidelity to held-out real images, when the config has some (trials.fidelity).
-        self.fidelity = fidelity.for_config(config, self.scorer, device)
+        # Fidelity to held-out real images, when the config has some (trials.subject_fidelity).
+        self.fidelity = subject_fidelity.for_config(config, self.scorer, device)
 
     def score(self, out_dir: Path) -> dict[str, Any]:
         """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""

@@ -5,7 +5,7 @@ image's ``file_name`` (``data.holdout_seed``): the same folder and seed always g
 split, on every machine, and adding images to the folder never moves an existing image from
 one side to the other. ``eval.reference_dir`` names a separate folder in the same format whose
 images are used as held-out references too. Generated images are compared with these
-references by ``clip_i_holdout`` and ``dino_holdout`` (:mod:`trials.fidelity`).
+references by ``clip_i_holdout`` and ``dino_holdout`` (:mod:`trials.subject_fidelity`).
 """
 
 from __future__ import annotations

@@ -216,3 +216,21 @@ def test_per_prompt_table_pads_missing_values() -> None:
     assert per_prompt_table([], None, None) == []
     note = trial_note(3, TrialState.PRUNED, {"learning_rate": 1e-4}, {}, [])
     assert note.startswith("## Trial 3: PRUNED") and "| learning_rate | 0.0001 |" in note
+
+
+def test_study_note_names_the_confirmed_winner_not_the_search_best() -> None:
+    """The dashboard's Best Trial badge is the search best; the note says who won."""
+    from optuna_dashboard import get_note
+
+    from hpo.artifacts import write_study_note
+    from tests.hpo.test_winner import confirm, make_study
+
+    study = make_study({0: 20.0, 1: 23.0, 2: 22.0})
+    write_study_note(study, ["a red car"])
+    assert "**Winner: trial 1** (best search score; no confirmation ran)" in get_note(study)
+    confirm(study, {1: [20.0, 21.0, 22.0], 2: [21.0, 22.5, 23.5]}, top_k=2)
+    write_study_note(study, ["a red car"])
+    note = get_note(study)
+    assert note.startswith(f"## {study.study_name}")
+    assert "**Winner: trial 2**, confirmed on fresh seeds (seed 7)" in note
+    assert "Baseline (base model without LoRA)" in note

@@ -13,7 +13,7 @@ from hpo.objectives import Objective, Select
 from hpo.run import main as run_main
 from hpo.spec import load_sweep
 from hpo.study import best_trial
-from tests.sweep_files import REPO, apply
+from tests.sweep_files import REPO, apply, short_prompts
 
 PARETO = REPO / "sweeps" / "tiny_pareto.yaml"
 
@@ -21,7 +21,7 @@ PARETO = REPO / "sweeps" / "tiny_pareto.yaml"
 def pareto_doc(folder: Path, **changes) -> Path:
     doc = yaml.safe_load(PARETO.read_text(encoding="utf-8"))
     apply(doc, {"data.train_dir": str(folder / "data"),
-                "eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt"), **changes})
+                "eval.prompts": str(short_prompts(folder)), **changes})
     path = folder / "pareto.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path

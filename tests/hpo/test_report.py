@@ -42,6 +42,22 @@ def test_report_is_self_contained_with_every_figure(written) -> None:
     assert "TrialDiverged" in page  # the trials table shows why a trial failed
 
 
+def test_history_stars_the_confirmed_winner_not_the_search_best() -> None:
+    """Optuna's best-value line follows the search; the star marks what best.yaml exports."""
+    from tests.hpo.test_winner import confirm, make_study
+
+    study = make_study({0: 20.0, 1: 23.0, 2: 22.0})
+
+    def star(fig):
+        (trace,) = [t for t in fig.data if t.marker.symbol == "star"]
+        return trace.x[0], trace.name
+
+    assert star(report.history_figure(study)) == (1, "winner: trial 1")
+    confirm(study, {1: [20.0, 21.0, 22.0], 2: [21.0, 22.5, 23.5]}, top_k=2)
+    assert star(report.history_figure(study)) == (
+        2, "winner: trial 2 (confirmed on fresh seeds)")
+
+
 def test_cost_axis_uses_gpu_seconds_when_a_gpu_was_used() -> None:
     study = optuna.create_study(direction="maximize")
     for gpu in (0.0, 12.5):

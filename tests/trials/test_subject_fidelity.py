@@ -1,4 +1,4 @@
-"""Fidelity to held-out real images (trials.fidelity, trials.dino) on the tiny models."""
+"""Fidelity to held-out real images (trials.subject_fidelity, trials.dino) on the tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trials import evaluation, fidelity, warm
+from trials import evaluation, subject_fidelity, warm
 from trials.data import load_examples, load_rgb
 from trials.dino import TINY_DINO, DinoEmbedder
 from trials.holdout import reference_examples
@@ -44,7 +44,7 @@ def test_every_rung_reports_fidelity_to_the_held_out_images(make_trial_config, t
     grid = Image.open(tmp_path / "rung" / "samples.png")
     assert grid.width > 0
     held = [load_rgb(e.path) for e in reference_examples(config)]
-    scorer = fidelity.for_config(config, tiny_clip, torch.device("cpu"))
+    scorer = subject_fidelity.for_config(config, tiny_clip, torch.device("cpu"))
     assert scorer is evaluator.fidelity  # kept for the next evaluator in this process
     images = [[Image.new("RGB", (32, 32), "white"), Image.new("RGB", (32, 32), "black")]]
     got = scorer.score(images)
@@ -56,5 +56,5 @@ def test_every_rung_reports_fidelity_to_the_held_out_images(make_trial_config, t
 
 
 def test_no_held_out_images_means_no_fidelity_metrics(make_trial_config, tiny_clip) -> None:
-    assert fidelity.for_config(make_trial_config(), tiny_clip, torch.device("cpu")) is None
+    assert subject_fidelity.for_config(make_trial_config(), tiny_clip, torch.device("cpu")) is None
     warm.forget()

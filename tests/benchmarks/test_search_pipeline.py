@@ -1,0 +1,59 @@
+"""The pipeline search benchmark's table logic (training the table is the benchmark itself)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from benchmarks import search_pipeline as sp
+
+
+@pytest.fixture(autouse=True)
+def _work(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sp, "WORK", tmp_path)  # the sweep files it writes
+
+
+def test_lr_grid_spans_the_range_in_log_space() -> None:
+    grid = sp.lr_grid(1e-4, 5e-2, 8)
+    assert len(grid) == 8 and grid[0] == 1e-4 and grid[-1] == 5e-2
+    ratios = [b / a for a, b in itertools.pairwise(grid)]
+    assert max(ratios) / min(ratios) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_lookup_snaps_the_learning_rate_to_the_nearest_grid_value_in_log_space() -> None:
+    grid = [1e-4, 1e-3, 1e-2]
+    rows = {sp.key({"rank": 4, "target_modules": "attn", "learning_rate": lr}):
+            {"params": {"rank": 4, "target_modules": "attn", "learning_rate": lr}, "value": i}
+            for i, lr in enumerate(grid)}
+    at = {"rank": 4, "target_modules": "attn"}
+    assert sp.lookup(rows, grid, {**at, "learning_rate": 3e-4})["value"] == 0  # below sqrt(10)
+    assert sp.lookup(rows, grid, {**at, "learning_rate": 3.3e-4})["value"] == 1
+    assert sp.lookup(rows, grid, {**at, "learning_rate": 0.05})["value"] == 2
+
+
+def _table() -> dict[str, dict]:
+    """A made-up table over the real space: best at rank 8, attn_ff, the 5th learning rate."""
+    rows = {}
+    for params in sp.grid_configs():
+        lr_index = sp.lr_grid(1e-4, 5e-2).index(params["learning_rate"])
+        value = (50 + params["rank"] + 3 * (params["target_modules"] == "attn_ff")
+                 - 2 * abs(lr_index - 4))
+        rows[sp.key(params)] = {"params": params, "value": float(value)}
+    return rows
+
+
+def test_grid_walks_distinct_configurations_and_every_method_improves() -> None:
+    rows = _table()
+    grid_lrs = sp.lr_grid(1e-4, 5e-2)
+    assert len(rows) == 3 * 3 * sp.LR_POINTS
+    picked = sp.run_study("grid", 0, 30, rows, grid_lrs)
+    assert len(picked) == 30
+    values = [rows[k]["value"] for k in picked]
+    assert values == sorted(values)  # the pick after each trial is the best so far
+    best = max(r["value"] for r in rows.values())
+    for method in ("tpe", "random"):
+        trace = [rows[k]["value"] for k in sp.run_study(method, 1, 30, rows, grid_lrs)]
+        assert trace[-1] > trace[0] or trace[0] == best
+        assert not math.isnan(trace[-1])
