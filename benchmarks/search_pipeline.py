@@ -117,21 +117,25 @@ def build_table(workers: int = 2) -> dict[str, Any]:
     """Train every grid configuration not yet in the table (``workers`` processes)."""
     table = json.loads(TABLE.read_text()) if TABLE.is_file() else {"rows": {}}
     todo = [p for p in grid_configs() if key(p) not in table["rows"]]
-    # Check determinism: two configurations already in the table are trained again.
-    recheck = [table["rows"][k]["params"] for k in sorted(table["rows"])[:2]]
+    total = len(table["rows"]) + len(todo)
     started = time.time()
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
         for row in pool.map(train_one, todo):
             table["rows"][key(row["params"])] = row
             TABLE.write_text(json.dumps(table, indent=1) + "\n")
-            print(f"{len(table['rows'])}/{len(todo) + len(table['rows']) - len(todo)} "
+            print(f"{len(table['rows'])}/{total} "
                   f"{key(row['params'])}: {row['value']:.3f} at step {row['best_step']} "
                   f"({row['wall_seconds']:.0f} s)", flush=True)
-        if recheck:
+        if todo:
+            table["seconds"] = table.get("seconds", 0.0) + time.time() - started
+        if todo or not table.get("determinism"):
+            # Determinism: the best configuration and the first one are trained again.
+            rows = table["rows"]
+            recheck = [rows[max(rows, key=lambda k: rows[k]["value"])]["params"],
+                       rows[sorted(rows)[0]]["params"]]
             again = list(pool.map(train_one, recheck))
             table["determinism"] = [{"config": key(r["params"]), "first": table["rows"][
                 key(r["params"])]["value"], "again": r["value"]} for r in again]
-    table["seconds"] = table.get("seconds", 0.0) + time.time() - started
     TABLE.write_text(json.dumps(table, indent=1) + "\n")
     return table
 

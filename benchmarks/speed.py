@@ -103,6 +103,7 @@ def _run_reference(script: Path, model: Path, data: Path, out: Path, steps: int)
 def _ours_file(work: Path, data: Path, steps: int, fused: str) -> Path:
     overrides = {
         "name": "trainer-bench",
+        "model": {"name": "tiny"},  # the model folder the reference script trains
         "data": {"train_dir": str(data), "resolution": 64, "center_crop": True,
                  "random_flip": False, "synthetic": DELETE},
         "train": {"train_batch_size": 1, "gradient_accumulation_steps": 4,
@@ -125,8 +126,8 @@ def _run_ours(work: Path, data: Path, cache: Path, steps: int, fused: str) -> tu
     return wall, float(result["rungs"][-1]["samples_per_second"])
 
 
-def measure_trainer(work: Path, mirror: Path, short: int = 10, long: int = 40,
-                    repeats: int = 1) -> dict[str, Any]:
+def measure_trainer(work: Path, mirror: Path, short: int = 10, long: int = 60,
+                    repeats: int = 3) -> dict[str, Any]:
     from trials.models import resolve_model_path
     from trials.synthetic import make_car_dataset
 
@@ -402,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR,
                         help="a diffusers git checkout (the reference script's source)")
     parser.add_argument("--trials", type=int, default=20, help="trials per sweep arm")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="trainer: runs per arm and step count (medians are used)")
     parser.add_argument("--sections", default="trainer,eval,sweeps",
                         help="comma-separated; none: only re-render BENCHMARKS.md")
     parser.add_argument("--label", default="tiny demo (random weights)",
@@ -421,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp:
         work = Path(tmp)
         if "trainer" in sections:
-            t = measure_trainer(work / "trainer", args.mirror)
+            t = measure_trainer(work / "trainer", args.mirror, repeats=args.repeats)
             results["trainer"] = t
             results["trainer_vs_reference"] = t["fused_sps"] / t["reference_sps"]
             results["fused_vs_sequential"] = t["fused_sps"] / t["sequential_sps"]
