@@ -7,6 +7,12 @@ space) differs, the rerun is refused before Ray starts, with one line that names
 key: otherwise new trials would be ranked against old ones (and the old baseline) that measured
 something else, and Optuna itself fails mid-sweep on a changed categorical space.
 
+A local model folder (a path, or ``toyworld``: the committed pretrained world) and a local CLIP
+weights file are fingerprinted by their contents too (``model.contents``, ``eval.clip_contents``:
+each file's relative path and size and a hash of its first and last MiB, so a multi-GB folder
+costs milliseconds): rebuilding the toy world, or retraining into the same folder, changes what a
+score means without changing the sweep file. Hub ids are pinned by ``model.revision`` instead.
+
 Deliberately not fingerprinted, so they may change between runs: the study name and paths of
 the data and prompts (their contents are what count), ``method`` (sampler and its seed),
 ``early_terminate``, ``resources`` and ``eval.batch_size``.
@@ -18,6 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -43,6 +50,45 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+EDGE_BYTES = 2**20  # hashed at each end of every file of a local model folder
+
+
+def local_contents(path: Path) -> str:
+    """A content hash of a local file or folder: every file's relative path, size, and its
+    first and last ``EDGE_BYTES`` (retrained weights change there; a full hash of SD v1.5's
+    folder would take tens of seconds at every start)."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(EDGE_BYTES))
+            if size > 2 * EDGE_BYTES:
+                fh.seek(size - EDGE_BYTES)
+                h.update(fh.read(EDGE_BYTES))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _local_model(sweep: Sweep) -> Path | None:
+    from trials.toyworld import SD_DIR, TOYWORLD
+
+    if sweep.model.name == TOYWORLD:
+        return SD_DIR
+    path = Path(sweep.model.name)
+    return path if path.is_dir() else None
+
+
+def _local_clip(sweep: Sweep) -> Path | None:
+    from trials.toyworld import CLIP_DIR, TOYWORLD
+
+    if sweep.eval.clip_model == TOYWORLD:
+        return CLIP_DIR
+    pretrained = sweep.eval.clip_pretrained
+    return Path(pretrained) if pretrained and Path(pretrained).is_file() else None
+
+
 def compute(sweep: Sweep, data_contents: str) -> dict[str, str]:
     """The fingerprint: key path -> the value as JSON, or a content hash.
 
@@ -54,6 +100,9 @@ def compute(sweep: Sweep, data_contents: str) -> dict[str, str]:
     fp["model.name"] = _show(sweep.model.name)
     fp["model.revision"] = _show(sweep.model.revision)
     fp["model.variant"] = _show(sweep.model.variant)
+    model_dir = _local_model(sweep)
+    if model_dir is not None:
+        fp["model.contents"] = local_contents(model_dir)
     fp["data.contents"] = "sha256:" + data_contents[:16]
     for key in ("image_column", "caption_column", "resolution", "center_crop", "random_flip"):
         fp[f"data.{key}"] = _show(getattr(d, key))
@@ -63,6 +112,9 @@ def compute(sweep: Sweep, data_contents: str) -> dict[str, str]:
     for key in ("images_per_prompt", "inference_steps", "guidance_scale", "seed", "clip_model",
                 "clip_pretrained", "every_steps"):
         fp[f"eval.{key}"] = _show(getattr(e, key))
+    clip = _local_clip(sweep)
+    if clip is not None:
+        fp["eval.clip_contents"] = local_contents(clip)
     fp["metric.name"] = _show(sweep.metric)
     fp["metric.goal"] = _show(sweep.goal)
     # Held-out images and further objectives, only when used (older fingerprints stay equal).

@@ -68,6 +68,41 @@ def test_a_changed_sweep_is_refused_naming_each_changed_key(sweep, capsys) -> No
     assert "changed data.contents." in one_line(capsys)
 
 
+def test_retrained_weights_in_the_same_model_folder_are_refused(sweep, capsys,
+                                                                tmp_path: Path) -> None:
+    """A local model folder counts by its contents (the toy world rebuilt in place, say)."""
+    from trials.toyworld import SD_DIR
+
+    model = tmp_path / "my-model"
+    shutil.copytree(SD_DIR, model)
+    file = sweep.write(**{"model.name": str(model)})
+    with pytest.raises(RayStarted):
+        sweep.run(sweep=file)
+    capsys.readouterr()
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor, as retraining would change them all
+    weights.write_bytes(bytes(data))
+    assert sweep.run(sweep=file) == 2
+    assert "changed model.contents." in one_line(capsys)
+
+
+def test_local_contents_hashes_names_sizes_and_both_ends(tmp_path: Path) -> None:
+    from hpo.fingerprint import EDGE_BYTES, local_contents
+
+    big = tmp_path / "m" / "w.bin"
+    big.parent.mkdir()
+    big.write_bytes(bytes(3 * EDGE_BYTES))
+    first = local_contents(tmp_path / "m")
+    big.write_bytes(bytes(EDGE_BYTES) + b"\1" + bytes(2 * EDGE_BYTES - 1))
+    assert local_contents(tmp_path / "m") == first  # the middle is not read (documented)
+    big.write_bytes(bytes(3 * EDGE_BYTES - 1) + b"\1")
+    second = local_contents(tmp_path / "m")
+    assert second != first
+    big.rename(tmp_path / "m" / "v.bin")  # same bytes, another name
+    assert local_contents(tmp_path / "m") not in (first, second)
+
+
 def test_changes_that_do_not_define_a_score_may_continue(sweep, capsys) -> None:
     with pytest.raises(RayStarted):
         sweep.run()
