@@ -9,6 +9,7 @@ folder so the tiny model, the latent cache and the study all start cold.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import statistics
 import subprocess
@@ -26,6 +27,34 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = REPO / "sweeps" / "tiny.yaml"
 HYUNDAI_SWEEP = REPO / "sweeps" / "hyundai.yaml"
 DELETE = object()  # an override value that removes the key
+RESULTS = REPO / "benchmarks" / "results.json"
+MARKDOWN = REPO / "BENCHMARKS.md"
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (empty outside a git checkout)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+def merge_results(values: Mapping[str, Any]) -> None:
+    """Merge ``values`` into ``benchmarks/results.json`` as it is now (several benchmarks,
+    possibly in separate processes, write their own keys)."""
+    current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    current.update(values)
+    RESULTS.write_text(json.dumps(current, indent=2, default=str) + "\n")
+
+
+def write_section(begin: str, end: str, section: str) -> None:
+    """Replace the part of BENCHMARKS.md between the ``begin`` and ``end`` markers with
+    ``section`` (which carries both markers), or append it when the markers are missing."""
+    text = MARKDOWN.read_text() if MARKDOWN.is_file() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    MARKDOWN.write_text(text)
 
 
 def median(values: Sequence[float]) -> float:

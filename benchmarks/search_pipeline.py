@@ -43,11 +43,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DELETE, REPO, TINY_SWEEP, median, quartiles, write_sweep
+from benchmarks.common import (
+    DELETE,
+    REPO,
+    TINY_SWEEP,
+    git_commit,
+    median,
+    merge_results,
+    quartiles,
+    write_section,
+    write_sweep,
+)
 
 TABLE = REPO / "benchmarks" / "search_pipeline_table.json"
-RESULTS = REPO / "benchmarks" / "results.json"
-MARKDOWN = REPO / "BENCHMARKS.md"
 BEGIN, END = "<!-- search-pipeline:begin -->", "<!-- search-pipeline:end -->"
 LR_POINTS = 8
 METHODS = ("tpe", "random", "grid")
@@ -251,7 +259,6 @@ def _num(x: Any, spec: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import platform
-    import subprocess
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_pipeline",
                                      description=__doc__.splitlines()[0])
@@ -266,19 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.seeds, args.trials)
     result["machine"] = f"{os.cpu_count()} CPU cores, {platform.platform()}"
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
-                                          capture_output=True, text=True).stdout.strip()
-    current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    current["search_pipeline"] = result
-    RESULTS.write_text(json.dumps(current, indent=2, default=str) + "\n")
-    text = MARKDOWN.read_text()
+    result["git_commit"] = git_commit()
+    merge_results({"search_pipeline": result})
     section = render(result)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    MARKDOWN.write_text(text)
+    write_section(BEGIN, END, section)
     print(section)
     return 0
 

@@ -39,10 +39,19 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import DELETE, REPO, TINY_SWEEP, median, run_sweep, write_sweep
+from benchmarks.common import (
+    DELETE,
+    REPO,
+    RESULTS,
+    TINY_SWEEP,
+    git_commit,
+    median,
+    merge_results,
+    run_sweep,
+    write_section,
+    write_sweep,
+)
 
-RESULTS = REPO / "benchmarks" / "results.json"
-MARKDOWN = REPO / "BENCHMARKS.md"
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 SCRIPT = "examples/text_to_image/train_text_to_image_lora.py"
 DEFAULT_MIRROR = Path("/work/.mirror/huggingface+diffusers/repo")
@@ -383,19 +392,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def write_markdown(results: dict[str, Any]) -> None:
-    text = MARKDOWN.read_text() if MARKDOWN.is_file() else "# Benchmarks\n"
-    section = render(results)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    MARKDOWN.write_text(text)
-
-
-def _git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=False).stdout.strip()
+    write_section(BEGIN, END, render(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "load_average_at_start": list(os.getloadavg()),
     })
     with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp:
@@ -428,33 +425,26 @@ def main(argv: list[str] | None = None) -> int:
             results["trainer"] = t
             results["trainer_vs_reference"] = t["fused_sps"] / t["reference_sps"]
             results["fused_vs_sequential"] = t["fused_sps"] / t["sequential_sps"]
-            _write(results)
+            merge_results(results)
         if "eval" in sections:
             e = measure_eval_share(work / "eval")
             results["eval"] = {**e, "measured_on": args.label}
             results["eval_share"] = e["default"]["share"]
-            _write(results)
+            merge_results(results)
         if "sweeps" in sections:
             s = measure_sweeps(work / "sweeps", args.trials)
             results["sweeps"] = {**s, "measured_on": args.label}
             for key in ("asha_compute_fraction", "steps_fidelity_compute_fraction",
                         "demo_wall_seconds", "demo_peak_rss_mb", "overhead_median_seconds"):
                 results[key] = s.get(key)
-            _write(results)
+            merge_results(results)
     results["hyundai_eval_estimate"] = hyundai_eval_share_estimate()
     results["load_average_at_end"] = list(os.getloadavg())
-    _write(results)
+    merge_results(results)
     write_markdown(json.loads(RESULTS.read_text()))
     print(yaml.safe_dump({k: v for k, v in results.items() if not isinstance(v, dict)},
                          sort_keys=False))
     return 0
-
-
-def _write(results: dict[str, Any]) -> None:
-    """Merge into the file as it is now: sections may run in separate processes."""
-    current = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    current.update(results)
-    RESULTS.write_text(json.dumps(current, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

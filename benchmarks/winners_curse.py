@@ -23,7 +23,15 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import REPO, TINY_SWEEP, run_sweep, write_sweep
+from benchmarks.common import (
+    REPO,
+    TINY_SWEEP,
+    git_commit,
+    merge_results,
+    run_sweep,
+    write_section,
+    write_sweep,
+)
 
 
 @dataclass(frozen=True)
@@ -116,43 +124,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def record(runs: list[CurseRun], args: argparse.Namespace) -> None:
     """Write the runs to ``benchmarks/results.json`` (``winners_curse``) and BENCHMARKS.md."""
-    import json
     import os
     import platform
-    import subprocess
     import time
     from dataclasses import asdict
 
-    results_file = REPO / "benchmarks" / "results.json"
-    current = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     curses = [r.curse for r in runs]
-    current["winners_curse"] = {
+    result = {
         "sweep": str(args.sweep), "trials": args.trials, "top_k": args.top_k,
         "runs": [asdict(r) for r in runs], "mean_curse": statistics.mean(curses),
         "sd_curse": statistics.stdev(curses) if len(curses) > 1 else None,
         "machine": f"{os.cpu_count()} CPU cores, {platform.platform()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": commit}
-    results_file.write_text(json.dumps(current, indent=2, default=str) + "\n")
+    merge_results({"winners_curse": result})
     begin, end = "<!-- winners-curse:begin -->", "<!-- winners-curse:end -->"
-    section = "\n".join([
+    write_section(begin, end, "\n".join([
         begin, "## The winner's curse over repeated sweeps (issue 13): "
         "`python -m benchmarks.winners_curse --record`", "",
         f"{len(runs)} sweeps of `{Path(args.sweep).name}` ({args.trials} trials, TPE search "
         f"seeds 0..{len(runs) - 1}, confirmation of the top {args.top_k} on fresh seeds), "
-        f"measured {current['winners_curse']['date']} on "
-        f"{current['winners_curse']['machine']}, commit {commit[:10]}. Scores are CLIP-T x 100; "
-        "`search - confirmed` is how much the maximum over noisy search scores flattered the "
-        "winner.", "", table(runs), end]) + "\n"
-    markdown = REPO / "BENCHMARKS.md"
-    text = markdown.read_text()
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    markdown.write_text(text)
+        f"measured {result['date']} on {result['machine']}, commit {commit[:10]}. Scores are "
+        "CLIP-T x 100; `search - confirmed` is how much the maximum over noisy search scores "
+        "flattered the winner.", "", table(runs), end]) + "\n")
 
 
 if __name__ == "__main__":
