@@ -32,9 +32,24 @@ MARKDOWN = REPO / "BENCHMARKS.md"
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (empty outside a git checkout)."""
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=False).stdout.strip()
+    """The repository's HEAD commit (empty outside a git checkout), with ``+dirty`` when
+    tracked source files differ from it (the figures files a benchmark writes do not count)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=False)
+
+    head = git("rev-parse", "HEAD").stdout.strip()
+    changed = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    figures = {"BENCHMARKS.md", "benchmarks/results.json",
+               "benchmarks/search_pipeline_table.json"}
+    dirty = any(line[3:].strip() not in figures for line in changed)
+    return f"{head}+dirty" if head and dirty else head
+
+
+def short_commit(commit: str, width: int = 7) -> str:
+    """``commit`` cut to ``width`` hex digits, keeping a ``+dirty`` mark."""
+    head, _, mark = commit.partition("+")
+    return head[:width] + (f"+{mark}" if mark else "")
 
 
 def merge_results(values: Mapping[str, Any]) -> None:

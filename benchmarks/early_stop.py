@@ -10,6 +10,9 @@ sweep reports and exports (ASHA's stopped trials are PRUNED and are never the wi
 With TPE's 10 random start-up trials the first 10 configurations are the same in both arms;
 after that TPE sees different histories (pruned trials report only their early rungs), so the
 arms may try different configurations.
+
+:func:`asha_work` counts the same comparison in work instead of seconds (see
+:mod:`benchmarks.cost_model`), with the floor set by ideal successive halving.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cost_model
 from benchmarks.common import DELETE, TINY_SWEEP, SweepRun, run_sweep, write_sweep
 
 
@@ -83,3 +87,43 @@ def measure_early_stop(trials: int = 20, base: Path = TINY_SWEEP) -> EarlyStopRe
             runs[label] = run_sweep(file, trials, Path(tmp) / "runs")
     return EarlyStopResult(arm("ASHA", runs["ASHA"]),
                            arm("no early stopping", runs["no early stopping"]))
+
+
+def asha_work(asha, none, trials: int) -> dict[str, Any]:
+    """ASHA vs none counted in work (steps, rung images, setups) priced at unit costs pooled
+    over both arms (:mod:`benchmarks.cost_model`), so load drifting between the two sweeps
+    does not move the ratio; and the same ratio for ideal successive halving (the floor)."""
+    from hpo import fidelity
+    from hpo.spec import load_sweep
+
+    sweep = load_sweep(TINY_SWEEP)
+    images = len(sweep.eval.prompt_list) * sweep.eval.images_per_prompt
+    with_asha = fidelity.plan_steps(sweep)
+    without = fidelity.plan_steps(load_sweep_without_asha(sweep))
+    attrs_a = [r.attrs for r in asha.records]
+    attrs_n = [r.attrs for r in none.records]
+    costs = cost_model.pooled_costs(attrs_a + attrs_n, images, sweep.resources.cpu_per_trial)
+    work_a = cost_model.arm_work(attrs_a, images)
+    work_n = cost_model.arm_work(attrs_n, images)
+    top = with_asha.candidates[-1]
+    milestones = [m for m in fidelity.asha_rungs(sweep, top) if m < top]
+    ideal_a = cost_model.ideal_asha(trials, milestones, top, with_asha.rungs, images,
+                                    sweep.early_terminate.reduction_factor)
+    ideal_n = cost_model.no_early_stopping(trials, top, without.rungs, images)
+    return {
+        "images_per_rung": images, "unit_costs": vars(costs),
+        "asha": vars(work_a), "none": vars(work_n),
+        "fraction": costs.price(work_a) / costs.price(work_n),
+        "ideal_asha": vars(ideal_a), "ideal_none": vars(ideal_n),
+        "ideal_fraction": costs.price(ideal_a) / costs.price(ideal_n),
+        "ideal_fraction_if_rungs_were_free": ideal_a.steps / ideal_n.steps,
+        "rungs_asha": list(with_asha.rungs), "rungs_none": list(without.rungs),
+        "milestones": milestones,
+    }
+
+
+def load_sweep_without_asha(sweep):
+    """``sweep`` with early stopping off (what the ``fidelity_none`` arm runs)."""
+    from dataclasses import replace
+
+    return replace(sweep, early_terminate=None)

@@ -153,3 +153,44 @@ def measure_eval_cost(work: Path, repeats: int = 3, prompts: int | None = None,
         shares=rows["share"], images_per_second=rows["ips"], setup_seconds=rows["setup"],
         train_seconds=rows["train"], eval_seconds=rows["eval"], generate_ips=gen,
         score_ips=score, sweep_share=None if records is None else sweep_share(records))
+
+
+def unet_seconds_per_rung(config, repeats: int = 3) -> float:
+    """Seconds of the UNet forward passes alone of one rung at ``config``'s eval settings
+    (median of ``repeats``): the same batches (``eval.batch_size`` images, doubled for
+    classifier-free guidance), inference steps, latent and text shapes, with the trial's LoRA
+    attached, on random inputs (the cost does not depend on the values)."""
+    import torch
+
+    from trials import warm
+    from trials.lora import attach_lora
+    from trials.train import pick_device, weight_dtype_for
+
+    device = pick_device()
+    dtype = weight_dtype_for(config.train.mixed_precision, device)
+    e = config.eval
+    images = len(e.prompt_list) * e.images_per_prompt
+    guided = 2 if e.guidance_scale > 1 else 1
+    with warm.kept_components(config, device, dtype) as parts:
+        unet = parts.unet
+        attach_lora(unet, config.params)
+        unet.eval()
+        factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        height = (e.height or config.data.resolution) // factor
+        width = (e.width or config.data.resolution) // factor
+        text_shape = (parts.tokenizer.model_max_length, parts.text_encoder.config.hidden_size)
+        sizes = [min(e.batch_size, images - s) for s in range(0, images, e.batch_size)]
+
+        def one_rung() -> float:
+            started = time.perf_counter()
+            with torch.no_grad():
+                for n in sizes:
+                    latents = torch.randn(guided * n, unet.config.in_channels, height, width,
+                                          dtype=dtype, device=device)
+                    text = torch.randn(guided * n, *text_shape, dtype=dtype, device=device)
+                    for t in range(e.inference_steps):
+                        unet(latents, 999 - t, encoder_hidden_states=text)
+            return time.perf_counter() - started
+
+        one_rung()  # warm-up
+        return median([one_rung() for _ in range(repeats)])

@@ -51,6 +51,7 @@ from benchmarks.common import (
     median,
     merge_results,
     quartiles,
+    short_commit,
     write_section,
     write_sweep,
 )
@@ -247,7 +248,8 @@ def render(r: dict[str, Any]) -> str:
     lines += ["", "Determinism check (the same configuration trained twice): " + (
         ", ".join(f"`{d['config']}` {d['first']:.4f} then {d['again']:.4f}" for d in det)
         or "not run") + ".",
-        f"Measured {r.get('date', '?')}, commit {r.get('git_commit', '?')[:10]}. Regret is in "
+        f"Measured {r.get('date', '?')}, commit {short_commit(r.get('git_commit', '?'), 10)}. "
+        "Regret is in "
         "CLIP-T x 100 points; each table value was measured once, so a regret under the paired "
         "standard error (column 5) is noise.", END]
     return "\n".join(lines) + "\n"

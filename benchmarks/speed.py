@@ -12,15 +12,21 @@ the ratios are what to read):
    single final rung (ours) and saving cancel out. Ours runs fused and sequential accumulation
    (``fused_vs_sequential``). Runs alternate (reference, fused, sequential, ...).
 2. **evaluation share of a demo trial**: ``run_trial`` on ``sweeps/tiny.yaml``'s middle
-   configuration, as the sweep runs it (steps as a fidelity: 40 steps, rungs 10/20/30/40):
-   ``eval / (setup + train + eval)``, default evaluation and with ``eval.merge_lora``.
+   configuration, as the sweep runs it (steps as a fidelity: the largest candidate step
+   count, scored at the fidelity rungs; on the demo 60 steps, rungs 15/30/45/60):
+   ``eval / (setup + train + eval)``, default evaluation and with ``eval.merge_lora``; and
+   its floor (:mod:`benchmarks.cost_model`): the share if a rung cost only its UNet forward
+   passes (timed alone at the same shapes), and the rung size at which the share would meet 25 %.
 3. **sweeps on the demo** (``python -m hpo.run`` on ``sweeps/tiny.yaml``, cold, same seed and
    trial budget): steps as a fidelity with ASHA (the default), the same without early stopping,
    and steps as a dimension with ASHA. ``asha_compute_fraction`` = CPU-seconds of the first /
    the second; ``steps_fidelity_compute_fraction`` = CPU-seconds the first needed to reach the
    dimension arm's best score (within the paired standard error of the two winners' per-prompt
    scores) / CPU-seconds the dimension arm needed. The fidelity arm is also the demo run
-   (wall time, peak memory, orchestration overhead).
+   (wall time, peak memory, orchestration overhead). ASHA vs none is also counted in work
+   (steps, rung images, setups) at unit costs pooled over both arms, which load drifting
+   between the two sweeps cannot move, beside the same ratio for ideal successive halving at
+   the sweep's settings (the least any ASHA can spend).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import cost_model, early_stop, eval_cost
 from benchmarks.common import (
     DELETE,
     REPO,
@@ -48,6 +55,7 @@ from benchmarks.common import (
     median,
     merge_results,
     run_sweep,
+    short_commit,
     write_section,
     write_sweep,
 )
@@ -208,6 +216,15 @@ def measure_eval_share(work: Path) -> dict[str, Any]:
                             ("setup_seconds", "train_seconds", "eval_seconds"))
         out[label] = {"share": ev / (setup + train + ev), "setup_seconds": setup,
                       "train_seconds": train, "eval_seconds": ev}
+    # The floor: what a rung would cost if it were only its UNet forward passes.
+    config = sweep.trial_config(params, output_dir=work / "floor", cache_dir=work / "cache")
+    unet_seconds = eval_cost.unet_seconds_per_rung(config)
+    n_rungs, d = len(out["rungs"]), out["default"]
+    images = len(config.eval.prompt_list) * config.eval.images_per_prompt
+    out["images_per_rung"] = images
+    out["unet_seconds_per_rung"] = unet_seconds
+    out["floor"] = cost_model.eval_share_floor(unet_seconds, d["eval_seconds"] / n_rungs,
+                                               d["train_seconds"] / n_rungs, images)
     return out
 
 
@@ -257,6 +274,8 @@ def measure_sweeps(work: Path, trials: int) -> dict[str, Any]:
     fa, fn, da = arms["fidelity_asha"], arms["fidelity_none"], arms["dimension_asha"]
     out: dict[str, Any] = {"arms": arms, "trials": trials}
     out["asha_compute_fraction"] = fa["cpu_seconds"] / fn["cpu_seconds"]
+    out["asha_work"] = early_stop.asha_work(runs["fidelity_asha"], runs["fidelity_none"],
+                                            trials)
     if fa["best_per_prompt"] and fn["best_per_prompt"]:
         se = _paired_stderr(fa["best_per_prompt"], fn["best_per_prompt"])
         out["asha_vs_none_best_difference"] = fa["best_value"] - fn["best_value"]
@@ -323,11 +342,13 @@ def render(r: dict[str, Any]) -> str:
     t, ev, sw = r.get("trainer", {}), r.get("eval", {}), r.get("sweeps", {})
     hy = r.get("hyundai_eval_estimate", {})
     lines = [BEGIN, "## Speed (issue 15): `python -m benchmarks.speed`", "",
-             f"Run on {r.get('date')} at git {r.get('git_commit', '')[:7]}; machine: "
-             f"{r.get('machine')}. Load average at the start "
+             f"Last run on {r.get('date')} at git {short_commit(r.get('git_commit', ''))}; "
+             f"machine: {r.get('machine')}. Load average at the start "
              f"{', '.join(f'{x:.1f}' for x in r.get('load_average_at_start', []))}"
-             f"{_load_words(r)}. The ratios were measured side by side in one run "
-             "(runs alternating), which is what to read. Raw figures: `benchmarks/results.json`.",
+             f"{_load_words(r)}. The trainer arms ran side by side (runs alternating); the "
+             "sweep arms run one after the other, so their CPU-second ratio moves with the "
+             "machine's load, and the ratio counted in work is the one to read. Raw figures: "
+             "`benchmarks/results.json`.",
              "", "| figure | result | target |", "|---|---|---|"]
     if t:
         lines.append(
@@ -348,6 +369,14 @@ def render(r: dict[str, Any]) -> str:
             f"{', '.join(map(str, ev['rungs']))}) | default (same images): "
             f"**{_pct(d['share'])}** (again: {_pct(ev['default_again']['share'])}); with the "
             f"opt-in `merge_lora`: {_pct(m['share'])} | <= 25 % |")
+    if ev.get("floor"):
+        f = ev["floor"]
+        lines.append(
+            f"| evaluation share floor at the demo's eval settings ({ev['images_per_rung']} "
+            f"images per rung) | if a rung cost only its UNet forward passes "
+            f"({ev['unet_seconds_per_rung']:.2f} s, {_pct(f['unet_fraction_of_rung'])} of a "
+            f"measured rung): **{_pct(f['unet_only'])}**; the share meets "
+            f"{_pct(f['target'])} at {f['images_for_target']:.0f} rung images or fewer | |")
     if hy:
         lines.append(
             f"| evaluation share at `sweeps/hyundai.yaml`'s shapes (estimate in UNet "
@@ -363,6 +392,14 @@ def render(r: dict[str, Any]) -> str:
             f" CPU-s); best {a['fidelity_asha']['best_value']} vs "
             f"{a['fidelity_none']['best_value']}, same winner within paired stderr: "
             f"{sw.get('asha_same_winner_within_stderr')} | <= 50 % |")
+        w = sw.get("asha_work")
+        if w:
+            lines.append(
+                f"| ASHA vs none counted in work (steps, rung images, setups) priced at unit "
+                f"costs pooled over both arms | **{_pct(w['fraction'])}**; ideal successive "
+                f"halving at these settings (milestones {w['milestones']}, rungs "
+                f"{w['rungs_asha']} vs none's {w['rungs_none']}): {_pct(w['ideal_fraction'])}"
+                f" ({_pct(w['ideal_fraction_if_rungs_were_free'])} if rungs cost nothing) | |")
         sf = sw.get("steps_fidelity", {})
         frac = _pct(sw.get("steps_fidelity_compute_fraction"))
         lines.append(
@@ -385,6 +422,14 @@ def render(r: dict[str, Any]) -> str:
         lines.append("| ASHA compute vs none; steps as a fidelity vs a dimension; demo wall, "
                      "memory, overhead | not measured in this run (see the notes) | <= 50 %; "
                      "<= 60 % |")
+    runs = [(name, r[key]["run"]) for name, key in
+            (("trainer", "trainer"), ("evaluation share", "eval"), ("sweeps", "sweeps"))
+            if isinstance(r.get(key), dict) and r[key].get("run")]
+    if runs:
+        lines += ["", "Measured: " + "; ".join(
+            f"{name} {run['date']} at git {short_commit(run['git_commit'])} (load "
+            f"{run['load_average_at_start'][0]:.1f} -> {run['load_average_at_end'][0]:.1f})"
+            for name, run in runs) + "."]
     lines += [""] + [f"- {note}" for note in r.get("notes", [])]
     lines += ["", "Not measured: SD v1.5 shapes on a GPU (fused vs sequential, evaluation "
               "images/s, two trials per GPU): this session had no GPU.", END]
@@ -409,8 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if sections != ["none"]:
-        results["notes"] = []  # notes written by hand describe an earlier run
+    if sections == ["none"]:  # only re-render: the figures keep their run's date and commit
+        write_markdown(results)
+        return 0
+    results["notes"] = []  # notes written by hand describe an earlier run
     results.update({
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
@@ -418,25 +465,33 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
         "load_average_at_start": list(os.getloadavg()),
     })
+    def provenance() -> dict[str, Any]:  # each section keeps when and where it was measured
+        return {"date": results["date"], "git_commit": results["git_commit"],
+                "load_average_at_start": results["load_average_at_start"],
+                "load_average_at_end": list(os.getloadavg())}
+
     with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp:
         work = Path(tmp)
         if "trainer" in sections:
             t = measure_trainer(work / "trainer", args.mirror, repeats=args.repeats)
-            results["trainer"] = t
+            results["trainer"] = {**t, "run": provenance()}
             results["trainer_vs_reference"] = t["fused_sps"] / t["reference_sps"]
             results["fused_vs_sequential"] = t["fused_sps"] / t["sequential_sps"]
             merge_results(results)
         if "eval" in sections:
             e = measure_eval_share(work / "eval")
-            results["eval"] = {**e, "measured_on": args.label}
+            results["eval"] = {**e, "measured_on": args.label, "run": provenance()}
             results["eval_share"] = e["default"]["share"]
+            results["eval_share_floor_unet_only"] = e["floor"]["unet_only"]
             merge_results(results)
         if "sweeps" in sections:
             s = measure_sweeps(work / "sweeps", args.trials)
-            results["sweeps"] = {**s, "measured_on": args.label}
+            results["sweeps"] = {**s, "measured_on": args.label, "run": provenance()}
             for key in ("asha_compute_fraction", "steps_fidelity_compute_fraction",
                         "demo_wall_seconds", "demo_peak_rss_mb", "overhead_median_seconds"):
                 results[key] = s.get(key)
+            results["asha_work_fraction"] = s["asha_work"]["fraction"]
+            results["asha_ideal_fraction"] = s["asha_work"]["ideal_fraction"]
             merge_results(results)
     results["hyundai_eval_estimate"] = hyundai_eval_share_estimate()
     results["load_average_at_end"] = list(os.getloadavg())

@@ -29,6 +29,7 @@ from benchmarks.common import (
     git_commit,
     merge_results,
     run_sweep,
+    short_commit,
     write_section,
     write_sweep,
 )
@@ -144,7 +145,8 @@ def record(runs: list[CurseRun], args: argparse.Namespace) -> None:
         "`python -m benchmarks.winners_curse --record`", "",
         f"{len(runs)} sweeps of `{Path(args.sweep).name}` ({args.trials} trials, TPE search "
         f"seeds 0..{len(runs) - 1}, confirmation of the top {args.top_k} on fresh seeds), "
-        f"measured {result['date']} on {result['machine']}, commit {commit[:10]}. Scores are "
+        f"measured {result['date']} on {result['machine']}, commit {short_commit(commit, 10)}. "
+        "Scores are "
         "CLIP-T x 100; `search - confirmed` is how much the maximum over noisy search scores "
         "flattered the winner.", "", table(runs), end]) + "\n")
 
