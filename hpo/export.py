@@ -221,7 +221,8 @@ def write_trials_csv(study: optuna.Study, out_dir: Path) -> Path:
         attrs=("number", "state", "value", "datetime_start", "datetime_complete", "duration",
                "params", "user_attrs"))
     counted = {t.number for t in counted_trials(study)}
-    frame["counted"] = frame["number"].isin(counted)
+    if "number" in frame:  # a study stopped before its first trial has no columns at all
+        frame["counted"] = frame["number"].isin(counted)
     path = out_dir / "trials.csv"
     frame.to_csv(path, index=False)
     return path

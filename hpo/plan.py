@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from hpo.fidelity import StepsPlan
 from hpo.spec import Sweep
-from hpo.study import best_trial, counted_trials, default_storage_url, redact
+from hpo.study import best_trial, clip_name, counted_trials, default_storage_url, redact
 from trials.validation import ConfigError, closest
 
 log = logging.getLogger("hpo")
@@ -61,7 +62,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"  eval           {len(e.prompt_list)} prompts from {e.prompts} x "
         f"{e.images_per_prompt} images of {e.width or d.resolution}x"
         f"{e.height or d.resolution}px, {e.inference_steps} steps, guidance "
-        f"{e.guidance_scale:g}, seed {e.seed}; CLIP {e.clip_model}/{e.clip_pretrained}",
+        f"{e.guidance_scale:g}, seed {e.seed}; CLIP {clip_name(e.clip_model, e.clip_pretrained)}",
         f"  held out       {d.holdout} training image(s) (seed {d.holdout_seed}), reference "
         f"folder {e.reference_dir}; DINOv2 {e.dino_model}" if d.holdout or e.reference_dir
         else "  held out       none (no clip_i_holdout / dino_holdout)",
@@ -336,6 +337,22 @@ def confirmation_lines(study: optuna.Study) -> list[str]:
     return lines
 
 
+def fail_reason_lines(trials: list[FrozenTrial], most: int = 3) -> list[str]:
+    """Why the failed trials failed: each distinct reason once (its first line, at most 300
+    characters), with the trials that gave it; ``most`` reasons, then a count of the rest."""
+    by_reason: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state.name == "FAIL":
+            reason = str(t.user_attrs.get("fail_reason") or "no reason recorded").strip()
+            first = (reason.splitlines() or ["no reason recorded"])[0][:300]
+            by_reason.setdefault(first, []).append(t.number)
+    lines = [f"  failed: trial(s) {', '.join(map(str, numbers))}: {reason}"
+             for reason, numbers in list(by_reason.items())[:most]]
+    if len(by_reason) > most:
+        lines.append(f"  ... and {len(by_reason) - most} other reason(s): see trials.csv")
+    return lines
+
+
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
             storage_url: str, seconds: float) -> str:
     """The closing lines: best score, where the outputs are, how to open the dashboard."""
@@ -350,6 +367,7 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
              f"in {seconds:.0f} s this run"]
     if best is None:
         lines.append("no trial completed, so there is no best configuration yet")
+        lines += fail_reason_lines(trials)
     else:
         stderr = best.user_attrs.get("clip_score_stderr")
         # The best rung's clip_score on the search seeds (with several objectives, too).

@@ -107,15 +107,27 @@ def _winner_marker(fig: go.Figure, study: optuna.Study) -> go.Figure:
     confirmed = confirmation_summary(study) is not None
     label = f"winner: trial {winner.number}" + (" (confirmed on fresh seeds)" if confirmed
                                                  else "")
+    # The label grows away from the nearer edge, so it is never cut off by the plot area.
+    numbers = [t.number for t in study.get_trials(deepcopy=False)]
+    middle = (min(numbers) + max(numbers)) / 2 if numbers else winner.number
+    side = "top right" if winner.number <= middle else "top left"
     fig.add_trace(go.Scatter(x=[winner.number], y=[score], mode="markers+text", name=label,
-                             text=[label], textposition="top center",
+                             text=[label], textposition=side,
                              marker={"symbol": "star", "size": 16, "color": "#2ca02c",
                                      "line": {"width": 1, "color": "black"}}))
     return fig
 
 
 def importance_figure(study: optuna.Study) -> go.Figure:
-    return optuna.visualization.plot_param_importances(study, target=_first(study),
+    """Importances of the parameters for the first objective.
+
+    With several objectives Optuna needs a ``target``, and its default evaluator (PED-ANOVA)
+    then takes low values as good whatever the study's direction; a maximized objective is
+    negated so the importances explain what makes the score high."""
+    target = _first(study)
+    if target is not None and study.directions[0] == optuna.study.StudyDirection.MAXIMIZE:
+        target = lambda t: -t.values[0]  # noqa: E731
+    return optuna.visualization.plot_param_importances(study, target=target,
                                                        target_name=_metric(study))
 
 

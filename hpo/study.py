@@ -174,6 +174,12 @@ def git_commit(folder: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def clip_name(model: str, pretrained: str | None) -> str:
+    """``model/pretrained`` as open_clip names a CLIP scorer; ``model`` alone when it has no
+    pretrained tag (a local weights file, the toy world's scorer)."""
+    return f"{model}/{pretrained}" if pretrained else model
+
+
 def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any]) -> None:
     """Write what a reader needs to trust and reproduce the study (first run only)."""
     if "sweep_file" in study.user_attrs:
@@ -185,7 +191,7 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         "libraries": library_versions(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "sampler": sampler,
-        "clip_model": f"{sweep.eval.clip_model}/{sweep.eval.clip_pretrained}",
+        "clip_model": clip_name(sweep.eval.clip_model, sweep.eval.clip_pretrained),
         "metric": sweep.metric,
         # every objective and the rule that names the winner (read by hpo.winner)
         "objectives": [{"name": o.name, "goal": o.goal} for o in sweep.objectives]

@@ -117,6 +117,9 @@ def write_kohya(lora_dir: Path, name: str = KOHYA_NAME) -> Path:
     target = lora_dir / name
     tmp = target.with_name(target.name + ".tmp")
     save_file(to_kohya(state, config), tmp, metadata=kohya_metadata(config))
+    # safetensors writes 0600 files; give it the permissions of the weights beside it, so a
+    # UI running as another user (ComfyUI, AUTOMATIC1111) can read it as it reads those.
+    tmp.chmod(weights.stat().st_mode & 0o777)
     tmp.replace(target)
     return target
 

@@ -168,3 +168,26 @@ def test_more_gpus_per_trial_than_any_node_has(tmp_path, monkeypatch) -> None:
         gpu_per_trial=16, cpu_per_trial=4)})
     with pytest.raises(PreflightError, match="16 GPUs per trial, but the largest node has 8"):
         check_resources(big, nodes)
+
+
+def test_summary_says_why_every_trial_failed(tmp_path: Path) -> None:
+    """With no COMPLETE trial the closing lines give each distinct fail reason once."""
+    import optuna
+
+    from hpo.plan import fail_reason_lines, summary
+
+    study = optuna.create_study(direction="maximize")
+    reasons = ["TargetModuleError: attn2.to_qq match no module\nTraceback ...",
+               "TargetModuleError: attn2.to_qq match no module\nTraceback ...",
+               "TrialDiverged: loss is nan at step 3"] + [f"other {i}" for i in range(3)]
+    for reason in reasons:
+        trial = study.ask()
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    text = summary(study, tmp_path, None, tmp_path / "trials.csv", "sqlite:///x.db", 1.0)
+    assert "no trial completed" in text
+    assert "  failed: trial(s) 0, 1: TargetModuleError: attn2.to_qq match no module" in text
+    assert "  failed: trial(s) 2: TrialDiverged: loss is nan at step 3" in text
+    assert "Traceback" not in text
+    assert "... and 2 other reason(s): see trials.csv" in text
+    assert fail_reason_lines(study.trials[:0]) == []

@@ -124,3 +124,35 @@ def test_report_renders_in_chromium_without_errors(written, tmp_path: Path) -> N
         save_screenshot(page, "report.png", full_page=True)
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+
+def test_star_label_grows_away_from_the_nearer_edge() -> None:
+    from tests.hpo.test_winner import make_study
+
+    def side(scores):
+        fig = report.history_figure(make_study(scores))
+        (trace,) = [t for t in fig.data if t.marker.symbol == "star"]
+        return trace.textposition
+
+    assert side({0: 20.0, 1: 23.0, 2: 22.0, 3: 21.0}) == "top right"  # trial 1: left half
+    assert side({0: 20.0, 1: 21.0, 2: 22.0, 3: 23.0}) == "top left"  # trial 3: right edge
+
+
+def test_importances_of_a_maximized_first_objective_rank_what_makes_it_high(
+        monkeypatch) -> None:
+    """Optuna's PED-ANOVA takes a custom target as lower-is-better, so a maximized first
+    objective is given to it negated (and a minimized one as it is)."""
+    seen = {}
+
+    def capture(study, target=None, target_name=""):
+        seen["target"] = target
+        return None
+
+    monkeypatch.setattr(optuna.visualization, "plot_param_importances", capture)
+    for direction, sign in (("maximize", -1.0), ("minimize", 1.0)):
+        study = optuna.create_study(directions=[direction, "maximize"])
+        study.add_trial(optuna.trial.create_trial(
+            values=[3.0, 1.0], params={"x": 1.0},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 2)}))
+        report.importance_figure(study)
+        assert seen["target"](study.trials[0]) == sign * 3.0

@@ -44,7 +44,7 @@ def test_sweep_finishes_the_requested_trials(finished_sweep) -> None:
     attrs = study.user_attrs
     assert attrs["baseline_clip_score"] is not None
     assert attrs["sampler"]["method"] == "tpe" and "optuna" in attrs["libraries"]
-    assert attrs["clip_model"] == "toyworld/None"
+    assert attrs["clip_model"] == "toyworld"
 
 
 def test_asha_stopped_trials_are_pruned_with_their_rungs(finished_sweep) -> None:

@@ -77,3 +77,11 @@ def test_a_folder_without_a_lora_is_one_clear_error(tmp_path, capsys) -> None:
         write_kohya(tmp_path)
     assert main([str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_kohya_file_is_as_readable_as_the_weights_beside_it(tiny_model_dir, tmp_path) -> None:
+    """safetensors writes 0600 files; a UI running as another user must be able to read it."""
+    lora_dir = _saved_lora(tiny_model_dir.parent, tmp_path, "attn", 2, 2.0)
+    weights = lora_dir / "pytorch_lora_weights.safetensors"
+    weights.chmod(0o644)
+    assert write_kohya(lora_dir).stat().st_mode & 0o777 == 0o644
