@@ -283,6 +283,15 @@ def connect_storage(url: str) -> optuna.storages.RDBStorage:
                              f"({redact(reason)})") from None
 
 
+def local_node_resources() -> dict[str, float]:
+    """What a Ray started on this machine would offer: its CPUs (those this process may run
+    on) and CUDA GPUs, for the dry run's :func:`check_resources` without starting Ray."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
+
+
 def check_resources(sweep: Sweep, nodes: list[dict[str, float]]) -> None:
     """Every trial must fit on some node (``nodes``: each live node's total resources)."""
     res = sweep.resources

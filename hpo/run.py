@@ -143,6 +143,8 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     tracking.check(args.mlflow, args.wandb)
     contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
     plan.check_address(args.address)
+    if args.address is None:  # the run would start Ray here: this machine is its one node
+        plan.check_resources(sweep, [plan.local_node_resources()])
     storage_url = args.storage or studies.default_storage_url(study_dir)
     existing = None
     if args.storage or (study_dir / "optuna.db").is_file():

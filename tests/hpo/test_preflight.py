@@ -191,3 +191,16 @@ def test_summary_says_why_every_trial_failed(tmp_path: Path) -> None:
     assert "Traceback" not in text
     assert "... and 2 other reason(s): see trials.csv" in text
     assert fail_reason_lines(study.trials[:0]) == []
+
+
+def test_dry_run_checks_cpus_per_trial_against_this_machine(setup, capsys) -> None:
+    """Without --address the run would start Ray here, so the dry run refuses what the run
+    would refuse after starting it."""
+    from hpo.plan import local_node_resources
+
+    too_many = int(local_node_resources()["CPU"]) + 1
+    assert setup.run("--dry-run", sweep=setup.write(**{"resources.cpu_per_trial": too_many})) \
+        == 2
+    err = one_line(capsys)
+    assert f"resources.cpu_per_trial: {too_many} CPUs per trial, but the largest node has" in err
+    assert setup.run("--dry-run") == 0  # 1 CPU per trial fits
