@@ -18,7 +18,7 @@ arms may try different configurations.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def asha_work(asha, none, trials: int) -> dict[str, Any]:
     sweep = load_sweep(TINY_SWEEP)
     images = len(sweep.eval.prompt_list) * sweep.eval.images_per_prompt
     with_asha = fidelity.plan_steps(sweep)
-    without = fidelity.plan_steps(load_sweep_without_asha(sweep))
+    without = fidelity.plan_steps(replace(sweep, early_terminate=None))  # the none arm
     attrs_a = [r.attrs for r in asha.records]
     attrs_n = [r.attrs for r in none.records]
     costs = cost_model.pooled_costs(attrs_a + attrs_n, images, sweep.resources.cpu_per_trial)
@@ -120,10 +120,3 @@ def asha_work(asha, none, trials: int) -> dict[str, Any]:
         "rungs_asha": list(with_asha.rungs), "rungs_none": list(without.rungs),
         "milestones": milestones,
     }
-
-
-def load_sweep_without_asha(sweep):
-    """``sweep`` with early stopping off (what the ``fidelity_none`` arm runs)."""
-    from dataclasses import replace
-
-    return replace(sweep, early_terminate=None)
