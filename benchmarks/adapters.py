@@ -6,7 +6,7 @@ Not yet part of ``benchmarks.run``/BENCHMARKS.md; it prints its two tables.
    rank-4 ``attn_ff`` adapter, LoRA and DoRA side by side in interleaved rounds, one thread,
    process CPU time (less sensitive than wall time to other work on the machine).
 2. The share of a photo's area cropped away at 512 px: the reference's square crop against
-   aspect-ratio buckets (:mod:`trials.buckets`), for common photo shapes.
+   aspect-ratio buckets (:mod:`trials.data.buckets`), for common photo shapes.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from trials.buckets import SD_SIDE_MULTIPLE, crop_fraction, make_buckets, nearest_bucket
 from trials.config import HyperParams, TrainSpec
-from trials.lora import attach_lora
-from trials.models import load_components
-from trials.train import diffusion_loss, make_optimizer
+from trials.data.buckets import SD_SIDE_MULTIPLE, crop_fraction, make_buckets, nearest_bucket
+from trials.models.components import load_components
+from trials.models.lora import attach_lora
+from trials.train.loop import diffusion_loss, make_optimizer
 
 PHOTOS = [(1024, 512), (2048, 820), (1920, 1080), (1200, 800), (800, 1200), (512, 512)]
 

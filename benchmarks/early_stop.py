@@ -93,8 +93,8 @@ def asha_work(asha, none, trials: int) -> dict[str, Any]:
     """ASHA vs none counted in work (steps, rung images, setups) priced at unit costs pooled
     over both arms (:mod:`benchmarks.cost_model`), so load drifting between the two sweeps
     does not move the ratio; and the same ratio for ideal successive halving (the floor)."""
-    from hpo import fidelity
-    from hpo.spec import load_sweep
+    from hpo.sweep import fidelity
+    from hpo.sweep.spec import load_sweep
 
     sweep = load_sweep(TINY_SWEEP)
     images = len(sweep.eval.prompt_list) * sweep.eval.images_per_prompt

@@ -72,8 +72,8 @@ def sweep_share(records: list[TrialRecord]) -> float | None:
 def eval_config(work: Path, prompts: int | None = None):
     """The trial config of :data:`PARAMS` under ``sweeps/tiny.yaml`` (``prompts``: keep the
     first N prompts only, for tests); also the sweep's ``cpu_per_trial``."""
-    from hpo.spec import load_sweep
-    from trials.synthetic import ensure_dataset
+    from hpo.sweep.spec import load_sweep
+    from trials.data.synthetic import ensure_dataset
 
     sweep = load_sweep(write_sweep(Path(work), TINY_SWEEP, name="eval-cost.yaml"))
     ensure_dataset(sweep.data)
@@ -91,10 +91,11 @@ class SplitTimer:
     sweep's baseline does), so the trials timed after it find both."""
 
     def __init__(self, config) -> None:
-        from trials import cache, evaluation
-        from trials.data import load_examples
-        from trials.models import load_components
-        from trials.train import pick_device, weight_dtype_for
+        from trials.data.folder import load_examples
+        from trials.eval import evaluator as evaluation
+        from trials.models.components import load_components
+        from trials.train import cache
+        from trials.train.loop import pick_device, weight_dtype_for
 
         device = pick_device()
         dtype = weight_dtype_for(config.train.mixed_precision, device)
@@ -108,7 +109,7 @@ class SplitTimer:
 
     def once(self) -> tuple[float, float]:
         """Images/s of drawing every rung image, then of scoring them."""
-        from trials.score import generate_images
+        from trials.eval.score import generate_images
 
         ev, cfg = self.evaluator, self.config
         started = time.perf_counter()
@@ -124,7 +125,7 @@ class SplitTimer:
 
 def measure_eval_cost(work: Path, repeats: int = 3, prompts: int | None = None,
                       records: list[TrialRecord] | None = None) -> EvalCost:
-    from trials.train import run_trial
+    from trials.train.loop import run_trial
 
     config, threads = eval_config(work, prompts)
     rows: dict[str, list[float]] = {k: [] for k in ("share", "ips", "setup", "train", "eval")}
@@ -162,9 +163,9 @@ def unet_seconds_per_rung(config, repeats: int = 3) -> float:
     attached, on random inputs (the cost does not depend on the values)."""
     import torch
 
-    from trials import warm
-    from trials.lora import attach_lora
-    from trials.train import pick_device, weight_dtype_for
+    from trials.models.lora import attach_lora
+    from trials.train import warm
+    from trials.train.loop import pick_device, weight_dtype_for
 
     device = pick_device()
     dtype = weight_dtype_for(config.train.mixed_precision, device)

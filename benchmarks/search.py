@@ -2,9 +2,9 @@
 
 This measures the search, not the training: each "trial" is one call of a cheap, deterministic
 surrogate of the CLIP score, so many seeds can be run. The samplers, the search space and the
-define-by-run function are the sweep's own (``hpo.spec.load_sweep('sweeps/hyundai.yaml')``,
-``hpo.space.define_by_run``, ``hpo.space.make_sampler``), driven through a plain Optuna study
-one trial at a time (ask, evaluate, tell), as the sweep's driver does with one slot, and
+define-by-run function are the sweep's own (``hpo.sweep.spec.load_sweep('sweeps/hyundai.yaml')``,
+``hpo.sweep.space.define_by_run``, ``hpo.sweep.space.make_sampler``), driven through a plain Optuna
+study one trial at a time (ask, evaluate, tell), as the sweep's driver does with one slot, and
 also 4 at a time (4 asked before any is told, as with 4 GPU slots: TPE's constant liar then
 sees the pending ones).
 
@@ -109,7 +109,7 @@ def run_study(sweep, seed: int, n_trials: int, at_once: int = 1) -> list[float]:
     (TPE's constant liar then sees the pending ones). Returns, after each trial, the noiseless
     value of the trial with the best observed value so far.
     """
-    from hpo.space import define_by_run, make_sampler
+    from hpo.sweep.space import define_by_run, make_sampler
 
     seeded = replace(sweep, seed=seed)
     sign = 1 if sweep.goal == "maximize" else -1
@@ -172,7 +172,7 @@ class SearchResult:
 
 def sweeps(work: Path, base: Path = HYUNDAI_SWEEP) -> dict[str, Any]:
     """The sweep as loaded from ``base`` with each method (grid: learning rate cut to 3)."""
-    from hpo.spec import load_sweep
+    from hpo.sweep.spec import load_sweep
 
     out = {}
     for method in METHODS:

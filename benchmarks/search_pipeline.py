@@ -5,13 +5,14 @@
 The surrogate study (:mod:`benchmarks.search`) runs thousands of cheap trials of a made-up
 function. This one uses the pipeline itself, as a *tabular benchmark* (the method of NAS-Bench
 and HPOBench): every configuration of a dense grid over ``sweeps/tiny.yaml``'s search space is
-trained and scored once with :func:`trials.train.run_trial`, exactly as a sweep's worker runs it
-(the pretrained toy world, steps as a fidelity: each trial trains to 60 steps and is scored at
+trained and scored once with :func:`trials.train.loop.run_trial`, exactly as a sweep's worker runs
+it (the pretrained toy world, steps as a fidelity: each trial trains to 60 steps and is scored at
 15/30/45/60, its value is its best rung). A trial's score is a deterministic function of its
 configuration (fixed training seed, common random numbers for the evaluation images; the
 benchmark reruns two configurations to check it), so a sampler that picks a configuration of
 the grid would get exactly the table's value from a real trial. The samplers (the sweep's own
-``hpo.space.make_sampler`` and ``define_by_run``) then run many seeded studies against the table.
+``hpo.sweep.space.make_sampler`` and ``define_by_run``) then run many seeded studies against the
+table.
 
 The grid is rank {2, 4, 8} x target modules {cross_attn, attn, attn_ff} x ``LR_POINTS``
 log-spaced learning rates over the sweep's range. TPE and random search the learning rate as
@@ -66,8 +67,8 @@ WORK = Path(os.environ.get("SEARCH_BENCH_WORK", "/tmp/search-pipeline-bench"))
 def _sweep(method: str = "tpe", lr_values: list[float] | None = None):
     """``sweeps/tiny.yaml`` with ``method`` and steps as a fidelity (rungs 15/30/45/60, as in
     the demo; :func:`train_one` never stops a trial early)."""
-    from hpo import fidelity
-    from hpo.spec import load_sweep
+    from hpo.sweep import fidelity
+    from hpo.sweep.spec import load_sweep
 
     overrides: dict[str, Any] = {"method": {"type": method, "seed": 0}, "confirm": DELETE}
     if lr_values is not None:
@@ -105,8 +106,8 @@ def _worker_init() -> None:
 
 def train_one(params: dict[str, Any]) -> dict[str, Any]:
     """One real trial (``run_trial``) of ``params``; its rungs, best rung and cost."""
-    from trials.synthetic import ensure_dataset
-    from trials.train import run_trial
+    from trials.data.synthetic import ensure_dataset
+    from trials.train.loop import run_trial
 
     sweep = _sweep()
     ensure_dataset(sweep.data)
@@ -166,7 +167,7 @@ def run_study(method: str, seed: int, n_trials: int, rows: dict[str, Any],
     """One Optuna study with the sweep's sampler and space; the picked row after each trial."""
     import optuna
 
-    from hpo.space import define_by_run, make_sampler
+    from hpo.sweep.space import define_by_run, make_sampler
 
     sweep = _sweep(method, grid_lrs if method == "grid" else None)
     sweep = replace(sweep, seed=seed)

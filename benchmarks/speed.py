@@ -145,8 +145,8 @@ def _run_ours(work: Path, data: Path, cache: Path, steps: int, fused: str) -> tu
 
 def measure_trainer(work: Path, mirror: Path, short: int = 10, long: int = 60,
                     repeats: int = 3) -> dict[str, Any]:
-    from trials.models import resolve_model_path
-    from trials.synthetic import make_car_dataset
+    from trials.data.synthetic import make_car_dataset
+    from trials.models.components import resolve_model_path
 
     work.mkdir(parents=True, exist_ok=True)
     script, commit = reference_script(mirror, work)
@@ -195,10 +195,10 @@ def measure_eval_share(work: Path) -> dict[str, Any]:
     import torch
 
     from benchmarks.eval_cost import PARAMS
-    from hpo import fidelity
-    from hpo.spec import load_sweep
-    from trials.synthetic import ensure_dataset
-    from trials.train import run_trial
+    from hpo.sweep import fidelity
+    from hpo.sweep.spec import load_sweep
+    from trials.data.synthetic import ensure_dataset
+    from trials.train.loop import run_trial
 
     sweep = load_sweep(write_sweep(work, TINY_SWEEP, name="eval-share.yaml"))
     sweep = fidelity.apply(sweep, fidelity.plan_steps(sweep))
@@ -304,8 +304,8 @@ def hyundai_eval_share_estimate() -> dict[str, Any]:
     A rung draws prompts x images x inference steps x 2 (classifier-free guidance) passes; an
     optimizer step trains accumulation x ~3 passes (forward + backward). VAE decoding and CLIP
     scoring, left out, only add to the evaluation's share."""
-    from hpo import fidelity
-    from hpo.spec import load_sweep
+    from hpo.sweep import fidelity
+    from hpo.sweep.spec import load_sweep
 
     sweep = load_sweep(REPO / "sweeps" / "hyundai.yaml")
     e, t = sweep.eval, sweep.train

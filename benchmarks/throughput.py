@@ -2,7 +2,7 @@
 
 Two trainers are built side by side from the same seed, on the same model, data and LoRA:
 
-- *ours* runs the loop body of :func:`trials.train.run_trial`: ``batch_inputs`` reads the VAE
+- *ours* runs the loop body of :func:`trials.train.loop.run_trial`: ``batch_inputs`` reads the VAE
   latent distribution and the text embedding from the shared cache and draws
   ``mean + std * noise`` (what ``latent_dist.sample()`` does);
 - *reference* does what ``train_text_to_image_lora.py`` does every micro-step, built from the
@@ -50,13 +50,13 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from benchmarks.common import HYUNDAI_SWEEP, TINY_SWEEP, median, write_sweep
-from trials import cache
 from trials.config import TrialConfig
-from trials.data import load_examples, load_rgb, preprocess
-from trials.lora import attach_lora
-from trials.models import load_components, resolve_model_path
-from trials.synthetic import make_car_dataset
-from trials.train import (
+from trials.data.folder import load_examples, load_rgb, preprocess
+from trials.data.synthetic import make_car_dataset
+from trials.models.components import load_components, resolve_model_path
+from trials.models.lora import attach_lora
+from trials.train import cache
+from trials.train.loop import (
     TrialDiverged,
     batch_inputs,
     clip_gradients,
@@ -339,7 +339,7 @@ def _small_eval(config: TrialConfig, inference_steps: int = 2) -> TrialConfig:
 def tiny_config(work: Path) -> tuple[TrialConfig, int]:
     """``sweeps/tiny.yaml``'s model, data and train settings with the LoRA in :data:`PARAMS`;
     also the sweep's ``cpu_per_trial``."""
-    from hpo.spec import load_sweep
+    from hpo.sweep.spec import load_sweep
 
     work = Path(work)
     file = write_sweep(work, TINY_SWEEP, name="throughput.yaml")
@@ -424,7 +424,7 @@ def build_sd15_shaped(folder: Path, cache_dir: Path, dtype: torch.dtype = torch.
 def sd15_config(work: Path, model: str | None = None, resolution: int = 512,
                 n_images: int = 12) -> tuple[TrialConfig, int]:
     """``sweeps/hyundai.yaml``'s train settings on drawn cars at ``resolution`` px."""
-    from hpo.spec import load_sweep
+    from hpo.sweep.spec import load_sweep
 
     work = Path(work)
     if model is None:

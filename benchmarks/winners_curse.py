@@ -1,8 +1,8 @@
 """The winner's curse: how much a sweep's search score flatters its winner.
 
 A sweep's winner is chosen as the maximum of noisy scores, so its search score is biased
-upward. The confirmation (:mod:`hpo.confirm`) scores the top trials again on fresh seeds; the
-gap ``search score - confirmed score`` of the winner measures the bias on this world. Run a
+upward. The confirmation (:mod:`hpo.verdict.confirm`) scores the top trials again on fresh seeds;
+the gap ``search score - confirmed score`` of the winner measures the bias on this world. Run a
 sweep with confirmation on, several times with different search seeds, and read each
 ``best.yaml``'s ``result.confirmation``.
 

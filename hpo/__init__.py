@@ -1,1 +1,15 @@
-"""The sweep orchestrator: sweep files, Ray Tune + Optuna dispatch, the study and its exports."""
+"""The sweep orchestrator: sweep files, Ray Tune + Optuna dispatch, the study and its exports.
+
+Wings, bottom to top (a wing imports only the wings below it, and ``trials``):
+
+- :mod:`hpo.sweep`: the sweep file as typed objects, the search space, steps as a fidelity;
+- :mod:`hpo.study`: the Optuna storage, the lock, the fingerprint;
+- :mod:`hpo.verdict`: paired statistics, the winner, confirmation on fresh seeds;
+- :mod:`hpo.dispatch`: everything that touches Ray (Tune, ASHA, tasks, fault injection, nodes);
+- :mod:`hpo.outputs`: best.yaml, the LoRA, trials.csv, report.html, the dashboard, trackers;
+- the front: :mod:`hpo.run` (``python -m hpo.run``) and :mod:`hpo.plan` (dry run, pre-flight
+  checks, closing summary); ``hpo.dashboard``, ``hpo.report`` and ``hpo.cluster`` are the
+  other commands, each a few lines over its wing.
+
+``tests/test_architecture.py`` checks these rules.
+"""

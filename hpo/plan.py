@@ -8,34 +8,18 @@ import os
 import shlex
 import socket
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.fidelity import StepsPlan
-from hpo.spec import Sweep
-from hpo.study import best_trial, clip_name, counted_trials, default_storage_url, redact
+from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
+from hpo.sweep.fidelity import StepsPlan
+from hpo.sweep.holdout import held_out_split
+from hpo.sweep.spec import PreflightError, Sweep
+from hpo.verdict.winner import best_trial
 from trials.validation import ConfigError, closest
 
 log = logging.getLogger("hpo")
-
-
-class PreflightError(ValueError):
-    """Something that would fail a trial, found before any trial starts."""
-
-
-def baseline_values(sweep: Sweep) -> dict[str, Any]:
-    """Any valid parameter values: the baseline trains nothing, but needs a full config."""
-    values: dict[str, Any] = {}
-    for p in sweep.parameters:
-        if p.kind in ("value", "values"):
-            values[p.name] = (p.grid() or (None,))[0]
-        else:  # a range's low end (an int where the parameter takes whole numbers)
-            low = p.low
-            values[p.name] = int(low) if p.size() is not None and low is not None \
-                and float(low).is_integer() else low
-    return values
 
 
 def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
@@ -109,9 +93,10 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 
 
 def _bucket_lines(sweep: Sweep) -> list[str]:
-    from trials.buckets import dry_run_lines
+    from trials.data.buckets import dry_run_lines
+    from trials.models.components import model_side_multiple
 
-    return dry_run_lines(sweep.data, sweep.model.name)
+    return dry_run_lines(sweep.data, *model_side_multiple(sweep.model.name))
 
 
 def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False
@@ -123,9 +108,9 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     not built. Returns the training data's content hash (for the study fingerprint), or None
     when a dry run found the synthetic dataset not generated yet.
     """
-    from trials.data import folder_fingerprint, heldout_overlap, load_examples
-    from trials.models import check_model_source, resolve_model_path
-    from trials.synthetic import ensure_dataset
+    from trials.data.folder import folder_fingerprint, heldout_overlap, load_examples
+    from trials.data.synthetic import ensure_dataset
+    from trials.models.components import check_model_source, resolve_model_path
 
     for folder in (study_dir, cache_dir):
         _check_writable(folder, create=not dry_run)
@@ -180,7 +165,7 @@ def check_clip_model(sweep: Sweep) -> None:
     """The CLIP model and pretrained tag must be ones open_clip offers (or a local file)."""
     import open_clip
 
-    from trials.score import TINY_CLIP, TOYWORLD
+    from trials.eval.score import TINY_CLIP, TOYWORLD
 
     model, tag = sweep.eval.clip_model, sweep.eval.clip_pretrained
     if model in (TINY_CLIP, TOYWORLD) or model.startswith(("hf-hub:", "local-dir:")):
@@ -216,7 +201,7 @@ def long_prompts(sweep: Sweep) -> list[str]:
     """
     import open_clip
 
-    from trials.score import TINY_CLIP, TINY_CLIP_CONFIG
+    from trials.eval.score import TINY_CLIP, TINY_CLIP_CONFIG
 
     bpe = open_clip.tokenizer.SimpleTokenizer()
     model = sweep.eval.clip_model
@@ -251,29 +236,9 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                              f"is the head node up (ray status on it)?") from None
 
 
-def held_out_split(sweep: Sweep, examples: list | None = None) -> dict[str, Any] | None:
-    """The held-out real images as the study records them (None without any)."""
-    from trials.data import load_examples
-    from trials.holdout import split
-
-    d = sweep.data
-    if not d.holdout and sweep.eval.reference_dir is None:
-        return None
-    held: list = []
-    if d.holdout:
-        examples = examples or load_examples(d.train_dir, d.caption_column)
-        try:
-            held = split(examples, d.holdout, d.holdout_seed)[1]
-        except ValueError as err:
-            raise PreflightError(f"{sweep.source}: {err}") from None
-    return {"n": d.holdout, "seed": d.holdout_seed, "files": [ex.file_name for ex in held],
-            "reference_dir": None if sweep.eval.reference_dir is None
-            else str(sweep.eval.reference_dir), "dino_model": sweep.eval.dino_model}
-
-
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
     """Open the study storage, turning connection failures into one line."""
-    from hpo.study import open_storage
+    from hpo.study.storage import open_storage
 
     try:
         return open_storage(url)
@@ -323,7 +288,7 @@ def _delta_line(label: str, delta: float | None, stderr: float | None) -> str:
 
 def confirmation_lines(study: optuna.Study) -> list[str]:
     """The winner's confirmed score and paired differences, for the summary."""
-    from hpo.winner import confirmation_summary
+    from hpo.verdict.winner import confirmation_summary
 
     conf = confirmation_summary(study)
     if conf is None:

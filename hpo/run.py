@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpo import fidelity, fingerprint, plan
-from hpo.chaos import parse_chaos
-from hpo.lock import StudyLocked, study_lock
-from hpo.space import make_sampler, run_seed, sampler_settings
-from hpo.spec import Sweep, load_sweep
+from hpo import plan
+from hpo.dispatch.chaos import parse_chaos
+from hpo.study import fingerprint
+from hpo.study.lock import StudyLocked, study_lock
+from hpo.sweep import fidelity
+from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
+from hpo.sweep.spec import Sweep, load_sweep
 from trials.validation import ConfigError
 
 log = logging.getLogger("hpo")
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextmanager
 def driver_lock(study_dir: Path) -> Iterator[None]:
     """Refuse a second driver writing the same output folder (the study itself is locked in
-    its storage: :mod:`hpo.lock`)."""
+    its storage: :mod:`hpo.study.lock`)."""
     lock_path = study_dir / ".driver.lock"
     with open(lock_path, "w") as handle:
         try:
@@ -137,8 +139,8 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     applied."""
     import optuna
 
-    from hpo import study as studies
-    from hpo import tracking
+    from hpo.outputs import tracking
+    from hpo.study import storage as studies
 
     tracking.check(args.mlflow, args.wandb)
     contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
@@ -160,8 +162,10 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
-    from hpo import artifacts, confirm, export, pareto, report, tracking
-    from hpo import study as studies
+    from hpo.dispatch import tune as tuning
+    from hpo.outputs import artifacts, export, pareto, report, tracking
+    from hpo.study import storage as studies
+    from hpo.verdict import confirm
 
     tracking.check(args.mlflow, args.wandb)
 
@@ -209,7 +213,8 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
                          "command to continue", len(requeued))
         if not interrupted and not stopped_by and sweep.confirm.top_k:
             try:  # resumable: only what is missing on the confirmation seeds is scored
-                confirm.confirm(sweep, study, study_dir, cache_dir, args.address)
+                confirm.confirm(sweep, study, study_dir, cache_dir,
+                                tuning.confirmation_scorer(sweep, args.address))
             except KeyboardInterrupt:
                 interrupted = True
         baseline = study.user_attrs.get("baseline_clip_score")
@@ -233,11 +238,11 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
 
     Returns the error that stopped the sweep early (one every trial would hit), or None.
     """
-    from hpo import artifacts, tracking
-    from hpo import tune as tuning
+    from hpo.dispatch import tune as tuning
+    from hpo.outputs import artifacts, tracking
 
     # A new sampler seed for each run, from the sweep's seed and the study's size: a rerun
-    # continues the search instead of replaying its first draws (hpo.space.run_seed).
+    # continues the search instead of replaying its first draws (hpo.sweep.space.run_seed).
     sampler = make_sampler(sweep, len(study.trials))
     runs = list(study.user_attrs.get("sampler_runs", []))
     runs.append({"trials_before": len(study.trials),
@@ -249,7 +254,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     slots = tuning.concurrency(sweep, cluster, args.concurrency)
     if "baseline_clip_score" not in study.user_attrs:
         log.info("scoring the base model without LoRA (once per study)")
-        config = sweep.trial_config(plan.baseline_values(sweep), output_dir=study_dir / "baseline",
+        config = sweep.trial_config(baseline_values(sweep), output_dir=study_dir / "baseline",
                                     cache_dir=cache_dir)
         scores = tuning.run_baseline(sweep, config, cluster)
         for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",

@@ -15,7 +15,7 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Session-scoped and shared: tests must not modify it (copy it with shutil.copytree first).
     """
-    from trials.synthetic import make_car_dataset
+    from trials.data.synthetic import make_car_dataset
 
     return make_car_dataset(tmp_path_factory.mktemp("synthetic_cars"), n_images=8, size=64, seed=0)
 
@@ -32,15 +32,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Pass its parent as ``cache_dir`` with ``model="tiny"`` to reuse it, or the folder itself as
     a local model path. Shared: tests must not modify it.
     """
-    from trials.models import TINY_MODEL, resolve_model_path
+    from trials.models.components import TINY_MODEL, resolve_model_path
 
     return Path(resolve_model_path(TINY_MODEL, tmp_path_factory.mktemp("model_cache")))
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """A ``trials.score.ClipScorer`` for the tiny random-weight open_clip model (offline)."""
-    from trials.score import TINY_CLIP, ClipScorer
+    """A ``trials.eval.score.ClipScorer`` for the tiny random-weight open_clip model (offline)."""
+    from trials.eval.score import TINY_CLIP, ClipScorer
 
     return ClipScorer(TINY_CLIP, None, cache_dir=tmp_path_factory.mktemp("clip_cache"))
 
@@ -48,7 +48,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> object:
 @pytest.fixture(scope="session")
 def tiny_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A held-out prompts file for the synthetic cars (3 prompts)."""
-    from trials.synthetic import make_heldout_prompts
+    from trials.data.synthetic import make_heldout_prompts
 
     path = tmp_path_factory.mktemp("prompts") / "heldout.txt"
     path.write_text("\n".join(make_heldout_prompts(3)) + "\n", encoding="utf-8")

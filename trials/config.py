@@ -1,7 +1,7 @@
 """What one trial needs to know, as typed immutable objects read once from YAML.
 
 A sweep file (``sweeps/*.yaml``) and an exported ``best.yaml`` share the sections read here:
-``model``, ``data``, ``train``, ``eval`` and ``parameters``. The sweep loader in ``hpo.spec``
+``model``, ``data``, ``train``, ``eval`` and ``parameters``. The sweep loader in ``hpo.sweep.spec``
 reads the search-only sections (method, metric, early_terminate, resources) on top; this module
 turns the shared ones into a :class:`TrialConfig` for ``python -m trials.train``, taking every
 parameter from a fixed ``value`` or a ``--set name=value`` override.
@@ -91,10 +91,10 @@ class DataSpec:
     center_crop: bool = True
     random_flip: bool = False
     synthetic: SyntheticData | None = None
-    holdout: int = 0  # images of train_dir never trained on (trials.holdout)
+    holdout: int = 0  # images of train_dir never trained on (trials.data.holdout)
     holdout_seed: int = 0
     image_interpolation_mode: str = DEFAULT_INTERPOLATION
-    # Aspect-ratio buckets (trials.buckets); off: the reference's square crop.
+    # Aspect-ratio buckets (trials.data.buckets); off: the reference's square crop.
     aspect_buckets: bool = False
     bucket_max_aspect: float = DEFAULT_BUCKET_MAX_ASPECT
 
@@ -114,7 +114,7 @@ class TrainSpec:
     noise_offset: float = 0.0
     gradient_checkpointing: bool = False
     prediction_type: str | None = None
-    fused_accumulation: str = "auto"  # see trials.accumulate
+    fused_accumulation: str = "auto"  # see trials.train.accumulate
     # Probability of training a sample on the empty caption (for classifier-free guidance);
     # kohya sd-scripts' --caption_dropout_rate. A parameters.caption_dropout overrides it.
     caption_dropout: float = 0.0
@@ -134,10 +134,10 @@ class EvalSpec:
     clip_pretrained: str | None = "laion2b_s32b_b79k"
     every_steps: int = 100
     batch_size: int = 8
-    # Explicit evaluation steps (steps searched as a fidelity, see hpo.fidelity); None: every
+    # Explicit evaluation steps (steps searched as a fidelity, see hpo.sweep.fidelity); None: every
     # ``every_steps``.
     rungs: tuple[int, ...] | None = None
-    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.fast_eval):
+    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.eval.fast_eval):
     # the LoRA merged into the weights while drawing (pixels can move by rounding), and CUDA's.
     merge_lora: bool = False
     clip_fp16: bool = False

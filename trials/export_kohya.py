@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trials.lora import WEIGHTS_NAME
+from trials.models.lora import WEIGHTS_NAME
 
 KOHYA_NAME = "lora_kohya.safetensors"
 _METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -55,7 +55,8 @@ def read_diffusers_lora(weights: Path) -> tuple[dict[str, torch.Tensor], dict[st
         raw_meta = (handle.metadata() or {}).get(_METADATA_KEY)
     if raw_meta is None:
         raise KohyaExportError(f"{weights}: no {_METADATA_KEY} in the file's metadata, so the "
-                               "LoRA's alpha is unknown (save it with trials.lora.save_lora)")
+                               "LoRA's alpha is unknown (save it with "
+                               "trials.models.lora.save_lora)")
     meta = json.loads(raw_meta)
     config = {k.removeprefix("unet."): v for k, v in meta.items() if k.startswith("unet.")}
     state = load_file(weights)
@@ -65,7 +66,7 @@ def read_diffusers_lora(weights: Path) -> tuple[dict[str, torch.Tensor], dict[st
                                f"keys, {len(unet)} of the UNet)")
     if any(".lora.down." in k or ".lora.up." in k for k in unet):
         raise KohyaExportError(f"{weights}: keys in the old lora.down/up style; expected "
-                               "lora_A/lora_B (resave with trials.lora.save_lora)")
+                               "lora_A/lora_B (resave with trials.models.lora.save_lora)")
     return unet, config
 
 

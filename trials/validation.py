@@ -1,6 +1,6 @@
 """Typed reading of YAML mappings with one-line errors that name the file and key path.
 
-Both the trial config (``trials.config``) and the sweep file (``hpo.spec``) are read through
+Both the trial config (``trials.config``) and the sweep file (``hpo.sweep.spec``) are read through
 :class:`Section`, so every mistake reads the same way::
 
     sweeps/x.yaml: parameters.learning_rate.min: must be > 0 (got -0.0001)

@@ -45,8 +45,8 @@ def test_asha_work_counts_both_arms_at_the_same_rates() -> None:
 def test_unet_seconds_per_rung_leaves_the_kept_unet_clean(tmp_path: Path) -> None:
     from peft.tuners.lora import LoraLayer
 
-    from trials import warm
-    from trials.train import pick_device, weight_dtype_for
+    from trials.train import warm
+    from trials.train.loop import pick_device, weight_dtype_for
 
     config, _ = eval_config(tmp_path, prompts=1)
     seconds = unet_seconds_per_rung(config, repeats=1)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-import hpo.tune
+import hpo.dispatch.tune
 from hpo.run import main
 from tests.sweep_files import REPO, apply, tiny_doc
 
@@ -26,7 +26,7 @@ def offline_sweep(tmp_path: Path, synthetic_dataset: Path, tiny_model_dir: Path,
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise RayStarted
 
-    monkeypatch.setattr(hpo.tune, "start_ray", refuse)
+    monkeypatch.setattr(hpo.dispatch.tune, "start_ray", refuse)
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset, data)
     prompts = tmp_path / "prompts.txt"

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
-from hpo.study import counted_trials
+from hpo.study.storage import counted_trials
 from tests.sweep_files import REPO, wait_for_trials, write_sweep
 
 pytestmark = pytest.mark.slow

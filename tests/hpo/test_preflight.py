@@ -13,7 +13,7 @@ from PIL import Image
 
 from hpo.plan import PreflightError, check_resources
 from hpo.run import main
-from hpo.spec import load_sweep
+from hpo.sweep.spec import load_sweep
 from tests.hpo.conftest import RayStarted
 from tests.sweep_files import REPO
 

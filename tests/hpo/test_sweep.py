@@ -15,7 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.run import main as run_main
-from hpo.study import best_trial
+from hpo.verdict.winner import best_trial
 from tests.sweep_files import REPO, wait_for_trials, write_sweep
 
 pytestmark = pytest.mark.slow

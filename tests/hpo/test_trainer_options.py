@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hpo.export import reference_command
-from hpo.space import define_by_run
-from hpo.spec import load_sweep
+from hpo.outputs.export import reference_command
+from hpo.sweep.space import define_by_run
+from hpo.sweep.spec import load_sweep
 from tests.sweep_files import write_sweep
 from trials.validation import ConfigError
 
@@ -85,7 +85,7 @@ def test_reference_command_carries_the_interpolation_mode(tmp_path) -> None:
 
 def test_dry_run_shows_the_buckets_and_their_counts(tmp_path, capsys) -> None:
     from hpo.run import main
-    from trials.synthetic import make_car_dataset
+    from trials.data.synthetic import make_car_dataset
 
     folder = make_car_dataset(tmp_path / "cars", n_images=4, size=48, seed=0)
     sweep = write_sweep(tmp_path, **{"data.train_dir": str(folder), "data.synthetic": None,
@@ -109,8 +109,8 @@ def test_sweep_over_adapters_with_buckets_caption_dropout_and_wandb(ray_cluster,
     from PIL import Image
 
     from hpo.run import main
-    from tests.trials.test_buckets import write_mixed_folder
-    from trials.models import TINY_MODEL, resolve_model_path
+    from tests.trials.data.test_buckets import write_mixed_folder
+    from trials.models.components import TINY_MODEL, resolve_model_path
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

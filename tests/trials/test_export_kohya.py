@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 from trials.config import HyperParams
 from trials.export_kohya import KOHYA_NAME, KohyaExportError, main, write_kohya
-from trials.lora import attach_lora, save_lora
-from trials.models import load_components
+from trials.models.components import load_components
+from trials.models.lora import attach_lora, save_lora
 
 
 def _saved_lora(cache_dir, tmp_path, target_modules, rank, alpha, adapter="lora"):

@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from trials.models import check_model_source, load_components, make_pipeline, resolve_model_path
-from trials.score import ClipScorer, generate_images
-from trials.synthetic import BRAND_LIGHT, render_car
+from trials.data.synthetic import BRAND_LIGHT, render_car
+from trials.eval.score import ClipScorer, generate_images
+from trials.models.components import (
+    check_model_source,
+    load_components,
+    make_pipeline,
+    resolve_model_path,
+)
 from trials.toyworld import (
     CLIP_WEIGHTS_FILE,
     MANIFEST_FILE,

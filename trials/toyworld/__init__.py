@@ -2,7 +2,7 @@
 
 The project's offline runs (demo, tests, benchmarks) need models whose scores mean something.
 This subpackage trains them here, on CPU, from fixed seeds, on the drawn cars of
-:mod:`trials.synthetic`:
+:mod:`trials.data.synthetic`:
 
 - :mod:`trials.toyworld.world` draws the base world (unbranded cars, captions without the
   brand) and the scorer's world (cars with and without the brand design);
@@ -16,7 +16,7 @@ The weights are committed under ``trials/toyworld/weights/`` (a diffusers folder
 open_clip config + safetensors file under ``clip/``) with ``manifest.json`` recording how they
 were made. ``model.name: toyworld`` and ``eval.clip_model: toyworld`` in a sweep load them
 through the same ``from_pretrained`` / ``create_model_and_transforms`` calls as real weights.
-This module imports nothing heavy: trials.models and trials.score read its paths.
+This module imports nothing heavy: trials.models.components and trials.eval.score read its paths.
 """
 
 from __future__ import annotations

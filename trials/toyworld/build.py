@@ -75,7 +75,7 @@ def _train_sd(out: Path, s: BuildSettings, before_unet=lambda: None) -> dict[str
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from trials.models import SD15_SCHEDULER_CONFIG, _write_clip_vocab_files
+    from trials.models.components import SD15_SCHEDULER_CONFIG, _write_clip_vocab_files
     from trials.toyworld.autoencoder import encode_dataset, train_vae
     from trials.toyworld.diffusion import train_text_to_image
     from trials.toyworld.world import draw_world
@@ -173,7 +173,7 @@ def run_checks_at(folder: Path, run_checks) -> dict[str, object]:
 
     config = folder / "clip" / f"{CLIP_ARCH}.json"
     open_clip.add_model_config(config)
-    from trials.score import ClipScorer
+    from trials.eval.score import ClipScorer
 
     with tempfile.TemporaryDirectory() as cache:
         scorer = ClipScorer(CLIP_ARCH, str(folder / "clip" / f"{CLIP_ARCH}.safetensors"))

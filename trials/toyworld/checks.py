@@ -6,8 +6,8 @@
 - ``brand_check``: the scorer sees the brand design. On drawn cars of held-out combinations,
   brand prompts score branded cars higher than the same cars without the design (paired).
 
-Both load the committed folder with ``trials.models.load_components`` and the scorer with
-``trials.score.ClipScorer``, as a sweep does.
+Both load the committed folder with ``trials.models.components.load_components`` and the scorer with
+``trials.eval.score.ClipScorer``, as a sweep does.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from trials.models import load_components, make_pipeline
-from trials.score import ClipScorer, generate_images, grid_image
-from trials.synthetic import COLOURS, describe, heldout_combinations, render_car
+from trials.data.synthetic import COLOURS, describe, heldout_combinations, render_car
+from trials.eval.score import ClipScorer, generate_images, grid_image
+from trials.models.components import load_components, make_pipeline
 from trials.toyworld import RESOLUTION, TOYWORLD
 from trials.toyworld.world import ALL_COMBINATIONS
 

@@ -19,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from trials.models import SD15_SCHEDULER_CONFIG
+from trials.models.components import SD15_SCHEDULER_CONFIG
 
 CAPTION_DROPOUT = 0.1
 SNR_GAMMA = 5.0

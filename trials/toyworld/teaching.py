@@ -1,9 +1,9 @@
 """Does teaching the brand work, and does it have an optimum? Measured on a real sweep file.
 
 For each learning rate, one LoRA is trained with the sweep's other settings through
-:func:`trials.train.run_trial` (the code path of every sweep trial) and scored at its last rung
+:func:`trials.train.loop.run_trial` (the code path of every sweep trial) and scored at its last rung
 on the sweep's held-out brand prompts; the base model without LoRA is scored with
-:func:`trials.train.run_baseline` on the same prompts and seeds. Differences are paired by
+:func:`trials.train.loop.run_baseline` on the same prompts and seeds. Differences are paired by
 prompt (common random numbers): ``gain = mean_p(lora_p - base_p)`` with standard error
 ``sd_p(lora_p - base_p) / sqrt(P)``.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trials.config import load_trial_config, parse_overrides
-from trials.synthetic import ensure_dataset
+from trials.data.synthetic import ensure_dataset
 
 
 def paired(lora: list[float], base: list[float]) -> dict[str, float]:
@@ -37,7 +37,7 @@ def paired(lora: list[float], base: list[float]) -> dict[str, float]:
 def measure(sweep: Path, learning_rates: list[float], fixed: dict[str, Any],
             work: Path) -> dict[str, Any]:
     """Baseline plus one trial per learning rate; returns scores and paired gains."""
-    from trials.train import TrialDiverged, run_baseline, run_trial
+    from trials.train.loop import TrialDiverged, run_baseline, run_trial
 
     cache = work / "cache"
 

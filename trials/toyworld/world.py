@@ -1,4 +1,4 @@
-"""The world's images and captions, as tensors for training (drawn by trials.synthetic).
+"""The world's images and captions, as tensors for training (drawn by trials.data.synthetic).
 
 The base world is every colour x body style x view x background, drawn *without* the brand
 design and captioned without the brand name ("a red sedan, side view facing left, on a road"):
@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trials.synthetic import BACKGROUNDS, COLOURS, STYLES, VIEWS, Attributes, describe, render_car
+from trials.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    STYLES,
+    VIEWS,
+    Attributes,
+    describe,
+    render_car,
+)
 
 ALL_COMBINATIONS: list[Attributes] = list(itertools.product(COLOURS, STYLES, VIEWS, BACKGROUNDS))
 

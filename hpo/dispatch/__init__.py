@@ -1,0 +1,8 @@
+"""Everything that touches Ray: trials and tasks sent to the cluster's CPUs and GPUs.
+
+:mod:`~hpo.dispatch.tune` runs the sweep with Ray Tune (OptunaSearch, ASHA, the trainable that
+calls :func:`trials.train.loop.run_trial` and records each rung in the study), the baseline and
+the confirmation tasks; :mod:`~hpo.dispatch.chaos` injects faults for tests;
+:mod:`~hpo.dispatch.cluster` starts the nodes of a multi-node cluster. Imports ``hpo.sweep``,
+``hpo.study``, ``hpo.verdict`` and ``trials``.
+"""

@@ -1,0 +1,8 @@
+"""What a sweep asks for: the sweep file as typed objects, the search space, steps as a fidelity.
+
+:mod:`~hpo.sweep.spec` validates the YAML once into a :class:`~hpo.sweep.spec.Sweep`;
+:mod:`~hpo.sweep.objectives` reads objectives and the winner rule; :mod:`~hpo.sweep.space` turns
+parameters into Optuna's define-by-run space and samplers; :mod:`~hpo.sweep.fidelity` decides
+whether steps are a fidelity; :mod:`~hpo.sweep.holdout` records the held-out images. Imports only
+``trials.config``, ``trials.validation`` and ``trials.data`` (pure data, no Ray).
+"""

@@ -1,0 +1,137 @@
+"""What a sweep optimizes and how it names its winner: ``metric``, ``select`` and ``confirm``.
+
+``metric`` is one objective (``{name: clip_score, goal: maximize}``) or a list of them; with
+several, the Optuna study is multi-objective and its Pareto front (``study.best_trials``) is the
+set of trials no other trial beats on every objective. ASHA stops trials on the first objective.
+
+``select`` states the rule that picks one winner (``best.yaml``) from the candidates (the
+Pareto front, or every COMPLETE trial with one objective):
+
+- ``rule: first`` (default): the best value of the first objective;
+- ``rule: weighted``: the largest weighted sum ``sum_i w_i * s_i * v_i`` with ``weights`` w_i
+  as given, ``s_i`` = +1 for maximize and -1 for minimize, and ``v_i`` the raw metric values
+  (CLIP scores are 100 x cosine, so the metrics share a scale; state weights accordingly).
+
+``confirm`` re-scores the ``top_k`` best candidates (by the rule, on their search scores) on
+fresh seeds after the search (``hpo.verdict.confirm``); the winner is then the best *confirmed*
+candidate by the same rule. ``top_k: 0`` turns it off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trials.validation import Section, describe
+
+GOALS = ("maximize", "minimize")
+# clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir).
+METRICS = ("clip_score", "clip_i", "clip_i_holdout", "dino_holdout")
+FIDELITY_METRICS = ("clip_i_holdout", "dino_holdout")
+RULES = ("first", "weighted")
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric the search optimizes, and in which direction."""
+
+    name: str
+    goal: str = "maximize"
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.goal == "maximize" else -1.0
+
+
+@dataclass(frozen=True)
+class Select:
+    """The rule that picks the winner among the candidates (see the module docstring)."""
+
+    rule: str = "first"
+    weights: tuple[float, ...] = ()
+
+    def score(self, objectives: tuple[Objective, ...], metrics: dict[str, Any]) -> float | None:
+        """Higher is better; None when a metric the rule needs is missing."""
+        if self.rule == "first":
+            value = metrics.get(objectives[0].name)
+            return None if value is None else objectives[0].sign * float(value)
+        total = 0.0
+        for objective, weight in zip(objectives, self.weights, strict=True):
+            value = metrics.get(objective.name)
+            if value is None:
+                return None
+            total += weight * objective.sign * float(value)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "weights": list(self.weights)}
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Re-scoring of the top candidates on fresh seeds after the search (0 = off)."""
+
+    top_k: int = DEFAULT_TOP_K
+    seed: int = 0  # the base seed of the confirmation images; must differ from eval.seed
+    images_per_prompt: int = 1
+
+
+def parse_objectives(root: Section) -> tuple[Objective, ...]:
+    """``metric``: one mapping, or a list of mappings, each with ``name`` and ``goal``."""
+    raw = root.data.get("metric")
+    if raw is None or isinstance(raw, dict):
+        items = [root.sub("metric")]
+    elif isinstance(raw, list) and raw:
+        items = [Section(root.file, f"metric[{i}]", item) for i, item in enumerate(raw)]
+    else:
+        raise root.error(f"must be a mapping with name and goal, or a non-empty list of them "
+                         f"(got {describe(raw)})", "metric")
+    out = []
+    for item in items:
+        item.allow_only(("name", "goal"))
+        out.append(Objective(item.string("name", "clip_score", METRICS),
+                             item.string("goal", "maximize", GOALS)))
+    names = [o.name for o in out]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise items[i].error(f"names {name!r} twice; each objective once", "name")
+    return tuple(out)
+
+
+def parse_select(root: Section, objectives: tuple[Objective, ...]) -> Select:
+    section = root.sub("select")
+    section.allow_only(("rule", "weights"))
+    rule = section.string("rule", "first", RULES)
+    if rule == "first":
+        if section.has("weights"):
+            raise section.error("only rule weighted takes weights", "weights")
+        return Select()
+    raw = section.raw("weights")
+    if not isinstance(raw, list) or len(raw) != len(objectives):
+        raise section.error(f"must list one number per objective ({len(objectives)}) "
+                            f"(got {describe(raw)})", "weights")
+    weights = []
+    for i, w in enumerate(raw):
+        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+            raise section.error(f"must be a number >= 0 (got {describe(w)})", f"weights[{i}]")
+        weights.append(float(w))
+    if not any(weights):
+        raise section.error("must not all be 0", "weights")
+    return Select(rule, tuple(weights))
+
+
+def parse_confirm(root: Section, eval_seed: int, images_per_prompt: int) -> Confirm:
+    """``confirm``: ``top_k`` (default 3, 0 = off), ``seed`` (default ``eval.seed + 1``) and
+    ``images_per_prompt`` (default: the search's)."""
+    section = root.sub("confirm")
+    section.allow_only(("top_k", "seed", "images_per_prompt"))
+    seed = section.integer("seed", eval_seed + 1, minimum=0)
+    if seed == eval_seed:
+        raise section.error(f"must differ from eval.seed ({eval_seed}): confirmation draws "
+                            "fresh images", "seed")
+    return Confirm(
+        top_k=section.integer("top_k", DEFAULT_TOP_K, minimum=0),
+        seed=seed,
+        images_per_prompt=section.integer("images_per_prompt", images_per_prompt, minimum=1),
+    )

@@ -1,0 +1,153 @@
+"""The search space as Optuna sees it: a define-by-run function and the sampler.
+
+Parameters with a fixed ``value`` are not suggested (Optuna stores only what varies); they are
+added back by :meth:`hpo.sweep.spec.Sweep.trial_config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.sweep.spec import Parameter, Sweep
+
+# Smaller than Optuna's default (50): a LoRA sweep runs tens of trials, not thousands.
+NSGA2_POPULATION = 8
+
+
+def suggest(trial: optuna.Trial, param: Parameter) -> Any:
+    """Ask Optuna for one value of ``param``."""
+    name = param.name
+    if param.kind == "values":
+        return trial.suggest_categorical(name, list(param.values))
+    assert param.low is not None and param.high is not None
+    integral = name in ("rank", "max_train_steps")
+    if param.kind == "int_uniform" or (integral and param.kind == "uniform"):
+        return trial.suggest_int(name, int(param.low), int(param.high))
+    if param.kind == "q_uniform":
+        assert param.q is not None
+        if integral and float(param.q).is_integer():
+            return trial.suggest_int(name, int(param.low), int(param.high), step=int(param.q))
+        return trial.suggest_float(name, param.low, param.high, step=param.q)
+    if param.kind == "log_uniform_values":
+        if integral:
+            return trial.suggest_int(name, int(param.low), int(param.high), log=True)
+        return trial.suggest_float(name, param.low, param.high, log=True)
+    return trial.suggest_float(name, param.low, param.high)
+
+
+def define_by_run(sweep: Sweep):
+    """The function OptunaSearch calls for each new trial.
+
+    It only suggests (and returns None): OptunaSearch reads the values from the trial, and a
+    returned dict would be added to every config as constants.
+    """
+    searched = sweep.searched
+
+    def space(trial: optuna.Trial) -> None:
+        for param in searched:
+            suggest(trial, param)
+
+    return space
+
+
+def sampler_settings(sweep: Sweep) -> dict[str, Any]:
+    """What the sampler is and how it is seeded, recorded in the study for reproducibility."""
+    settings: dict[str, Any] = {"method": sweep.method, "seed": sweep.seed}
+    if sweep.method == "tpe":
+        # Optuna 5 turned these on by default; written out so a reader knows what ran.
+        settings.update(multivariate=True, constant_liar=True, n_startup_trials=10)
+    if sweep.method == "nsga2":
+        settings.update(population_size=NSGA2_POPULATION)
+    if sweep.multi_objective:
+        settings["objectives"] = [f"{o.name} ({o.goal})" for o in sweep.objectives]
+    return settings
+
+
+def run_seed(sweep_seed: int, trials_in_study: int) -> int:
+    """The sampler seed of one driver run: the sweep's seed and the study's size when it starts.
+
+    A fresh sampler seeded with the sweep's seed alone would repeat its random draws on every
+    rerun (trials 2-3 of a resumed study would copy trials 0-1). Mixing in the number of trials
+    already in the study gives each run new draws, and the same study state with the same seed
+    still gives the same next draws (reproducible). TPE reads every trial in the study, so it
+    stays conditioned on earlier runs whatever the seed.
+    """
+    if trials_in_study == 0:
+        return sweep_seed  # a fresh study draws exactly what a single run always drew
+    digest = hashlib.sha256(f"hpo.space/v1:{sweep_seed}:{trials_in_study}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class StudyGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, made safe for ask/tell and for re-queued trials.
+
+    Optuna 5's ``after_trial`` calls ``study.stop()`` once the grid is used up, which raises
+    outside ``study.optimize()`` (Tune drives the study by ask/tell): here ``--trials`` and the
+    grid size end the sweep instead. A trial queued with ``enqueue_trial`` (a re-run of an
+    interrupted one) carries no ``grid_id``, so the grid would not count its point as visited:
+    it gets the grid id of its parameters here.
+    """
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None and "grid_id" not in trial.system_attrs:
+            grid_id = self.grid_id_of(fixed)
+            if grid_id is not None:
+                study._storage.set_trial_system_attr(trial._trial_id, "search_space",
+                                                     self._search_space)
+                study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
+            return
+        super().before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        pass  # never study.stop(): see the class docstring
+
+    def grid_id_of(self, params: dict[str, Any]) -> int | None:
+        """The index in the grid of these parameter values, or None when they are not on it."""
+        if set(params) != set(self._param_names):
+            return None
+        wanted = tuple(params[name] for name in self._param_names)
+        for grid_id, point in enumerate(self._all_grids):
+            if all(self._grid_value_equal(a, b) for a, b in zip(point, wanted, strict=True)):
+                return grid_id
+        return None
+
+
+def make_sampler(sweep: Sweep, trials_in_study: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE, random or grid, seeded from the sweep (``method.seed``, else ``train.seed``).
+
+    ``trials_in_study`` is the study's size when this run starts; see :func:`run_seed`.
+    """
+    seed = run_seed(sweep.seed, trials_in_study)
+    if sweep.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sweep.method == "grid":
+        grid = {p.name: list(p.grid() or ()) for p in sweep.searched}
+        # The seed shuffles the grid ids, which must mean the same points in every run:
+        # the sweep's own seed; the points still left are what changes between runs.
+        return StudyGridSampler(grid, seed=sweep.seed)
+    settings = sampler_settings(sweep)
+    if sweep.method == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=sweep.seed)
+    # With several objectives this is Optuna's multi-objective TPE (MOTPE).
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=settings["multivariate"],
+        constant_liar=settings["constant_liar"], n_startup_trials=settings["n_startup_trials"])
+
+
+def baseline_values(sweep: Sweep) -> dict[str, Any]:
+    """Any valid parameter values: the baseline trains nothing, but needs a full config."""
+    values: dict[str, Any] = {}
+    for p in sweep.parameters:
+        if p.kind in ("value", "values"):
+            values[p.name] = (p.grid() or (None,))[0]
+        else:  # a range's low end (an int where the parameter takes whole numbers)
+            low = p.low
+            values[p.name] = int(low) if p.size() is not None and low is not None \
+                and float(low).is_integer() else low
+    return values

@@ -1,0 +1,407 @@
+"""The sweep file: YAML read once with ``yaml.safe_load`` into typed, immutable objects.
+
+Sections shared with a single trial (model, data, train, eval) are read by ``trials.config``;
+this module adds what only a sweep has: the search space (``parameters``), ``method``,
+``metric``, ``early_terminate`` and ``resources``. Everything downstream takes a
+:class:`Sweep` and never looks at the raw YAML again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo.sweep.objectives import (
+    FIDELITY_METRICS,
+    METRICS,
+    Confirm,
+    Objective,
+    Select,
+    parse_confirm,
+    parse_objectives,
+    parse_select,
+)
+from trials.config import (
+    OPTIONAL_PARAMETERS,
+    PARAMETER_NAMES,
+    PARAMETER_PATHS,
+    TOP_LEVEL_KEYS,
+    DataSpec,
+    EvalSpec,
+    ModelSpec,
+    TrainSpec,
+    TrialConfig,
+    check_param_value,
+    make_params,
+    parse_data,
+    parse_eval,
+    parse_model,
+    parse_train,
+    rung_steps,
+)
+from trials.validation import ConfigError, Section, closest, describe, load_yaml_mapping
+
+METHODS = ("tpe", "random", "grid", "nsga2")  # nsga2: multi-objective sweeps only
+GOALS = ("maximize", "minimize")
+DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")
+MAX_RUNGS = 50
+# More values than this in one range, or grid points in all, is a typo (q: 1e-9), not a plan.
+MAX_VALUES = 1_000_000
+MAX_GRID = 100_000
+# Parameters that take whole numbers: a uniform range of them is sampled as integers.
+INTEGRAL = ("rank", "max_train_steps")
+_SWEEP_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k != "result")
+
+
+class PreflightError(ValueError):
+    """Something that would fail a trial, found before any trial starts."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One tunable parameter: a fixed value, a list of choices, or a distribution."""
+
+    name: str
+    kind: str  # "value", "values", or one of DISTRIBUTIONS
+    value: Any = None
+    values: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "value"
+
+    def grid(self) -> tuple[Any, ...] | None:
+        """Every value this parameter can take, or None for a continuous range."""
+        if self.kind == "value":
+            return (self.value,)
+        if self.kind == "values":
+            return self.values
+        assert self.low is not None and self.high is not None
+        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
+            return tuple(range(int(self.low), int(self.high) + 1))
+        if self.kind == "q_uniform" and self.q:
+            n = math.floor((self.high - self.low) / self.q + 1e-9) + 1
+            return tuple(_tidy(self.low + i * self.q) for i in range(n))
+        return None
+
+    def size(self) -> int | None:
+        """How many values :meth:`grid` holds, computed without building it; None = continuous."""
+        if self.kind == "value":
+            return 1
+        if self.kind == "values":
+            return len(self.values)
+        assert self.low is not None and self.high is not None
+        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
+            return int(self.high) - int(self.low) + 1
+        if self.kind == "q_uniform" and self.q:
+            return math.floor((self.high - self.low) / self.q + 1e-9) + 1
+        return None
+
+    def describe(self) -> str:
+        if self.kind == "value":
+            return f"{self.value}"
+        if self.kind == "values":
+            return "one of [" + ", ".join(str(v) for v in self.values) + "]"
+        q = f", q={self.q:g}" if self.q else ""
+        return f"{self.kind}({self.low:g}, {self.high:g}{q})"
+
+
+@dataclass(frozen=True)
+class EarlyTerminate:
+    """ASHA on the training step: rungs at ``grace_steps * reduction_factor**k``."""
+
+    type: str = "asha"
+    grace_steps: int = 100
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for; ``max_concurrent`` None means as many as fit."""
+
+    gpu_per_trial: float = 1.0
+    cpu_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    max_retries: int = 1
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep file."""
+
+    source: Path
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    eval: EvalSpec
+    metric: str
+    goal: str
+    method: str
+    seed: int
+    parameters: tuple[Parameter, ...]
+    early_terminate: EarlyTerminate | None
+    resources: Resources
+    # Every objective (``metric`` and ``goal`` above are the first); see hpo.sweep.objectives.
+    objectives: tuple[Objective, ...] = ()
+    select: Select = field(default_factory=Select)
+    confirm: Confirm = field(default_factory=lambda: Confirm(top_k=0))
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def searched(self) -> tuple[Parameter, ...]:
+        return tuple(p for p in self.parameters if not p.is_fixed)
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    @property
+    def max_steps(self) -> int:
+        """The largest ``max_train_steps`` any trial can get (ASHA's ``max_t``)."""
+        steps = self.parameter("max_train_steps")
+        assert steps is not None
+        if steps.high is not None:  # a range: its top, without listing it
+            return int(steps.high)
+        return int(max(steps.grid() or (0,)))
+
+    def grid_size(self) -> int | None:
+        """Number of distinct configurations, or None when some range is continuous."""
+        size = 1
+        for p in self.parameters:
+            n = p.size()
+            if n is None:
+                return None
+            size *= n
+        return size
+
+    def rungs(self, max_train_steps: int) -> list[int]:
+        """The steps at which a trial with this many steps is scored (always the last one)."""
+        return rung_steps(self.eval.every_steps, max_train_steps, self.eval.rungs)
+
+    def trial_config(
+        self, values: Mapping[str, Any], *, output_dir: Path, cache_dir: Path
+    ) -> TrialConfig:
+        """The config of one trial, given the sampled values of the searched parameters."""
+        merged = {p.name: p.value for p in self.parameters if p.is_fixed}
+        merged.update(values)
+        return TrialConfig(
+            model=self.model, data=self.data, train=self.train, eval=self.eval,
+            params=make_params(merged), output_dir=output_dir, cache_dir=cache_dir,
+        )
+
+
+def _tidy(x: float) -> float | int:
+    rounded = round(x, 12)
+    return int(rounded) if float(rounded).is_integer() else rounded
+
+
+def _parse_parameter(section: Section, name: str) -> Parameter:
+    keys = ("value", "values", "distribution", "min", "max", "q")
+    section.allow_only(keys)
+    given = [k for k in ("value", "values", "distribution") if k in section.data]
+    if len(given) != 1:
+        raise section.error(
+            "needs exactly one of value, values or distribution"
+            + (f" (got {', '.join(given)})" if given else ""))
+    kind = given[0]
+    if kind == "value":
+        return Parameter(name, "value", value=check_param_value(
+            name, section.raw("value"), section.error, "value"))
+    if kind == "values":
+        raw = section.raw("values")
+        if not isinstance(raw, list) or not raw:
+            raise section.error(f"must be a non-empty list (got {describe(raw)})", "values")
+        checked = []
+        for i, item in enumerate(raw):
+            checked.append(check_param_value(name, item, section.error, f"values[{i}]"))
+        seen: set[str] = set()
+        for i, item in enumerate(checked):
+            if str(item) in seen:
+                raise section.error(
+                    f"must not repeat a value (got {describe(raw[i])} again)", f"values[{i}]")
+            seen.add(str(item))
+        return Parameter(name, "values", values=tuple(checked))
+    dist = section.string("distribution", choices=DISTRIBUTIONS)
+    if name in ("target_modules", "adapter"):
+        raise section.error(f"{name} takes value or values, not a distribution", "distribution")
+    low = section.number("min")
+    high = section.number("max")
+    if low >= high:
+        raise section.error(f"must be > min ({low:g}) (got {high:g})", "max")
+    if dist == "log_uniform_values" and low <= 0:
+        raise section.error(f"must be > 0 for log_uniform_values (got {low:g})", "min")
+    integral = dist == "int_uniform" or name in INTEGRAL
+    for key, end in (("min", low), ("max", high)):
+        if integral and not end.is_integer():
+            what = dist if dist == "int_uniform" else name
+            raise section.error(f"must be a whole number for {what} (got {end:g})", key)
+    q = None
+    if dist == "q_uniform":
+        q = section.number("q", above=0)
+        if q > high - low:
+            raise section.error(f"must be <= max - min ({high - low:g}) (got {q:g})", "q")
+        if integral and not q.is_integer():
+            raise section.error(f"must be a whole number for {name} (got {q:g})", "q")
+        steps = (high - low) / q
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise section.error(
+                f"must divide max - min ({high - low:g}) into whole steps (got {q:g})", "q")
+    elif section.has("q"):
+        raise section.error(f"only q_uniform takes q (distribution is {dist})", "q")
+    n = Parameter(name, dist, low=low, high=high, q=q).size()
+    if n is not None and n > MAX_VALUES:
+        raise section.error(
+            f"gives {n:,} values; at most {MAX_VALUES:,} (use a larger q, a narrower range, or "
+            f"a continuous distribution)", "q" if q else "max")
+    # The range ends must themselves be valid values (e.g. learning_rate min > 0).
+    check_param_value(name, int(low) if name in INTEGRAL else low, section.error, "min")
+    check_param_value(name, int(high) if name in INTEGRAL else high, section.error, "max")
+    return Parameter(name, dist, low=low, high=high, q=q)
+
+
+def _parse_parameters(section: Section) -> tuple[Parameter, ...]:
+    for name in section.data:
+        if name not in PARAMETER_NAMES:
+            raise section.error(
+                f"unknown parameter{closest(str(name), PARAMETER_NAMES)}; "
+                f"tunable: {', '.join(PARAMETER_NAMES)}", str(name))
+    params = [_parse_parameter(section.sub(name), name) for name in section.data]
+    missing = [n for n in PARAMETER_NAMES
+               if n not in section.data and n not in OPTIONAL_PARAMETERS]
+    if missing:
+        raise section.error("is required (a value, values or distribution)", missing[0])
+    if "lora_alpha" not in section.data:
+        params.append(Parameter("lora_alpha", "value", value="rank"))
+    return tuple(params)
+
+
+def _check_rungs(sweep: Sweep, section: Section) -> None:
+    steps = sweep.parameter("max_train_steps")
+    assert steps is not None
+    smallest = int(steps.low if steps.low is not None else min(steps.grid() or (0,)))
+    every = sweep.eval.every_steps
+    if every > smallest:
+        raise section.sub("eval").error(
+            f"must be <= the smallest max_train_steps ({smallest}) so every trial is scored "
+            f"before it ends (got {every})", "every_steps")
+    n = len(sweep.rungs(sweep.max_steps))
+    if n > MAX_RUNGS:
+        raise section.sub("eval").error(
+            f"gives {n} evaluation rungs for {sweep.max_steps} steps; at most {MAX_RUNGS} "
+            f"(raise every_steps to >= {math.ceil(sweep.max_steps / MAX_RUNGS)})", "every_steps")
+    if sweep.early_terminate is None:
+        return
+    grace = sweep.early_terminate.grace_steps
+    if grace % every:
+        raise section.sub("early_terminate").error(
+            f"must be a multiple of eval.every_steps ({every}), since trials report only at "
+            f"rungs (got {grace})", "grace_steps")
+    if grace > sweep.max_steps:
+        raise section.sub("early_terminate").error(
+            f"must be <= the largest max_train_steps ({sweep.max_steps}) (got {grace})",
+            "grace_steps")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; raises :class:`ConfigError` with a one-line message."""
+    file = Path(path)
+    root = Section(file, "", load_yaml_mapping(file))
+    root.allow_only(_SWEEP_KEYS, PARAMETER_PATHS)
+    base = Path.cwd()
+    name = root.string("name")
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise root.error(f"may use letters, digits, '-', '_' and '.' only (got {name!r})", "name")
+
+    objectives = parse_objectives(root)
+    method = root.sub("method") if isinstance(root.data.get("method"), dict) else None
+    if method is not None:
+        method.allow_only(("type", "seed"))
+        method_name = method.string("type", "tpe", METHODS)
+        seed = method.integer("seed", None, minimum=0)
+    else:
+        if root.has("method") and not isinstance(root.data["method"], str):
+            raise root.error(
+                f"must be one of {', '.join(METHODS)}, or a mapping with type and seed "
+                f"(got {describe(root.data['method'])})", "method")
+        method_name = root.string("method", "tpe", METHODS)
+        seed = None
+
+    early = None
+    if root.has("early_terminate"):
+        et = root.sub("early_terminate")
+        et.allow_only(("type", "grace_steps", "reduction_factor"))
+        early = EarlyTerminate(
+            type=et.string("type", "asha", ("asha",)),
+            grace_steps=et.integer("grace_steps", minimum=1),
+            reduction_factor=et.integer("reduction_factor", 2, minimum=2),
+        )
+
+    res = root.sub("resources")
+    res.allow_only(("gpu_per_trial", "cpu_per_trial", "max_concurrent", "max_retries"))
+    resources = Resources(
+        gpu_per_trial=res.number("gpu_per_trial", 1.0, above=0),
+        cpu_per_trial=res.number("cpu_per_trial", 1.0, above=0),
+        max_concurrent=res.integer("max_concurrent", None, minimum=1),
+        max_retries=res.integer("max_retries", 1, minimum=0),
+    )
+    if resources.gpu_per_trial > 1 and not resources.gpu_per_trial.is_integer():
+        raise res.error(
+            f"above 1 must be a whole number of GPUs (got {resources.gpu_per_trial:g})",
+            "gpu_per_trial")
+
+    train = parse_train(root.sub("train"))
+    eval_spec = parse_eval(root.sub("eval"), base)
+    sweep = Sweep(
+        source=file.resolve(),
+        name=name,
+        model=parse_model(root.sub("model")),
+        data=parse_data(root.sub("data"), base),
+        train=train,
+        eval=eval_spec,
+        metric=objectives[0].name,
+        goal=objectives[0].goal,
+        method=method_name,
+        seed=seed if seed is not None else train.seed,
+        parameters=_parse_parameters(root.sub("parameters")),
+        early_terminate=early,
+        resources=resources,
+        objectives=objectives,
+        select=parse_select(root, objectives),
+        confirm=parse_confirm(root, eval_spec.seed, eval_spec.images_per_prompt),
+    )
+    fidelity = [o.name for o in objectives if o.name in FIDELITY_METRICS]
+    if fidelity and not sweep.data.holdout and sweep.eval.reference_dir is None:
+        raise root.error(f"{fidelity[0]} needs held-out real images: set data.holdout (a "
+                         "number of training images never trained on) or eval.reference_dir",
+                         "metric")
+    if sweep.method == "nsga2" and not sweep.multi_objective:
+        raise root.error("nsga2 is for several objectives; list them under metric (or use "
+                         "tpe)", "method")
+    if sweep.method == "grid" and sweep.grid_size() is None:
+        cont = next(p for p in sweep.parameters if p.size() is None)
+        raise root.sub("parameters").sub(cont.name).error(
+            f"method grid needs values, int_uniform or q_uniform (got {cont.kind})",
+            "distribution")
+    grid_size = sweep.grid_size()
+    if sweep.method == "grid" and grid_size is not None and grid_size > MAX_GRID:
+        raise root.error(f"method grid over {grid_size:,} configurations; at most "
+                         f"{MAX_GRID:,} (fewer values, or method tpe)", "parameters")
+    if train.lr_scheduler != "constant" and train.lr_warmup_steps > sweep.max_steps:
+        raise root.sub("train").error(
+            f"must be <= the largest max_train_steps ({sweep.max_steps}), or no trial ever "
+            f"finishes warming up (got {train.lr_warmup_steps})", "lr_warmup_steps")
+    _check_rungs(sweep, root)
+    return sweep
+
+
+__all__ = ["METRICS", "ConfigError", "EarlyTerminate", "Parameter", "Resources", "Sweep",
+           "load_sweep"]

@@ -1,0 +1,106 @@
+"""Confirmation on fresh seeds: re-score the top-k candidates after the search.
+
+The search score of the winner is the maximum of noisy estimates, so it is biased upward (the
+winner's curse), and the search seeds are the ones the selection has seen. After the search,
+the ``confirm.top_k`` best candidates (by the sweep's ``select`` rule, :mod:`hpo.verdict.winner`)
+have their best rung's LoRA scored again on ``confirm.seed`` (optionally with more images per
+prompt), together with the base model on the same seeds. The winner is then the best
+*confirmed* candidate (:func:`hpo.verdict.winner.pick`).
+
+This module decides what to score and records what came back. The scoring runs wherever the
+caller's ``score`` sends it (the sweep passes :func:`hpo.dispatch.tune.confirmation_scorer`:
+parallel Ray tasks with a trial's resources), so the verdict never imports Ray.
+
+Each result is written to the study as soon as its task ends (study attrs
+``confirm_trial_<number>``, ``confirm_baseline``, with the seed and image count used), so a
+rerun after a crash or a kill re-scores only what is missing, and a confirmation with other
+settings is not mistaken for this one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.study.storage import jsonable
+from hpo.sweep.space import baseline_values
+from hpo.sweep.spec import Sweep
+from hpo.verdict import winner
+from trials.config import TrialConfig
+
+log = logging.getLogger("hpo")
+
+# key -> (the trial's config, its LoRA folder or None for the base model)
+Jobs = dict[str, tuple[TrialConfig, str | None]]
+# (jobs, seed, images per prompt) -> (key, scores) pairs as each job ends; a failed job's scores
+# are {"error": "..."}.
+ScoreJobs = Callable[[Jobs, int, int], Iterable[tuple[str, dict[str, Any]]]]
+
+
+def settings_of(sweep: Sweep) -> dict[str, int]:
+    c = sweep.confirm
+    return {"top_k": c.top_k, "seed": c.seed, "images_per_prompt": c.images_per_prompt}
+
+
+def pending_jobs(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path) -> Jobs:
+    """What still needs scoring: each top-k candidate (and the baseline) without a result on
+    these seeds. A stored error counts as missing, so a rerun tries it again."""
+    settings = settings_of(sweep)
+    attrs = study.user_attrs
+    jobs: Jobs = {}
+
+    def missing(key: str) -> bool:
+        record = attrs.get(key)
+        return not (isinstance(record, dict) and winner.matches(record, settings)
+                    and "error" not in record)
+
+    top = winner.candidates(study)[: sweep.confirm.top_k]
+    for trial in top:
+        key = winner.trial_key(trial.number)
+        if not missing(key):
+            continue
+        values = {p.name: p.value for p in sweep.parameters if p.is_fixed}
+        values.update(trial.params)
+        config = sweep.trial_config(values, output_dir=study_dir / "confirm" /
+                                    f"trial-{trial.number}", cache_dir=cache_dir)
+        jobs[key] = (config, trial.user_attrs.get("lora_path"))
+    if top and missing(winner.BASELINE_KEY):
+        config = sweep.trial_config(baseline_values(sweep),
+                                    output_dir=study_dir / "confirm" / "baseline",
+                                    cache_dir=cache_dir)
+        jobs[winner.BASELINE_KEY] = (config, None)
+    return jobs
+
+
+def confirm(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path,
+            score: ScoreJobs) -> dict[str, Any] | None:
+    """Score what is missing of the top-k on the fresh seeds with ``score`` (called once, and
+    only when something is missing); returns best.yaml's ``result.confirmation`` (None when
+    ``top_k`` is 0 or nothing is COMPLETE)."""
+    if sweep.confirm.top_k == 0:
+        return None
+    settings = settings_of(sweep)
+    if study.user_attrs.get(winner.SETTINGS_KEY) != settings:
+        study.set_user_attr(winner.SETTINGS_KEY, settings)
+    jobs = pending_jobs(sweep, study, study_dir, cache_dir)
+    for key, (_, lora) in list(jobs.items()):
+        if key != winner.BASELINE_KEY and not lora:
+            study.set_user_attr(key, {**settings, "error": "the trial recorded no LoRA path"})
+            del jobs[key]
+    if jobs:
+        log.info("confirming on fresh seeds (seed %d, %d image(s) per prompt): %s",
+                 settings["seed"], settings["images_per_prompt"], ", ".join(sorted(jobs)))
+        for key, scores in score(jobs, settings["seed"], settings["images_per_prompt"]):
+            record = {**jsonable(scores), "seed": settings["seed"],
+                      "images_per_prompt": settings["images_per_prompt"]}
+            study.set_user_attr(key, record)  # at once: a rerun after a kill keeps it
+            if "error" in record:
+                log.warning("confirmation %s failed: %s", key, record["error"])
+            else:
+                log.info("confirmation %s: clip_score %.4f ± %.4f", key, record["clip_score"],
+                         record.get("clip_score_stderr") or float("nan"))
+    return winner.confirmation_summary(study)

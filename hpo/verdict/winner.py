@@ -1,0 +1,175 @@
+"""Which trial is the winner, read from the study alone (so every reader agrees).
+
+The study holds everything needed: its objectives and ``select`` rule (study attrs written by
+:func:`hpo.study.storage.record_study_attrs`), every trial's values, and the confirmation scores on
+fresh seeds (study attrs written by :mod:`hpo.verdict.confirm`). Candidates are the Pareto front
+with several objectives (``study.best_trials``), else every COMPLETE trial; they are ranked by the
+rule on their search values. When every one of the ``top_k`` best candidates has been
+confirmed, the winner is the best of them by the same rule on its *confirmed* values;
+otherwise it is the best candidate by its search values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.sweep.objectives import Objective, Select
+from hpo.verdict.paired import DEFAULT_LEVEL, paired_or_none
+
+SETTINGS_KEY = "confirm_settings"  # {top_k, seed, images_per_prompt} of the last confirmation
+BASELINE_KEY = "confirm_baseline"  # the base model on the confirmation seeds
+
+
+def trial_key(number: int) -> str:
+    """The study attr holding trial ``number``'s confirmation."""
+    return f"confirm_trial_{number}"
+
+
+def objectives(study: optuna.Study) -> tuple[Objective, ...]:
+    raw = study.user_attrs.get("objectives")
+    if raw:
+        return tuple(Objective(str(d["name"]), str(d["goal"])) for d in raw)
+    goal = "maximize" if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE \
+        else "minimize"
+    return (Objective(str(study.user_attrs.get("metric", "clip_score")), goal),)
+
+
+def select_rule(study: optuna.Study) -> Select:
+    raw = study.user_attrs.get("select") or {}
+    return Select(str(raw.get("rule", "first")), tuple(float(w) for w in raw.get("weights", ())))
+
+
+def search_metrics(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's objective values by name (its best rung's, on the search seeds)."""
+    names = [o.name for o in objectives(study)]
+    values = trial.values or []
+    return dict(zip(names, values, strict=False))
+
+
+def rule_score(study: optuna.Study, metrics: dict[str, Any]) -> float | None:
+    return select_rule(study).score(objectives(study), metrics)
+
+
+def candidates(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials a winner is chosen from, best first by the rule on their search values."""
+    if len(study.directions) > 1:
+        pool = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    else:
+        pool = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    scored = [(rule_score(study, search_metrics(study, t)), t) for t in pool]
+    scored.sort(key=lambda st: (st[0] is None, -(st[0] or 0.0), st[1].number))
+    return [t for _, t in scored]
+
+
+def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Confirmation scores by trial number, made with the current confirmation settings."""
+    settings = study.user_attrs.get(SETTINGS_KEY)
+    if not settings:
+        return {}
+    out = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith("confirm_trial_") and isinstance(value, dict) and \
+                matches(value, settings) and "error" not in value:
+            out[int(key.rsplit("_", 1)[1])] = value
+    return out
+
+
+def matches(record: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether a stored confirmation was drawn with these seeds (and so can be reused)."""
+    return record.get("seed") == settings.get("seed") and \
+        record.get("images_per_prompt") == settings.get("images_per_prompt")
+
+
+def confirmed_ranking(study: optuna.Study) -> list[FrozenTrial] | None:
+    """The top-k candidates ranked by their confirmed values; None unless all are confirmed."""
+    settings = study.user_attrs.get(SETTINGS_KEY) or {}
+    top = candidates(study)[: int(settings.get("top_k") or 0)]
+    done = confirmations(study)
+    if not top or any(t.number not in done for t in top):
+        return None
+    scored = [(rule_score(study, done[t.number]), t) for t in top]
+    scored.sort(key=lambda st: (st[0] is None, -(st[0] or 0.0), st[1].number))
+    return [t for _, t in scored]
+
+
+def pick(study: optuna.Study) -> FrozenTrial | None:
+    """The winner (see the module docstring), or None while no trial is COMPLETE."""
+    ranking = confirmed_ranking(study)
+    if ranking:
+        return ranking[0]
+    pool = candidates(study)
+    return pool[0] if pool else None
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The winner, or None while no trial is COMPLETE.
+
+    The winner is the best confirmed trial when a confirmation ran (:mod:`hpo.verdict.confirm`),
+    else the best candidate by the sweep's ``select`` rule: the best COMPLETE trial with one
+    objective, the rule's pick from the Pareto front with several (:func:`pick`).
+    """
+    return pick(study)
+
+
+def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """``result.confirmation`` of best.yaml: the winner's confirmed score beside its search
+    score, and its paired difference from the runner-up and from the base model, all on the
+    confirmation seeds. None when no complete confirmation exists."""
+    ranking = confirmed_ranking(study)
+    if not ranking:
+        return None
+    settings = study.user_attrs[SETTINGS_KEY]
+    done = confirmations(study)
+    winner = ranking[0]
+    mine = done[winner.number]
+    search = winner.user_attrs.get("score_per_rung", {}).get(str(winner.user_attrs.get(
+        "best_step")))
+    out: dict[str, Any] = {
+        "winner": winner.number,
+        "trials": [t.number for t in ranking],
+        "seed": settings["seed"],
+        "images_per_prompt": settings["images_per_prompt"],
+        "rule": select_rule(study).as_dict(),
+        "clip_score": mine.get("clip_score"),
+        "clip_score_stderr": mine.get("clip_score_stderr"),
+        "search_clip_score": search,
+        # The winner's curse: how much the maximum over noisy search scores flattered it.
+        "search_minus_confirmed": None if search is None or mine.get("clip_score") is None
+        else float(search) - float(mine["clip_score"]),
+        "scores": {t.number: {"search": t.user_attrs.get("score_per_rung", {}).get(
+            str(t.user_attrs.get("best_step"))), "confirmed": done[t.number].get("clip_score"),
+            "confirmed_stderr": done[t.number].get("clip_score_stderr"),
+            **{o.name: done[t.number].get(o.name) for o in objectives(study)}}
+            for t in ranking},
+    }
+    base = study.user_attrs.get(BASELINE_KEY)
+    if isinstance(base, dict) and matches(base, settings):
+        vs_base = paired_or_none(mine.get("per_prompt"), base.get("per_prompt"))
+        out["baseline_clip_score"] = base.get("clip_score")
+        if vs_base is not None:
+            out["delta_vs_baseline"] = vs_base.delta
+            out["delta_vs_baseline_stderr"] = vs_base.as_dict()["stderr"]
+    if len(ranking) < 2:
+        out["verdict"] = f"trial {winner.number} was the only trial confirmed"
+        return out
+    runner = ranking[1]
+    paired = paired_or_none(mine.get("per_prompt"), done[runner.number].get("per_prompt"))
+    out["runner_up"] = runner.number
+    if paired is not None:
+        clear = paired.distinguishable()
+        out.update(delta_vs_runner_up=paired.delta,
+                   delta_vs_runner_up_stderr=paired.as_dict()["stderr"],
+                   p_value_vs_runner_up=paired.as_dict()["p_value"],
+                   distinguishable_from_runner_up=clear)
+        pval = "n/a" if paired.as_dict()["p_value"] is None else f"{paired.p_value:.3g}"
+        out["verdict"] = (
+            f"trial {winner.number} beats the runner-up, trial {runner.number}, on fresh seeds "
+            f"(clip_score Δ {paired.delta:+.4f} ± {paired.stderr:.4f} paired, p = {pval})"
+            if clear else
+            f"trial {winner.number} is NOT distinguishable from the runner-up, trial "
+            f"{runner.number}, on fresh seeds (clip_score Δ {paired.delta:+.4f} ± "
+            f"{paired.stderr:.4f} paired, p = {pval} >= {DEFAULT_LEVEL}): either is as good")
+    return out

@@ -1,0 +1,106 @@
+"""Faults during a sweep: killed trials, NaN, out of memory, Ctrl-C. Nothing is lost."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.dispatch.chaos import parse_chaos
+from hpo.run import main as run_main
+from tests.sweep_files import REPO, wait_for_trials, write_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def load(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}")
+
+
+def test_chaos_draws_are_per_trial_and_reproducible() -> None:
+    plan = parse_chaos("kill=0.1,nan=0.05", seed=3)
+    draws = [plan.fault_for(f"trial{i}", 20) for i in range(400)]
+    assert draws == [plan.fault_for(f"trial{i}", 20) for i in range(400)]
+    kills = sum(1 for d in draws if d and d["kind"] == "kill")
+    nans = sum(1 for d in draws if d and d["kind"] == "nan")
+    assert 20 <= kills <= 60 and 5 <= nans <= 35
+    assert all(1 <= d["step"] <= 20 for d in draws if d)
+    assert parse_chaos(None).fault_for("x", 5) is None
+
+
+def test_killed_trials_are_retried_then_fail_and_the_sweep_finishes(ray_cluster,
+                                                                    tmp_path) -> None:
+    sweep = write_sweep(tmp_path, name="killed-trials", early_terminate=None,
+                        **{"resources.max_retries": 1})
+    out = tmp_path / "runs"
+    assert run_main(["--sweep", str(sweep), "--trials", "2", "--out", str(out),
+                     "--address", ray_cluster, "--inject-faults", "kill=1.0"]) == 0
+    study = load(out, "killed-trials")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    for t in study.trials:
+        assert "failed 2 time(s)" in t.user_attrs["fail_reason"]  # first try + 1 retry
+        assert t.user_attrs["injected_fault"]["kind"] == "kill"
+
+
+def test_nan_and_out_of_memory_fail_with_their_reason(ray_cluster, tmp_path) -> None:
+    sweep = write_sweep(tmp_path, name="nan-oom", early_terminate=None)
+    out = tmp_path / "runs"
+    assert run_main(["--sweep", str(sweep), "--trials", "4", "--out", str(out),
+                     "--address", ray_cluster, "--inject-faults", "nan=0.5,oom=0.5"]) == 0
+    study = load(out, "nan-oom")
+    assert len(study.trials) == 4
+    for t in study.trials:
+        fault = t.user_attrs["injected_fault"]
+        reason = t.user_attrs["fail_reason"]
+        assert t.state == TrialState.FAIL
+        if fault["kind"] == "nan":
+            assert reason.startswith("TrialDiverged") and f"at step {fault['step']}" in reason
+        else:
+            assert reason.startswith("TrialOutOfMemory")
+            assert f"rank {t.params['rank']}, train_batch_size 2" in reason
+    assert not (out / "nan-oom" / "best.yaml").exists()  # no COMPLETE trial, no best
+
+
+def test_ctrl_c_stops_within_seconds_and_the_study_resumes(ray_cluster, tmp_path) -> None:
+    sweep = write_sweep(tmp_path, name="ctrl-c", early_terminate=None,
+                        **{"parameters.max_train_steps": {"values": [16, 20]}})
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "hpo.run", "--sweep", str(sweep), "--trials", "4",
+               "--out", str(out), "--address", ray_cluster]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    if not wait_for_trials(out, "ctrl-c",
+                           lambda trials: any(t.state == TrialState.RUNNING for t in trials)):
+        driver.kill()
+        pytest.fail("no trial started")
+    sent = time.time()
+    driver.send_signal(signal.SIGINT)
+    try:
+        output, _ = driver.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        pytest.fail("the sweep did not stop within 60 s of Ctrl-C")
+    stopped_in = time.time() - sent
+    assert driver.returncode == 130, output[-3000:]
+    assert stopped_in < 30, stopped_in
+    study = load(out, "ctrl-c")
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert "rerun the same command to continue" in output
+
+    assert subprocess.run(command, cwd=REPO, capture_output=True, timeout=600,
+                          check=False).returncode == 0
+    study = load(out, "ctrl-c")
+    counted = [t for t in study.trials
+               if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 4
+    # The rerun continued the search (issue 11): no configuration was drawn twice.
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 4
+    with sqlite3.connect(out / "ctrl-c" / "optuna.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -1,0 +1,91 @@
+"""Picking the winner from the study alone (hpo.verdict.winner), with and without confirmation."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from hpo.verdict import winner
+from hpo.verdict.paired import paired_difference
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_study(search: dict[int, float], directions=("maximize",)) -> optuna.Study:
+    study = optuna.create_study(directions=list(directions))
+    study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"}])
+    for number in sorted(search):
+        trial = study.ask()
+        trial.suggest_int("rank", 1, 64)
+        trial.set_user_attr("best_step", 10)
+        trial.set_user_attr("score_per_rung", {"10": search[number]})
+        study.tell(trial, search[number])
+    return study
+
+
+def confirm(study: optuna.Study, per_prompt: dict[int | str, list[float]], top_k: int) -> None:
+    study.set_user_attr(winner.SETTINGS_KEY, {"top_k": top_k, "seed": 7,
+                                              "images_per_prompt": 2})
+    for key, scores in per_prompt.items():
+        name = winner.BASELINE_KEY if key == "base" else winner.trial_key(int(key))
+        study.set_user_attr(name, {"seed": 7, "images_per_prompt": 2, "per_prompt": scores,
+                                   "clip_score": sum(scores) / len(scores),
+                                   "clip_score_stderr": 0.1})
+
+
+def test_without_confirmation_the_best_search_score_wins() -> None:
+    study = make_study({0: 20.0, 1: 23.0, 2: 22.0})
+    assert winner.pick(study).number == 1
+    assert winner.confirmation_summary(study) is None
+
+
+def test_the_best_confirmed_trial_wins_and_the_summary_is_paired() -> None:
+    study = make_study({0: 20.0, 1: 23.0, 2: 22.0})
+    confirm(study, {1: [20.0, 21.0, 22.0], 2: [21.0, 22.5, 23.5], "base": [19.0, 20.0, 21.0]},
+            top_k=2)
+    assert winner.pick(study).number == 2  # the search's best (1) did worse on fresh seeds
+    conf = winner.confirmation_summary(study)
+    assert conf["winner"] == 2 and conf["runner_up"] == 1 and conf["trials"] == [2, 1]
+    hand = paired_difference([21.0, 22.5, 23.5], [20.0, 21.0, 22.0])
+    assert conf["delta_vs_runner_up"] == pytest.approx(hand.delta)
+    assert conf["delta_vs_runner_up_stderr"] == pytest.approx(hand.stderr)
+    assert conf["search_clip_score"] == 22.0
+    assert conf["search_minus_confirmed"] == pytest.approx(22.0 - 67.0 / 3)
+    assert conf["delta_vs_baseline"] == pytest.approx(67.0 / 3 - 20.0)
+    assert conf["distinguishable_from_runner_up"] is (hand.p_value < 0.05)
+
+
+def test_a_winner_not_distinguishable_from_the_runner_up_is_said_plainly() -> None:
+    study = make_study({0: 23.0, 1: 22.0})
+    confirm(study, {0: [20.0, 22.0, 21.0], 1: [21.0, 21.0, 21.5]}, top_k=2)
+    conf = winner.confirmation_summary(study)
+    assert conf["distinguishable_from_runner_up"] is False
+    assert "NOT distinguishable from the runner-up" in conf["verdict"]
+
+
+def test_an_incomplete_or_stale_confirmation_is_not_used() -> None:
+    study = make_study({0: 20.0, 1: 23.0, 2: 22.0})
+    confirm(study, {2: [30.0, 30.0]}, top_k=2)  # trial 1 not confirmed yet
+    assert winner.pick(study).number == 1 and winner.confirmation_summary(study) is None
+    confirm(study, {1: [1.0, 1.0], 2: [30.0, 30.0]}, top_k=2)
+    assert winner.pick(study).number == 2
+    # Settings changed (another seed): the stored scores do not count any more.
+    study.set_user_attr(winner.SETTINGS_KEY, {"top_k": 2, "seed": 8, "images_per_prompt": 2})
+    assert winner.pick(study).number == 1
+
+
+def test_with_two_objectives_candidates_are_the_pareto_front() -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"},
+                                       {"name": "dino_holdout", "goal": "maximize"}])
+    for values in ([20.0, 5.0], [19.0, 9.0], [18.0, 4.0], [21.0, 1.0]):
+        trial = study.ask()
+        trial.suggest_int("rank", 1, 64)
+        study.tell(trial, values)
+    assert [t.number for t in winner.candidates(study)] == [3, 0, 1]  # 2 is dominated
+    assert winner.pick(study).number == 3
+    study.set_user_attr("select", {"rule": "weighted", "weights": [1.0, 1.0]})
+    assert winner.pick(study).number == 1  # 19 + 9 = 28 is the largest sum
+    assert not math.isnan(winner.rule_score(study, {"clip_score": 1.0, "dino_holdout": 2.0}))
