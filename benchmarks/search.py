@@ -171,16 +171,21 @@ class SearchResult:
 
 
 def sweeps(work: Path, base: Path = HYUNDAI_SWEEP) -> dict[str, Any]:
-    """The sweep as loaded from ``base`` with each method (grid: learning rate cut to 3)."""
+    """The sweep as loaded from ``base`` with each method (grid: learning rate cut to 3).
+
+    The preservation remedy and its weight are left out: the surrogate models rank, learning
+    rate, steps and modules only, so a searched dimension it ignores would only be noise."""
     from hpo.sweep.spec import load_sweep
 
     out = {}
     for method in METHODS:
-        overrides: dict[str, Any] = {"method": {"type": method, "seed": 0}}
+        overrides: dict[str, Any] = {"method": {"type": method, "seed": 0},
+                                     "parameters": {"preservation": DELETE,
+                                                    "preservation_weight": DELETE}}
         if method == "grid":
-            overrides["parameters"] = {"learning_rate": {
+            overrides["parameters"]["learning_rate"] = {
                 "values": GRID_LEARNING_RATES, "distribution": DELETE, "min": DELETE,
-                "max": DELETE}}
+                "max": DELETE}
         out[method] = load_sweep(write_sweep(work, base, overrides, name=f"search-{method}.yaml"))
     return out
 

@@ -66,14 +66,18 @@ WORK = Path(os.environ.get("SEARCH_BENCH_WORK", "/tmp/search-pipeline-bench"))
 
 def _sweep(method: str = "tpe", lr_values: list[float] | None = None):
     """``sweeps/tiny.yaml`` with ``method`` and steps as a fidelity (rungs 15/30/45/60, as in
-    the demo; :func:`train_one` never stops a trial early)."""
+    the demo; :func:`train_one` never stops a trial early), without its preservation section
+    and parameters: the table (``search_pipeline_table.json``) covers rank, modules and
+    learning rate, measured before preservation existed."""
     from hpo.sweep import fidelity
     from hpo.sweep.spec import load_sweep
 
-    overrides: dict[str, Any] = {"method": {"type": method, "seed": 0}, "confirm": DELETE}
+    overrides: dict[str, Any] = {
+        "method": {"type": method, "seed": 0}, "confirm": DELETE, "preservation": DELETE,
+        "parameters": {"preservation": DELETE, "preservation_weight": DELETE}}
     if lr_values is not None:
-        overrides["parameters"] = {"learning_rate": {
-            "values": lr_values, "distribution": DELETE, "min": DELETE, "max": DELETE}}
+        overrides["parameters"]["learning_rate"] = {
+            "values": lr_values, "distribution": DELETE, "min": DELETE, "max": DELETE}
     WORK.mkdir(parents=True, exist_ok=True)
     sweep = load_sweep(write_sweep(WORK, TINY_SWEEP, overrides, name=f"search-{method}.yaml"))
     return fidelity.apply(sweep, fidelity.plan_steps(sweep, "fidelity"))

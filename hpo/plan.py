@@ -16,7 +16,8 @@ from hpo.study.storage import clip_name, counted_trials, default_storage_url, re
 from hpo.sweep.fidelity import StepsPlan
 from hpo.sweep.holdout import held_out_split
 from hpo.sweep.spec import PreflightError, Sweep
-from hpo.verdict.winner import best_trial
+from hpo.verdict import preservation
+from hpo.verdict.winner import best_trial, require_of
 from trials.validation import ConfigError, closest
 
 log = logging.getLogger("hpo")
@@ -56,6 +57,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"  confirmation   top {sweep.confirm.top_k} on seed {sweep.confirm.seed}, "
         f"{sweep.confirm.images_per_prompt} image(s) per prompt" if sweep.confirm.top_k
         else "  confirmation   off",
+        *_preservation_lines(sweep),
         "  search space:",
     ]
     for p in sweep.parameters:
@@ -99,6 +101,40 @@ def _bucket_lines(sweep: Sweep) -> list[str]:
     return dry_run_lines(sweep.data, *model_side_multiple(sweep.model.name))
 
 
+def _preservation_lines(sweep: Sweep) -> list[str]:
+    """The dry run's view of ``preservation``: what is measured, required and trained."""
+    pres = sweep.preservation
+    if not pres.measured:
+        return ["  preservation   not measured (no preservation.trigger)"]
+    source = pres.control_prompts or "the held-out prompts without it"
+    param = sweep.parameter("preservation")
+    remedy = (f"searched over {list(param.grid() or ())}" if param is not None and not
+              param.is_fixed else f"{pres.method if param is None else param.value}")
+    weight = sweep.parameter("preservation_weight")
+    return [
+        f"  preservation   trigger {pres.trigger!r}; {len(pres.control_prompt_list)} control "
+        f"prompts from {source}, e.g. {pres.control_prompt_list[0]!r}",
+        "                 required of the winner: "
+        + (sweep.require.describe() if sweep.require else "nothing (measured only)"),
+        f"                 training remedy {remedy}"
+        + ("" if weight is None else f", weight {'searched' if not weight.is_fixed else ''}"
+           f"{weight.value if weight.is_fixed else ''}")]
+
+
+def _check_captions(sweep: Sweep, examples: list) -> None:
+    """A remedy other than ``none`` needs the trigger in every training caption."""
+    from trials.trigger import triggerless_captions
+
+    param = sweep.parameter("preservation")
+    methods = set(param.grid() or ()) if param is not None else {sweep.preservation.method}
+    if sweep.preservation.trigger is None or not methods - {"none"}:
+        return
+    try:
+        triggerless_captions(examples, sweep.preservation.trigger, sweep.data.train_dir)
+    except ValueError as err:
+        raise PreflightError(f"{sweep.source}: preservation.trigger: {err}") from None
+
+
 def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False
               ) -> str | None:
     """Check output folders, data, prompts, model and CLIP model before Ray starts.
@@ -124,6 +160,7 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
         examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
         contents = folder_fingerprint(examples, sweep.data.caption_column)
         held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
+        _check_captions(sweep, examples)
         if sweep.eval.reference_dir is not None:
             load_examples(sweep.eval.reference_dir, sweep.data.caption_column)
         overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
@@ -303,6 +340,8 @@ def confirmation_lines(study: optuna.Study) -> list[str]:
     if "delta_vs_baseline" in conf:
         lines.append(_delta_line("  vs baseline, fresh seeds", conf["delta_vs_baseline"],
                                  conf.get("delta_vs_baseline_stderr")))
+    if "preservation" in conf:
+        lines.append(f"  {conf['preservation']['verdict']}")
     if "delta_vs_runner_up" in conf:
         lines.append(_delta_line(f"  vs runner-up trial {conf['runner_up']}",
                                  conf["delta_vs_runner_up"],
@@ -339,7 +378,12 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
     baseline = study.user_attrs.get("baseline_clip_score")
     lines = ["", f"sweep {study.study_name}: {len(trials)} trial(s) finished ({counts}) "
              f"in {seconds:.0f} s this run"]
-    if best is None:
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if best is None and complete and require_of(study) is not None:
+        lines.append(f"no trial preserves the base model: all {len(complete)} COMPLETE "
+                     f"trial(s) break the requirement ({require_of(study).describe()}), so "
+                     "there is no best configuration; see report.html for brand vs control")
+    elif best is None:
         lines.append("no trial completed, so there is no best configuration yet")
         lines += fail_reason_lines(trials)
     else:
@@ -354,6 +398,9 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
         lines.append(_delta_line("  vs baseline", best.user_attrs.get("delta_vs_baseline"),
                                  best.user_attrs.get("delta_vs_baseline_stderr")))
+        if best.user_attrs.get("control_score") is not None:
+            lines.append("  " + preservation.verdict(best.user_attrs, require_of(study),
+                                                     "on the control prompts, it"))
         lines += confirmation_lines(study)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")

@@ -258,7 +258,8 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
                                     cache_dir=cache_dir)
         scores = tuning.run_baseline(sweep, config, cluster)
         for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",
-                    "eval_seconds", "clip_i_holdout", "dino_holdout"):
+                    "eval_seconds", "clip_i_holdout", "dino_holdout", "control_score",
+                    "control_per_prompt"):
             study.set_user_attr(f"baseline_{key}", scores.get(key))
     artifacts.upload_baseline(study, study_dir, sweep.eval.prompt_list)  # once per study
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),

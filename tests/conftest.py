@@ -61,7 +61,7 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
     """Build a ``TrialConfig`` for the tiny model on the synthetic cars; keywords override.
 
     Keywords name HyperParams fields (rank, learning_rate, ...), or ``train``/``eval``/``data``
-    dicts of field overrides, or ``extras``/``output_dir``/``cache_dir``.
+    dicts of field overrides, or ``extras``/``output_dir``/``cache_dir``/``preservation``.
     """
     from dataclasses import replace
 
@@ -70,6 +70,7 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
         EvalSpec,
         HyperParams,
         ModelSpec,
+        PreservationSpec,
         TrainSpec,
         TrialConfig,
         read_prompts,
@@ -77,7 +78,8 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
 
     def build(**kw) -> TrialConfig:
         params = {"rank": 4, "lora_alpha": 4.0, "learning_rate": 1e-3, "max_train_steps": 6,
-                  "target_modules": "attn", "adapter": "lora"}
+                  "target_modules": "attn", "adapter": "lora", "preservation": None,
+                  "preservation_weight": None}
         params.update({k: kw.pop(k) for k in list(kw) if k in params})
         return TrialConfig(
             model=ModelSpec("tiny"),
@@ -94,6 +96,7 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
             output_dir=kw.pop("output_dir", tmp_path / "trial"),
             cache_dir=kw.pop("cache_dir", tiny_model_dir.parent),
             extras=kw.pop("extras", {}),
+            preservation=kw.pop("preservation", PreservationSpec()),
         )
 
     return build

@@ -14,9 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 DELETE = object()
 
 
-def tiny_doc() -> dict[str, Any]:
-    """``sweeps/tiny.yaml`` as a dict."""
-    return yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+# The shipped tiny sweep's preservation (a trigger every prompt must name, a searched remedy).
+PRESERVATION_KEYS = ("preservation", "parameters.preservation", "parameters.preservation_weight")
+
+
+def tiny_doc(preservation: bool = False) -> dict[str, Any]:
+    """``sweeps/tiny.yaml`` as a dict; without its ``preservation`` section and parameters
+    unless ``preservation`` (tests write their own prompts, and preservation doubles a rung's
+    images; tests/hpo/test_preservation_sweep.py and tests/trials/test_trigger.py use it)."""
+    doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+    return doc if preservation else apply(doc, dict.fromkeys(PRESERVATION_KEYS, DELETE))
 
 
 def apply(doc: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

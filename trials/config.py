@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trials.trigger import control_prompts as strip_prompts
 from trials.validation import (
     ConfigError,
     Section,
@@ -49,17 +50,24 @@ TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
     "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
 PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules",
-                   "adapter", "caption_dropout")
+                   "adapter", "caption_dropout", "preservation", "preservation_weight")
 # Parameters a sweep may leave out: alpha defaults to rank, adapter to lora, caption dropout to
-# train.caption_dropout.
-OPTIONAL_PARAMETERS = ("lora_alpha", "adapter", "caption_dropout")
+# train.caption_dropout, the preservation remedy and its weight to the preservation section's.
+OPTIONAL_PARAMETERS = ("lora_alpha", "adapter", "caption_dropout", "preservation",
+                       "preservation_weight")
+# Training remedies that keep the base model (trials.train.preserve): none; DreamBooth's prior
+# preservation (Ruiz et al. 2022; class images drawn once by the base model); kohya sd-scripts'
+# differential output preservation (PR #1710; the base model's own prediction as the target).
+PRESERVATION_METHODS = ("none", "prior", "dop")
 PARAMETER_PATHS = {name: f"parameters.{name}" for name in PARAMETER_NAMES}
 _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
-    "early_terminate", "resources", "result", "select", "confirm",
+    "early_terminate", "resources", "result", "select", "confirm", "preservation",
 )
+PRESERVATION_KEYS = ("trigger", "control_prompts", "method", "weight", "class_images",
+                     "class_inference_steps", "require")
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,31 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class PreservationSpec:
+    """What the LoRA must not change: the trigger, the control prompts, the training remedy.
+
+    ``control_prompt_list`` are the held-out prompts without the trigger (same order, so prompt
+    ``i`` and control prompt ``i`` share seeds), or the lines of ``control_prompts``;
+    ``brand_prompt_list`` are their brand versions (the held-out prompt, or ``"<control>,
+    <trigger>"`` for a control file), used by the leak measure. Empty without a trigger.
+    ``require`` is read by the sweep (``hpo.sweep.preservation``), not by a trial.
+    """
+
+    trigger: str | None = None
+    control_prompts: Path | None = None
+    control_prompt_list: tuple[str, ...] = ()
+    brand_prompt_list: tuple[str, ...] = ()
+    method: str = "none"  # PRESERVATION_METHODS; parameters.preservation overrides
+    weight: float = 1.0  # the preservation loss's weight; parameters.preservation_weight too
+    class_images: int = 0  # prior: images the base model draws once (0: one per caption)
+    class_inference_steps: int = 25
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.control_prompt_list)
+
+
+@dataclass(frozen=True)
 class HyperParams:
     """The values a sweep varies. ``target_modules`` is a preset name or comma-joined names."""
 
@@ -160,6 +193,8 @@ class HyperParams:
     target_modules: str
     adapter: str = "lora"
     caption_dropout: float | None = None  # None: train.caption_dropout
+    preservation: str | None = None  # None: preservation.method
+    preservation_weight: float | None = None  # None: preservation.weight
 
 
 @dataclass(frozen=True)
@@ -174,6 +209,7 @@ class TrialConfig:
     output_dir: Path
     cache_dir: Path
     extras: Mapping[str, Any] = field(default_factory=dict)
+    preservation: PreservationSpec = field(default_factory=PreservationSpec)
 
     def with_params(self, params: HyperParams) -> TrialConfig:
         return replace(self, params=params)
@@ -183,6 +219,18 @@ class TrialConfig:
         """The searched ``parameters.caption_dropout`` if any, else ``train.caption_dropout``."""
         searched = self.params.caption_dropout
         return self.train.caption_dropout if searched is None else searched
+
+    @property
+    def preservation_method(self) -> str:
+        """The searched ``parameters.preservation`` if any, else ``preservation.method``."""
+        return self.params.preservation or self.preservation.method
+
+    @property
+    def preservation_weight(self) -> float:
+        """The searched ``parameters.preservation_weight`` if any, else
+        ``preservation.weight``."""
+        searched = self.params.preservation_weight
+        return self.preservation.weight if searched is None else searched
 
 
 def rung_steps(every: int, max_steps: int, explicit: tuple[int, ...] | None = None
@@ -344,6 +392,44 @@ def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
     )
 
 
+def parse_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
+                       ) -> PreservationSpec:
+    """``preservation``: the trigger, control prompts and training remedy (all optional).
+
+    Without ``trigger`` nothing is measured and ``method`` must stay ``none``. Raises
+    :class:`ConfigError` naming the key: a held-out prompt without the trigger, a control
+    prompts file that is missing or empty, or one with another number of lines than needed.
+    """
+    section.allow_only(PRESERVATION_KEYS)
+    trigger = section.string("trigger", None)
+    method = section.string("method", "none", PRESERVATION_METHODS)
+    spec = PreservationSpec(
+        trigger=trigger.strip() if trigger else None,
+        method=method,
+        weight=section.number("weight", 1.0, minimum=0, maximum=10_000),
+        class_images=section.integer("class_images", 0, minimum=0, maximum=100_000),
+        class_inference_steps=section.integer("class_inference_steps", 25, minimum=1,
+                                              maximum=1000),
+    )
+    if spec.trigger is None:
+        for key in ("control_prompts", "method", "require"):
+            if section.has(key) and not (key == "method" and method == "none"):
+                raise section.error("needs preservation.trigger (the brand phrase the "
+                                    "control prompts and captions are measured without)", key)
+        return spec
+    if section.has("control_prompts"):
+        path = resolve_path(section.string("control_prompts"), base_dir)
+        controls = read_prompts(path, section.file, section.key_path("control_prompts"))
+        brands = tuple(f"{c}, {spec.trigger}" for c in controls)
+        return replace(spec, control_prompts=path, control_prompt_list=controls,
+                       brand_prompt_list=brands)
+    try:
+        controls = strip_prompts(eval_spec.prompt_list, spec.trigger, eval_spec.prompts)
+    except ValueError as err:
+        raise section.error(str(err), "trigger") from None
+    return replace(spec, control_prompt_list=controls, brand_prompt_list=eval_spec.prompt_list)
+
+
 def _image_side(section: Section, key: str) -> int | None:
     # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
     value = section.integer(key, None, minimum=8)
@@ -398,6 +484,13 @@ def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
         return value
     if name == "caption_dropout":
         return check_number(value, error, key, minimum=0, maximum=1)
+    if name == "preservation":
+        if value not in PRESERVATION_METHODS:
+            raise error(f"must be one of {', '.join(PRESERVATION_METHODS)} "
+                        f"(got {describe(value)})", key)
+        return value
+    if name == "preservation_weight":
+        return check_number(value, error, key, minimum=0, maximum=10_000)
     if name == "lora_alpha":
         factor = alpha_rule(value)
         if factor is not None:
@@ -425,6 +518,10 @@ def make_params(values: Mapping[str, Any]) -> HyperParams:
         adapter=str(values.get("adapter", "lora")),
         caption_dropout=None if values.get("caption_dropout") is None
         else float(values["caption_dropout"]),
+        preservation=None if values.get("preservation") is None
+        else str(values["preservation"]),
+        preservation_weight=None if values.get("preservation_weight") is None
+        else float(values["preservation_weight"]),
     )
 
 
@@ -496,12 +593,14 @@ def load_trial_config(
                 name, fixed[name], params_section.sub(name).error, "value")
         elif name not in OPTIONAL_PARAMETERS:  # alpha defaults to rank, adapter to lora
             raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
+    eval_spec = parse_eval(root.sub("eval"), base)
     return TrialConfig(
         model=parse_model(root.sub("model")),
         data=parse_data(root.sub("data"), base),
         train=parse_train(root.sub("train")),
-        eval=parse_eval(root.sub("eval"), base),
+        eval=eval_spec,
         params=make_params(values),
         output_dir=output_dir,
         cache_dir=cache_dir,
+        preservation=parse_preservation(root.sub("preservation"), eval_spec, base),
     )

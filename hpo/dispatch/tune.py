@@ -33,6 +33,7 @@ from hpo.dispatch.chaos import ChaosPlan
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
+from hpo.verdict import preservation
 from hpo.verdict.paired import paired_or_none
 from trials.config import TrialConfig
 
@@ -45,7 +46,18 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
              "clip_i_holdout", "dino_holdout",
              "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
-             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision")
+             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision",
+             # preservation (trials.eval.preservation, trials.train.preserve)
+             "control_score", "control_score_stderr", "control_per_prompt", "drift",
+             "drift_per_prompt", "leak", "leak_per_prompt", "preservation",
+             "preservation_weight", "preservation_loss")
+
+
+# The best rung's preservation figures, copied into the trial's user attrs.
+PRESERVATION_ATTRS = ("control_score", "control_per_prompt", "control_delta", "control_n",
+                      "control_delta_stderr", "control_delta_p_value", "drift", "drift_stderr",
+                      "leak", "leak_stderr", "leak_p_value", "constraints", "preservation",
+                      "preservation_weight", "preservation_loss")
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
@@ -210,6 +222,7 @@ class StudyRecorder(tune.Callback):
         if "clip_score" not in result or "step" not in result:
             return
         rung = {k: result[k] for k in RUNG_KEYS if k in result}
+        rung.update(self._preservation(rung))
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
@@ -277,6 +290,16 @@ class StudyRecorder(tune.Callback):
         return {"delta_vs_baseline_stderr": paired.stderr,
                 "delta_vs_baseline_p_value": paired.p_value}
 
+    def _preservation(self, rung: dict[str, Any]) -> dict[str, Any]:
+        """The rung's control Δ, drift and leak with paired statistics, and its constraint
+        values under the sweep's requirement (hpo.verdict.preservation)."""
+        base = self.searcher.study.user_attrs.get("baseline_control_per_prompt")
+        figures = preservation.control_stats(rung, base)
+        if figures and self.sweep.require is not None:
+            figures["constraints"] = preservation.constraint_values(self.sweep.require,
+                                                                    figures)
+        return figures
+
     def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         rungs = self.rungs.get(trial.trial_id, [])
@@ -290,7 +313,11 @@ class StudyRecorder(tune.Callback):
             # objectives the trial's values are all taken at that rung.
             metric = self.sweep.metric
             pick = max if self.sweep.goal == "maximize" else min
-            best_i = pick(range(len(rungs)),
+            # With a preservation requirement, the best rung that meets it (its LoRA is the
+            # one exported); only when none does, the best rung, which is then infeasible.
+            feasible = [i for i, r in enumerate(rungs)
+                        if preservation.is_feasible(r.get("constraints"))]
+            best_i = pick(feasible or range(len(rungs)),
                           key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
             best, last = rungs[best_i], rungs[-1]
             value = float(best.get(metric) if best.get(metric) is not None else math.nan)
@@ -326,6 +353,7 @@ class StudyRecorder(tune.Callback):
                 last_step=last["step"],
                 precision=last.get("precision"),
                 lora_path=None if lora is None else str(Path(lora)),
+                **{k: best.get(k) for k in PRESERVATION_ATTRS if best.get(k) is not None},
             )
         if reason:
             attrs["fail_reason"] = reason
@@ -335,6 +363,10 @@ class StudyRecorder(tune.Callback):
             attrs["injected_fault"] = self.chaos.fault_for(trial.trial_id, steps)
         for key, val in attrs.items():
             ot_trial.set_user_attr(key, jsonable(val))
+        for name, value in (attrs.get("constraints") or {}).items():
+            # Optuna's own record (Optuna 5): TPE and NSGA-II learn the feasible region from it,
+            # optuna-dashboard marks infeasible trials, the winner is chosen among feasible ones.
+            retry_locked(lambda n=name, v=value: ot_trial.set_constraint(n, v))
         for observer in self.observers:
             observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study

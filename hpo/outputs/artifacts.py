@@ -32,6 +32,8 @@ log = logging.getLogger("hpo")
 ARTIFACT_DIR = "artifacts"
 SAMPLES_NAME = "samples.png"  # trials.eval.evaluator.SAMPLES_NAME (not imported: it pulls in torch)
 BASELINE_NAME = "baseline.png"
+CONTROL_NAME = "control.png"  # trials.eval.preservation.CONTROL_NAME (not imported: torch)
+BASELINE_CONTROL_NAME = "baseline_control.png"
 _RUNG_NAME = re.compile(r"^step-(\d+)(?:_|\.png$)")
 
 
@@ -128,6 +130,18 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
     if rungs:
         lines += ["Score per rung: " + ", ".join(f"step {s}: {_fmt(v, '.2f')}"
                                                  for s, v in rungs.items()), ""]
+    if attrs.get("control_score") is not None:
+        feasible = attrs.get("constraints")
+        verdict = "" if not feasible else (
+            " **Keeps the base model.**" if all(v <= 0 for v in feasible.values())
+            else " **Breaks the base model (infeasible).**")
+        lines += [f"Control prompts (no trigger): score {_fmt(attrs.get('control_score'))}, "
+                  f"Δ vs base {_fmt(attrs.get('control_delta'), '+.4f')} ± "
+                  f"{_fmt(attrs.get('control_delta_stderr'))} (p "
+                  f"{_fmt(attrs.get('control_delta_p_value'), '.3g')}); drift "
+                  f"{_fmt(attrs.get('drift'), '.2f')}/100; leak "
+                  f"{_fmt(attrs.get('leak'), '+.4f')} ± {_fmt(attrs.get('leak_stderr'))}; "
+                  f"remedy {attrs.get('preservation', 'none')}.{verdict}", ""]
     table = per_prompt_table(prompts, attrs.get("per_prompt"), baseline_per_prompt)
     if table:
         lines += [f"### Per prompt (at step {attrs.get('best_step')})", "", *table, ""]
@@ -164,6 +178,9 @@ class ArtifactObserver:
                 return
             name = rung_filename(rung.get("step", 0), rung.get("clip_score"))
             _upload_as(self.store, source, name, ot_trial)
+            control = Path(checkpoint_dir) / CONTROL_NAME
+            if control.is_file():  # the control prompts' grid (preservation), same rung
+                _upload_as(self.store, control, f"control_{name}", ot_trial)
         except Exception as err:  # an image must never stop the sweep
             log.warning("trial %d: could not upload %s: %s", ot_trial.number, source, err)
 
@@ -217,8 +234,11 @@ def upload_baseline(study: optuna.Study, study_dir: Path,
         if not source.is_file():
             log.warning("no baseline image grid at %s; the dashboard will not show it", source)
             return None
-        artifact_id = _upload_as(open_store(artifact_dir(study_dir)), source, BASELINE_NAME,
-                                 study)
+        store = open_store(artifact_dir(study_dir))
+        artifact_id = _upload_as(store, source, BASELINE_NAME, study)
+        control = Path(study_dir) / "baseline" / CONTROL_NAME
+        if control.is_file():
+            _upload_as(store, control, BASELINE_CONTROL_NAME, study)
         save_note(study, study_note(study, prompts))
         return artifact_id
     except Exception as err:

@@ -108,6 +108,16 @@ def reference_command(
     if config.caption_dropout:
         notes.append(f"caption_dropout {config.caption_dropout:g} cannot be expressed: the "
                      "reference script always trains on the caption")
+    method = config.preservation_method
+    if method == "prior":
+        notes.append(f"preservation prior (weight {config.preservation_weight:g}) cannot be "
+                     "expressed: train_text_to_image_lora.py has no prior preservation "
+                     "(diffusers' train_dreambooth_lora.py has --with_prior_preservation "
+                     "--prior_loss_weight)")
+    elif method == "dop":
+        notes.append(f"preservation dop (weight {config.preservation_weight:g}) cannot be "
+                     "expressed: differential output preservation is kohya sd-scripts' "
+                     "(PR #1710); the diffusers scripts have none")
     if best_step != p.max_train_steps and t.lr_scheduler != "constant":
         notes.append(f"the sweep trained {p.max_train_steps} steps and kept step {best_step}; "
                      f"with the {t.lr_scheduler} schedule a shorter run follows another curve")
@@ -171,6 +181,18 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "reference_notes": notes,
         },
     }
+    pres = sweep.preservation
+    if pres.measured:
+        doc["preservation"] = {
+            "trigger": pres.trigger, "method": pres.method, "weight": pres.weight,
+            "class_images": pres.class_images,
+            "class_inference_steps": pres.class_inference_steps,
+            **({"control_prompts": str(pres.control_prompts)} if pres.control_prompts else {})}
+        # The exported rung's figures on the search seeds (hpo.verdict.preservation).
+        doc["result"]["preservation"] = {
+            k: attrs.get(k) for k in ("control_score", "control_delta", "control_delta_stderr",
+                                      "control_delta_p_value", "drift", "drift_stderr", "leak",
+                                      "leak_stderr", "leak_p_value", "constraints")}
     if len(study.directions) > 1:
         doc["result"]["objectives"] = winner.search_metrics(study, trial)
         doc["result"]["pareto_optimal"] = trial.number in {t.number for t in study.best_trials}

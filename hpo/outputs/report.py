@@ -37,7 +37,9 @@ from hpo.outputs.artifacts import (
     trial_artifacts,
 )
 from hpo.outputs.dashboard import DashboardError, find_study, storage_url
-from hpo.verdict.winner import best_trial, confirmation_summary
+from hpo.verdict import preservation
+from hpo.verdict.preservation import trial_feasible
+from hpo.verdict.winner import best_trial, confirmation_summary, require_of
 
 log = logging.getLogger("hpo")
 
@@ -231,6 +233,57 @@ FIGURES: list[tuple[str, str, Callable[[optuna.Study], go.Figure]]] = [
 ]
 
 
+def preservation_figure(study: optuna.Study) -> go.Figure:
+    """Brand score (y) against the control prompts' Δ vs the base model (x), per finished
+    trial; feasible trials (they keep the base model) in blue, infeasible in red."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=SHOWN)
+              if t.user_attrs.get("control_delta") is not None]
+    if not trials:
+        raise ValueError("no trial has control-prompt scores")
+    fig = go.Figure()
+    groups = {"keeps the base model": [], "breaks it (infeasible)": [], "nothing required": []}
+    for t in trials:
+        ok = trial_feasible(t)
+        key = ("nothing required" if ok is None else
+               "keeps the base model" if ok else "breaks it (infeasible)")
+        groups[key].append(t)
+    colours = {"keeps the base model": "#2a6fdb", "breaks it (infeasible)": "#d62728",
+               "nothing required": "#777"}
+    for name, group in groups.items():
+        if not group:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[t.user_attrs["control_delta"] for t in group],
+            y=[trial_score(study, t) for t in group], mode="markers", name=name,
+            marker={"color": colours[name], "size": 10},
+            error_x={"type": "data", "array": [t.user_attrs.get("control_delta_stderr") or 0
+                                               for t in group]},
+            text=[f"trial {t.number}: drift {t.user_attrs.get('drift', float('nan')):.1f}, "
+                  f"leak {t.user_attrs.get('leak', float('nan')):+.2f}" for t in group]))
+    fig.add_vline(x=0, line_dash="dot", annotation_text="base model")
+    fig.update_layout(xaxis_title="control prompts: Δ vs base model (paired, ± stderr)",
+                      yaxis_title=f"brand prompts: {_metric(study)}")
+    return fig
+
+
+def control_grids(study: optuna.Study, study_dir: Path) -> str:
+    """The winner's control-prompt grid beside the base model's (same seeds), or ''."""
+    winner = study_dir / "best_lora" / "control.png"
+    base = study_dir / "baseline" / "control.png"
+    if not (winner.is_file() and base.is_file()):
+        return ""
+    best = best_trial(study)
+    label = f"winner: trial {best.number}" if best is not None else "winner"
+    return ('<p>The control prompts: the held-out prompts without the trigger. The brand design '
+            'should not appear here.</p><div class="grids">'
+            f'<figure><img id="winner-control-grid" alt="winner control grid" '
+            f'src="{_png_data_uri(winner.read_bytes())}"><figcaption>{_esc(label)}, control '
+            'prompts</figcaption></figure>'
+            f'<figure><img id="baseline-control-grid" alt="base model control grid" '
+            f'src="{_png_data_uri(base.read_bytes())}"><figcaption>base model, control '
+            'prompts</figcaption></figure></div>')
+
+
 def _png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
@@ -290,8 +343,10 @@ def trials_table(study: optuna.Study) -> str:
     sign = -1 if _maximize(study) else 1
     trials = sorted(trials, key=lambda t: (trial_score(study, t) is None,
                                            sign * (trial_score(study, t) or 0.0)))
+    control = any(t.user_attrs.get("control_delta") is not None for t in trials)
     head = ["trial", "state", _metric(study), "± stderr", "Δ vs baseline", "± paired",
-            "best step", *params,
+            "best step", *(["control Δ", "± paired", "drift", "leak", "keeps base"]
+                           if control else []), *params,
             label.split(" (")[0], "note"]
     rows = []
     for t in trials:
@@ -299,6 +354,10 @@ def trials_table(study: optuna.Study) -> str:
         cells = [t.number, t.state.name, _num(trial_score(study, t)),
                  _num(a.get("clip_score_stderr")), _num(a.get("delta_vs_baseline"), "+.4f"),
                  _num(a.get("delta_vs_baseline_stderr")), a.get("best_step", ""),
+                 *([_num(a.get("control_delta"), "+.4f"), _num(a.get("control_delta_stderr")),
+                    _num(a.get("drift"), ".1f"), _num(a.get("leak"), "+.3f"),
+                    {True: "yes", False: "NO", None: ""}[trial_feasible(t)]]
+                   if control else []),
                  *[_num(t.params[p], ".3g") if isinstance(t.params.get(p), float)
                    else t.params.get(p, "") for p in params],
                  _num(a.get(key), ".1f"), a.get("fail_reason", "")]
@@ -327,9 +386,16 @@ def _summary(study: optuna.Study) -> str:
             lines.append(f"Best vs baseline: Δ {delta:+.4f} ± "
                          f"{_num(best.user_attrs.get('delta_vs_baseline_stderr'))} (paired "
                          f"standard error over prompts: the same seeds on both sides).")
-    verdict = (confirmation_summary(study) or {}).get("verdict")
-    if verdict:
-        lines.append(f"Confirmation on fresh seeds: {_esc(verdict)}.")
+    conf = confirmation_summary(study) or {}
+    if conf.get("verdict"):
+        lines.append(f"Confirmation on fresh seeds: {_esc(conf['verdict'])}.")
+    if conf.get("preservation"):
+        lines.append(f"Preservation on fresh seeds: {_esc(conf['preservation']['verdict'])}.")
+    elif best is not None and best.user_attrs.get("control_delta") is not None:
+        lines.append("Preservation: " + _esc(preservation.verdict(
+            best.user_attrs, require_of(study), f"trial {best.number}")) + ".")
+    elif best is None and require_of(study) is not None:
+        lines.append("No trial keeps the base model, so there is no winner.")
     if base is not None:
         lines.append(f"Baseline without LoRA: {base:.4f} ± "
                      f"{_num(attrs.get('baseline_clip_score_stderr'))} (same prompts, same "
@@ -396,6 +462,20 @@ def build_report(study: optuna.Study, store: FileSystemArtifactStore, study_dir:
                         '</h2><p class="why">Trials no other trial beats on every objective; '
                         "best.yaml is the one the sweep's select rule picks.</p>"
                         + pareto_section(study, store, not js_included) + "</section>")
+    if study.user_attrs.get("preservation"):
+        try:
+            fig = preservation_figure(study)
+            fig.update_layout(template="plotly_white", margin={"t": 40})
+            body = fig.to_html(full_html=False, include_plotlyjs=not js_included,
+                               config={"displaylogo": False, "responsive": True})
+            js_included = True
+        except Exception as err:
+            body = f'<p class="missing">Not shown: {_esc(err)}</p>'
+        body += control_grids(study, study_dir)
+        sections.append('<section class="figure" data-title="Brand vs control"><h2>Brand vs '
+                        'control</h2><p class="why">Does a LoRA learn the brand without '
+                        'breaking the base model? Right of the dotted line the control prompts '
+                        '(no trigger) score as well as the base model.</p>' + body + "</section>")
     for title, make_part in (("Best trial vs baseline", lambda: _images(study, store, study_dir)),
                              ("All trials", lambda: trials_table(study))):
         try:

@@ -124,6 +124,15 @@ def compute(sweep: Sweep, data_contents: str) -> dict[str, str]:
         fp["eval.dino_model"] = _show(e.dino_model)
     if e.reference_dir is not None:
         fp["eval.reference_dir"] = _show(str(e.reference_dir))
+    pres = sweep.preservation
+    if pres.measured:  # only when used, so older fingerprints stay equal
+        fp["preservation.trigger"] = _show(pres.trigger)
+        fp["preservation.control_prompts"] = _digest(list(pres.control_prompt_list))
+        fp["preservation.require"] = _show(None if sweep.require is None
+                                           else sweep.require.as_dict())
+    if pres.measured or pres.method != "none":
+        for key in ("method", "weight", "class_images", "class_inference_steps"):
+            fp[f"preservation.{key}"] = _show(getattr(pres, key))
     if sweep.multi_objective:
         fp["metric.objectives"] = _show([[o.name, o.goal] for o in sweep.objectives])
     for p in sorted(sweep.parameters, key=lambda p: p.name):

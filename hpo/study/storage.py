@@ -205,6 +205,11 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         "prompts": list(sweep.eval.prompt_list),
         "images_per_prompt": sweep.eval.images_per_prompt,
     }
+    if sweep.preservation.measured:  # read by hpo.verdict (winner, confirmation verdict)
+        attrs["preservation"] = {
+            "trigger": sweep.preservation.trigger,
+            "control_prompts": list(sweep.preservation.control_prompt_list),
+            "require": None if sweep.require is None else sweep.require.as_dict()}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
 

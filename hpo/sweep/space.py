@@ -132,6 +132,9 @@ def make_sampler(sweep: Sweep, trials_in_study: int = 0) -> optuna.samplers.Base
         # the sweep's own seed; the points still left are what changes between runs.
         return StudyGridSampler(grid, seed=sweep.seed)
     settings = sampler_settings(sweep)
+    # A preservation requirement needs no setting here: the recorder gives each trial its
+    # constraint values (Trial.set_constraint, Optuna 5), and TPE and NSGA-II learn the
+    # feasible region from every trial that has them.
     if sweep.method == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=sweep.seed)
     # With several objectives this is Optuna's multi-objective TPE (MOTPE).

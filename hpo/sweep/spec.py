@@ -24,6 +24,7 @@ from hpo.sweep.objectives import (
     parse_objectives,
     parse_select,
 )
+from hpo.sweep.preservation import Require, parse_require
 from trials.config import (
     OPTIONAL_PARAMETERS,
     PARAMETER_NAMES,
@@ -32,6 +33,7 @@ from trials.config import (
     DataSpec,
     EvalSpec,
     ModelSpec,
+    PreservationSpec,
     TrainSpec,
     TrialConfig,
     check_param_value,
@@ -39,6 +41,7 @@ from trials.config import (
     parse_data,
     parse_eval,
     parse_model,
+    parse_preservation,
     parse_train,
     rung_steps,
 )
@@ -152,6 +155,10 @@ class Sweep:
     objectives: tuple[Objective, ...] = ()
     select: Select = field(default_factory=Select)
     confirm: Confirm = field(default_factory=lambda: Confirm(top_k=0))
+    # The trigger, control prompts and training remedy (trials.config), and what the winner
+    # must keep (hpo.sweep.preservation; None: measured, not required).
+    preservation: PreservationSpec = field(default_factory=PreservationSpec)
+    require: Require | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -196,6 +203,7 @@ class Sweep:
         return TrialConfig(
             model=self.model, data=self.data, train=self.train, eval=self.eval,
             params=make_params(merged), output_dir=output_dir, cache_dir=cache_dir,
+            preservation=self.preservation,
         )
 
 
@@ -311,6 +319,15 @@ def _check_rungs(sweep: Sweep, section: Section) -> None:
             "grace_steps")
 
 
+def _check_preservation(sweep: Sweep, root: Section) -> None:
+    """A searched or fixed preservation remedy needs a trigger to tell captions apart."""
+    param = sweep.parameter("preservation")
+    methods = set(param.grid() or ()) if param is not None else set()
+    if sweep.preservation.trigger is None and methods - {"none"}:
+        raise root.sub("parameters").sub("preservation").error(
+            "needs preservation.trigger (the brand phrase removed from the captions)")
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; raises :class:`ConfigError` with a one-line message."""
     file = Path(path)
@@ -360,6 +377,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
     train = parse_train(root.sub("train"))
     eval_spec = parse_eval(root.sub("eval"), base)
+    preservation = parse_preservation(root.sub("preservation"), eval_spec, base)
     sweep = Sweep(
         source=file.resolve(),
         name=name,
@@ -377,7 +395,10 @@ def load_sweep(path: str | Path) -> Sweep:
         objectives=objectives,
         select=parse_select(root, objectives),
         confirm=parse_confirm(root, eval_spec.seed, eval_spec.images_per_prompt),
+        preservation=preservation,
+        require=parse_require(root, preservation.measured),
     )
+    _check_preservation(sweep, root)
     fidelity = [o.name for o in objectives if o.name in FIDELITY_METRICS]
     if fidelity and not sweep.data.holdout and sweep.eval.reference_dir is None:
         raise root.error(f"{fidelity[0]} needs held-out real images: set data.holdout (a "

@@ -17,6 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.sweep.objectives import Objective, Select
+from hpo.sweep.preservation import Require
+from hpo.verdict import preservation
 from hpo.verdict.paired import DEFAULT_LEVEL, paired_or_none
 
 SETTINGS_KEY = "confirm_settings"  # {top_k, seed, images_per_prompt} of the last confirmation
@@ -53,12 +55,24 @@ def rule_score(study: optuna.Study, metrics: dict[str, Any]) -> float | None:
     return select_rule(study).score(objectives(study), metrics)
 
 
+def require_of(study: optuna.Study) -> Require | None:
+    """The sweep's preservation requirement as the study recorded it (None: none)."""
+    raw = (study.user_attrs.get("preservation") or {}).get("require")
+    return Require.from_dict(raw) if raw else None
+
+
 def candidates(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials a winner is chosen from, best first by the rule on their search values."""
+    """The trials a winner is chosen from, best first by the rule on their search values.
+
+    With a preservation requirement only feasible trials are candidates (those whose exported
+    rung met it, :func:`hpo.verdict.preservation.trial_feasible`): a LoRA that breaks the base
+    model cannot win, however high its brand score."""
     if len(study.directions) > 1:
         pool = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
     else:
         pool = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if require_of(study) is not None:
+        pool = [t for t in pool if preservation.trial_feasible(t) is True]
     scored = [(rule_score(study, search_metrics(study, t)), t) for t in pool]
     scored.sort(key=lambda st: (st[0] is None, -(st[0] or 0.0), st[1].number))
     return [t for _, t in scored]
@@ -90,9 +104,23 @@ def confirmed_ranking(study: optuna.Study) -> list[FrozenTrial] | None:
     done = confirmations(study)
     if not top or any(t.number not in done for t in top):
         return None
+    require = require_of(study)
+    # With a requirement, candidates that keep the base model on the fresh seeds rank first.
+    kept = {t.number: require is None or preservation.is_feasible(
+        preservation.constraint_values(require, confirmed_preservation(study, done[t.number])))
+        is not False for t in top}
     scored = [(rule_score(study, done[t.number]), t) for t in top]
-    scored.sort(key=lambda st: (st[0] is None, -(st[0] or 0.0), st[1].number))
+    scored.sort(key=lambda st: (not kept[st[1].number], st[0] is None, -(st[0] or 0.0),
+                                st[1].number))
     return [t for _, t in scored]
+
+
+def confirmed_preservation(study: optuna.Study, record: dict[str, Any]) -> dict[str, Any]:
+    """A confirmation record's control Δ, drift and leak, paired with the base model's control
+    scores on the same fresh seeds (empty without control prompts)."""
+    base = study.user_attrs.get(BASELINE_KEY)
+    base_control = base.get("control_per_prompt") if isinstance(base, dict) else None
+    return preservation.control_stats(record, base_control)
 
 
 def pick(study: optuna.Study) -> FrozenTrial | None:
@@ -152,6 +180,15 @@ def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
         if vs_base is not None:
             out["delta_vs_baseline"] = vs_base.delta
             out["delta_vs_baseline_stderr"] = vs_base.as_dict()["stderr"]
+    figures = confirmed_preservation(study, mine)
+    if figures:
+        require = require_of(study)
+        values = None if require is None else preservation.constraint_values(require, figures)
+        out["preservation"] = {
+            **{k: v for k, v in figures.items() if k != "control_n"},
+            "preserves": preservation.is_feasible(values),
+            "verdict": preservation.verdict(figures, require,
+                                            f"trial {winner.number} on fresh seeds")}
     if len(ranking) < 2:
         out["verdict"] = f"trial {winner.number} was the only trial confirmed"
         return out

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.sweep_files import tiny_doc
 from trials.config import (
     HyperParams,
     TrialConfig,
@@ -31,7 +32,7 @@ def make_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
                                           encoding="utf-8")
 
     def make(parameters: dict[str, Any] | None = None, **sections: Any) -> Path:
-        doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+        doc = tiny_doc()  # the shipped tiny sweep, without its preservation
         doc["eval"]["prompts"] = "prompts.txt"
         if parameters is not None:
             doc["parameters"] = parameters
@@ -77,9 +78,12 @@ def test_overrides_replace_fixed_values(make_file: Callable[..., Path], tmp_path
 
 def test_shipped_sweep_with_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(REPO)
-    config = load(Path("sweeps/hyundai.yaml"), SET, tmp_path)
+    config = load(Path("sweeps/hyundai.yaml"),
+                  [*SET, "preservation=dop", "preservation_weight=3"], tmp_path)
     assert config.model.name == "sd-legacy/stable-diffusion-v1-5"
     assert config.eval.images_per_prompt == 4 and config.params.rank == 8
+    assert (config.preservation_method, config.preservation_weight) == ("dop", 3.0)
+    assert len(config.preservation.control_prompt_list) == 26
 
 
 def test_best_yaml_needs_no_overrides(make_file: Callable[..., Path], tmp_path: Path) -> None:
@@ -99,7 +103,7 @@ def test_alpha_defaults_to_rank(make_file: Callable[..., Path], tmp_path: Path) 
 
 
 TUNABLE = ("tunable: rank, lora_alpha, learning_rate, max_train_steps, target_modules, "
-            "adapter, caption_dropout")
+            "adapter, caption_dropout, preservation, preservation_weight")
 
 
 @pytest.mark.parametrize(("parameters", "pairs", "expected"), [

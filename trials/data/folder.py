@@ -61,6 +61,7 @@ class Example:
     path: Path  # absolute path of the image file
     file_name: str  # as written in metadata
     captions: tuple[str, ...]  # >= 1 non-empty caption
+    where: str = ""  # its metadata record, e.g. "metadata.jsonl line 3"
 
 
 def _allowed_formats() -> list[str]:
@@ -321,7 +322,8 @@ def load_examples(train_dir: str | Path, caption_column: str = "text") -> list[E
             problems.append((row.file_name or row.where, f"{problem} ({row.where})"))
             continue
         if row.captions and path is not None:
-            examples.append(Example(path=path, file_name=row.file_name, captions=row.captions))
+            examples.append(Example(path=path, file_name=row.file_name, captions=row.captions,
+                                    where=row.where))
     if not examples:
         problems.append((meta_name, "zero usable images"))
     if problems:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from trials.config import TrialConfig
 from trials.data.folder import Example, load_rgb
-from trials.eval import fast_eval, subject_fidelity
+from trials.eval import fast_eval, preservation, subject_fidelity
 from trials.eval.score import ClipScorer, generate_images, grid_image
 from trials.models.components import SDComponents, make_pipeline
 
@@ -69,22 +70,49 @@ class Evaluator:
         self.train_embeds = train_embeds
         # Fidelity to held-out real images, when the config has some (trials.eval.subject_fidelity).
         self.fidelity = subject_fidelity.for_config(config, self.scorer, device)
+        # Control prompts (the held-out prompts without the trigger), when the sweep has a
+        # trigger; base_control: the base model's control-image features (set_base_control).
+        self.preservation = config.preservation
+        self.base_control: torch.Tensor | None = None
 
-    def score(self, out_dir: Path) -> dict[str, Any]:
-        """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""
+    def _draw(self, prompts: list[str]) -> list[list[Image.Image]]:
         cfg = self.config
         merged = fast_eval.merged_lora(self.pipe.unet) if cfg.merge_lora else nullcontext()
         with merged, fast_eval.cuda_speedups(self.pipe, cfg.channels_last, cfg.compile_unet):
-            images = generate_images(
-                self.pipe, self.prompts, cfg.images_per_prompt, cfg.inference_steps,
+            return generate_images(
+                self.pipe, prompts, cfg.images_per_prompt, cfg.inference_steps,
                 cfg.guidance_scale, cfg.seed, self.resolution, batch_size=cfg.batch_size,
                 width=self.size[0], height=self.size[1],
                 prompt_embeddings=self.prompt_embeddings)
+
+    def control_features(self) -> torch.Tensor:
+        """CLIP image features of the control images the UNet draws *now*, shape
+        ``[n_control_prompts * images_per_prompt, dim]``: call it on the base model (before a
+        LoRA is attached or loaded) for :meth:`set_base_control`."""
+        images = self._draw(list(self.preservation.control_prompt_list))
+        return self.scorer.embed_images([im for group in images for im in group])
+
+    def set_base_control(self, features: torch.Tensor | None) -> None:
+        """The base model's control-image features, for drift and leak at every rung."""
+        self.base_control = features
+
+    def score(self, out_dir: Path) -> dict[str, Any]:
+        """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""
+        images = self._draw(self.prompts)
         result = self.scorer.score(self.prompts, images, self.train_embeds)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         grid_image(images, labels=self.prompts).save(out_dir / SAMPLES_NAME)
         extra = self.fidelity.score(images) if self.fidelity is not None else {}
+        if self.preservation.measured:
+            # Same seeds as the base model's control images: each image has a paired twin.
+            controls = list(self.preservation.control_prompt_list)
+            control_images = self._draw(controls)
+            grid_image(control_images, labels=controls).save(
+                out_dir / preservation.CONTROL_NAME)
+            extra.update(preservation.control_metrics(
+                self.scorer, controls, self.preservation.brand_prompt_list, control_images,
+                self.base_control))
         return {
             **extra,
             "clip_score": float(result.clip_score),

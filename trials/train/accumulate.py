@@ -43,6 +43,10 @@ class NoisedBatch:
     timesteps: torch.Tensor
     text: torch.Tensor  # caption embeddings (encoder hidden states)
     target: torch.Tensor  # epsilon or velocity, like ``noisy``
+    # A preservation term (trials.train.preserve) rides along with the instance micro-batches:
+    # its loss counts ``weight`` times and is not part of the reported training loss.
+    weight: float = 1.0
+    preservation: bool = False
 
     @property
     def size(self) -> int:
@@ -130,6 +134,7 @@ class Accumulator:
         self.fused = mode != "off"
         self.mode = mode
         self.fell_back_at: int | None = None  # the step at which ``auto`` stopped fusing
+        self.preservation_losses: list[float] = []  # the last step's preservation terms
 
     @property
     def description(self) -> str:
@@ -144,9 +149,14 @@ class Accumulator:
     def backward(self, batches: list[NoisedBatch], step: int,
                  check: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss
                  ) -> list[float]:
-        """Accumulate the step's gradient into the LoRA parameters; returns each micro-batch's
-        loss. ``check(loss)`` sees every micro-batch loss (a scalar tensor) before backward and
-        returns the loss to use (fault injection, divergence checks)."""
+        """Accumulate the step's gradient into the LoRA parameters; returns each instance
+        micro-batch's loss. ``check(loss)`` sees every micro-batch loss (a scalar tensor) before
+        backward and returns the loss to use (fault injection, divergence checks).
+
+        The step's objective is ``sum_i weight_i * loss_i / n`` over every batch, ``n`` the
+        number of instance micro-batches (the reference's accumulation when every weight is 1
+        and there is no preservation term); the preservation terms' losses are kept in
+        :attr:`preservation_losses`."""
         if not self.fused:
             return self._sequential(batches, check)
         try:
@@ -166,19 +176,25 @@ class Accumulator:
                     len(batches), step)
         return self._sequential(batches, check)
 
+    def _split(self, batches: list[NoisedBatch], losses: list[float]) -> list[float]:
+        """Instance losses to return; preservation losses to :attr:`preservation_losses`."""
+        self.preservation_losses = [loss for b, loss in zip(batches, losses, strict=True)
+                                    if b.preservation]
+        return [loss for b, loss in zip(batches, losses, strict=True) if not b.preservation]
+
     def _sequential(self, batches: list[NoisedBatch], check) -> list[float]:
         losses = []
-        n = len(batches)
+        n = max(1, sum(not b.preservation for b in batches))
         for batch in batches:
             pred = self._predict(batch.noisy, batch.timesteps, batch.text)
             loss = check(mean_loss(pred, batch, self.scheduler, self.train))
             losses.append(loss.item())
-            self.scale(loss / n).backward()
-        return losses
+            self.scale(batch.weight * loss / n).backward()
+        return self._split(batches, losses)
 
     def _fused(self, batches: list[NoisedBatch], check) -> list[float]:
         losses: list[float] = [math.nan] * len(batches)
-        n = len(batches)
+        n = max(1, sum(not b.preservation for b in batches))
         for group in same_shape_groups(batches):
             parts = [batches[i] for i in group]
             pred = self._predict(torch.cat([b.noisy for b in parts]),
@@ -193,6 +209,6 @@ class Accumulator:
             for i, chunk in zip(group, per_sample.split([b.size for b in parts]), strict=True):
                 loss = check(chunk.mean())
                 losses[i] = loss.item()
-                total = total + loss / n
+                total = total + batches[i].weight * loss / n
             self.scale(total).backward()
-        return losses
+        return self._split(batches, losses)

@@ -37,7 +37,7 @@ from trials.data.holdout import training_examples
 from trials.eval import evaluator as evaluation
 from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora, save_lora
-from trials.train import accumulate, cache, faults, warm
+from trials.train import accumulate, cache, faults, preserve, warm
 
 # report(step, metrics, checkpoint_dir) -> True to stop the trial (early stopping).
 Report = Callable[[int, dict[str, Any], Path], bool | None]
@@ -123,6 +123,14 @@ def make_batch_sampler(n_examples: int, batch_size: int, rng: random.Random):
 def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, components, rng,
                  device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (scaled) and caption embeddings for one micro-batch."""
+    latents, text, _ = micro_batch(indices, data, config, components, rng, device, dtype)
+    return latents, text
+
+
+def micro_batch(indices, data: cache.EncodedData, config: TrialConfig, components, rng,
+                device, dtype) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`batch_inputs` plus the caption rows drawn (``data.text_embeds`` rows), which
+    differential output preservation needs for the same captions without the trigger."""
     flips = [config.data.random_flip and rng.random() < 0.5 for _ in indices]
     rows = [rng.choice(data.caption_rows[i]) for i in indices]
     text = data.text_embeds[rows]
@@ -147,7 +155,7 @@ def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, componen
         ]).to(device, dtype)
         with torch.no_grad():
             latents = components.vae.encode(pixels).latent_dist.sample()
-    return latents * components.vae.config.scaling_factor, text
+    return latents * components.vae.config.scaling_factor, text, rows
 
 
 def diffusion_loss(unet, scheduler, latents, text, config: TrialConfig) -> torch.Tensor:
@@ -227,6 +235,15 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
         config, components, examples, device, dtype, scorer=warm.kept_scorer(config, device),
         train_embeds=warm.kept_reference_embeddings(config, device, examples),
         prompt_embeddings=warm.kept_prompt_embeddings(config, device, dtype))
+    # The base model's own work for preservation, while the UNet is still the base model: its
+    # control images (drift and leak at each rung), prior preservation's class images, and
+    # differential output preservation's trigger-less captions (see trials.train.preserve).
+    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
+    method, weight = config.preservation_method, config.preservation_weight
+    class_set = preserve.class_data(config, examples, evaluator, components, device, dtype) \
+        if method == "prior" else None
+    control_text = preserve.control_text(config, examples, components, device) \
+        if method == "dop" else None
 
     # 2. Attach the LoRA adapter; only its weights train. Seeded here, after loading, so a
     #    trial draws the same numbers whether its process loaded the model or kept it.
@@ -255,15 +272,24 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
     result = TrialResult()
     train_seconds = eval_seconds = 0.0
     losses: list[float] = []
+    preservation_losses: list[float] = []
     unet.train()
     with explain_out_of_memory(config):
         for step in range(1, params.max_train_steps + 1):
             started = time.perf_counter()
-            micro_batches = [
-                accumulate.add_noise(*batch_inputs(next(batches), data, config, components, rng,
-                                                   device, dtype),
-                                     components.noise_scheduler, train_cfg)
-                for _ in range(train_cfg.gradient_accumulation_steps)]
+            micro_batches = []
+            for _ in range(train_cfg.gradient_accumulation_steps):
+                latents, text, rows = micro_batch(next(batches), data, config, components, rng,
+                                                  device, dtype)
+                batch = accumulate.add_noise(latents, text, components.noise_scheduler,
+                                             train_cfg)
+                micro_batches.append(batch)
+                if control_text is not None:  # dop: same noisy latents, trigger-less captions
+                    micro_batches.append(preserve.dop_batch(
+                        batch, control_text[rows].to(device, dtype), unet, weight))
+                elif class_set is not None:  # prior: as many class images beside them
+                    micro_batches.append(preserve.prior_batch(
+                        class_set, batch.size, rng, components, config, device, dtype, weight))
 
             def checked(loss: torch.Tensor, step: int = step) -> torch.Tensor:
                 loss = fault.corrupt_loss(step, loss)
@@ -272,6 +298,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 return loss
 
             losses += accumulator.backward(micro_batches, step, checked)
+            preservation_losses += accumulator.preservation_losses
             scaler.unscale_(optimizer)
             grad_norm = clip_gradients(trainable, train_cfg.max_grad_norm)
             scaler.step(optimizer)
@@ -296,6 +323,10 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 "max_train_steps": params.max_train_steps,
                 **scores,
                 "train_loss": sum(losses) / len(losses),
+                "preservation": method,
+                "preservation_weight": weight if method != "none" else None,
+                "preservation_loss": sum(preservation_losses) / len(preservation_losses)
+                if preservation_losses else None,
                 "grad_norm": grad_norm,
                 "learning_rate_now": lr_scheduler.get_last_lr()[0],
                 "train_seconds": train_seconds,
@@ -310,6 +341,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 "accumulation": accumulator.description,
             }
             losses.clear()
+            preservation_losses.clear()
             result.rungs.append(metrics)
             if report(step, metrics, checkpoint) and step < params.max_train_steps:
                 result.stopped_early = True
@@ -327,6 +359,8 @@ def run_baseline(config: TrialConfig) -> dict[str, Any]:
     components, data = load_frozen(config, device, dtype)
     started = time.perf_counter()
     evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
+    # Draws and caches the base model's control images for every trial's drift and leak.
+    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
     scores = evaluator.score(Path(config.output_dir))
     scores["eval_seconds"] = time.perf_counter() - started
     scores["cache_file"] = str(data.cache_file)

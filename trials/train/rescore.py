@@ -21,6 +21,7 @@ from typing import Any
 from trials.config import TrialConfig
 from trials.eval import evaluator as evaluation
 from trials.models.lora import WEIGHTS_NAME
+from trials.train import preserve
 from trials.train.loop import load_frozen, pick_device, weight_dtype_for
 
 
@@ -45,6 +46,8 @@ def rescore(config: TrialConfig, lora_dir: Path | None, seed: int,
     components, data = load_frozen(config, device, dtype)
     started = time.perf_counter()
     evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
+    # The base model's control images on these seeds, before the LoRA is loaded.
+    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
     if lora_dir is not None:
         # diffusers reads the adapter config (rank, alpha, modules) stored with the weights.
         evaluator.pipe.load_lora_weights(str(lora_dir))

@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from hpo.sweep.space import define_by_run, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep
+from tests.sweep_files import tiny_doc
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,7 +28,7 @@ def sweep_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
     (tmp_path / "prompts.txt").write_text("a red car\n", encoding="utf-8")
 
     def make(parameters: dict[str, Any] | None = None, **sections: Any) -> Sweep:
-        doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+        doc = tiny_doc()  # the shipped tiny sweep, without its preservation
         doc["eval"]["prompts"] = "prompts.txt"
         doc["parameters"].update(parameters or {})
         doc.update(sections)

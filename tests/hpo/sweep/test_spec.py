@@ -134,7 +134,7 @@ CASES = [
     ({"parameters.learning_rat": {"value": 1e-4}},
      "parameters.learning_rat: unknown parameter (did you mean 'learning_rate'?); tunable: "
      "rank, lora_alpha, learning_rate, max_train_steps, target_modules, adapter, "
-     "caption_dropout"),
+     "caption_dropout, preservation, preservation_weight"),
     # evaluation rungs and early termination
     ({"eval.every_steps": 35},
      "eval.every_steps: must be <= the smallest max_train_steps (30) so every trial is scored "
@@ -226,7 +226,9 @@ def test_shipped_sweeps_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None
     assert isinstance(sweep, Sweep)
     assert sweep.method == "tpe"
     assert [p.name for p in sweep.searched] == [
-        "rank", "learning_rate", "max_train_steps", "target_modules"]
+        "rank", "learning_rate", "max_train_steps", "target_modules", "preservation",
+        "preservation_weight"]
+    assert sweep.preservation.trigger == "Hyundai" and sweep.require is not None
     assert sweep.parameter("lora_alpha") == Parameter("lora_alpha", "value", value="rank")
     assert sweep.eval.prompts == REPO / "sweeps" / "prompts" / f"{name}_heldout.txt"
     assert sweep.eval.prompt_list and not any(p.startswith("#") for p in sweep.eval.prompt_list)
