@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import shlex
-import socket
 from pathlib import Path
 
 import optuna
@@ -108,7 +107,7 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     not built. Returns the training data's content hash (for the study fingerprint), or None
     when a dry run found the synthetic dataset not generated yet.
     """
-    from trials.data.folder import folder_fingerprint, heldout_overlap, load_examples
+    from trials.data.folder import REFERENCE_LABEL, folder_fingerprint, heldout_overlap
     from trials.data.synthetic import ensure_dataset
     from trials.models.components import check_model_source, resolve_model_path
 
@@ -121,11 +120,11 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     else:
         if not dry_run:
             ensure_dataset(sweep.data)
-        examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
+        examples = _load_folder(sweep, "data.train_dir", sweep.data.train_dir)
         contents = folder_fingerprint(examples, sweep.data.caption_column)
         held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
         if sweep.eval.reference_dir is not None:
-            load_examples(sweep.eval.reference_dir, sweep.data.caption_column)
+            _load_folder(sweep, "eval.reference_dir", sweep.eval.reference_dir, REFERENCE_LABEL)
         overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
         if overlap:
             log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
@@ -143,7 +142,24 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     return contents
 
 
+def _load_folder(sweep: Sweep, key: str, folder: Path, label: str = "the training data"
+                 ) -> list:
+    """An imagefolder the sweep names, its problems reported with the sweep file and key."""
+    from trials.data.folder import DataError, load_examples
+
+    try:
+        return load_examples(folder, sweep.data.caption_column, label)
+    except DataError as err:
+        raise PreflightError(f"{sweep.source}: {key}: {err}") from None
+
+
 def _check_writable(folder: Path, create: bool) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():  # --out names a file, or a path through one
+        raise PreflightError(f"{folder}: output folder: {existing} is a file, not a folder "
+                             "(--out must name a folder, or one to be made)")
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -219,21 +235,6 @@ def long_prompts(sweep: Sweep) -> list[str]:
                 out.append(f"warning: {sweep.eval.prompts}:{where.get(prompt, '?')}: prompt has "
                            f"{tokens} tokens, {who} reads {context}: the rest is cut off")
     return out
-
-
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """A HOST:PORT address must accept a connection: ``ray.init`` would retry for minutes."""
-    if not address or address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise PreflightError(f"--address {address}: expected auto or HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise PreflightError(f"--address {address}: no Ray cluster answers there ({reason}); "
-                             f"is the head node up (ray status on it)?") from None
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:

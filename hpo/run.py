@@ -18,11 +18,12 @@ from pathlib import Path
 
 from hpo import plan
 from hpo.dispatch.chaos import parse_chaos
+from hpo.dispatch.cluster import check_address
 from hpo.study import fingerprint
 from hpo.study.lock import StudyLocked, study_lock
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
-from hpo.sweep.spec import Sweep, load_sweep
+from hpo.sweep.spec import Sweep, load_sweep, study_name
 from trials.validation import ConfigError
 
 log = logging.getLogger("hpo")
@@ -124,11 +125,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
     if args.concurrency is not None and args.concurrency < 1:
         raise SweepError(f"--concurrency: must be >= 1 (got {args.concurrency})")
-    if args.study is not None and (
-            not args.study or args.study in (".", "..")
-            or not all(c.isalnum() or c in "-_." for c in args.study)):
-        raise SweepError(f"--study: a name of letters, digits, '-', '_' and '.', written to "
-                         f"OUT/NAME, so no path separators (got {args.study!r})")
+    if args.study is not None:
+        args.study, problem = study_name(args.study)
+        if problem:
+            raise SweepError(f"--study: {problem}")
 
 
 def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
@@ -143,8 +143,8 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     from hpo.study import storage as studies
 
     tracking.check(args.mlflow, args.wandb)
+    check_address(args.address)
     contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
-    plan.check_address(args.address)
     if args.address is None:  # the run would start Ray here: this machine is its one node
         plan.check_resources(sweep, [plan.local_node_resources()])
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -172,9 +172,9 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
     storage_url = args.storage or studies.default_storage_url(study_dir)
     storage_label = studies.redact(storage_url)
     cache_dir = args.out.resolve() / "cache"
+    check_address(args.address)  # before anything is written: ray.init would hang
     contents = plan.preflight(sweep, study_dir, cache_dir)
     assert contents is not None
-    plan.check_address(args.address)
     storage = plan.connect_storage(storage_url)
 
     with study_lock(storage_url, name, study_dir), driver_lock(study_dir):

@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo.dispatch.chaos import ChaosPlan
+from hpo.dispatch.cluster import check_address
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
@@ -51,10 +52,13 @@ RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip
 def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     """Connect to a cluster (``auto`` or HOST:PORT) or start a small local one.
 
-    Returns the cluster's total resources (CPU, GPU).
+    Returns the cluster's total resources (CPU, GPU). An address where no Ray answers raises
+    :class:`~hpo.dispatch.cluster.AddressError` within seconds (``ray.init`` would retry on and
+    on), checked here too since the cluster may have gone since the pre-flight check.
     """
     if not ray.is_initialized():
         if address:
+            check_address(address)
             ray.init(address=address, log_to_driver=True)
         else:
             # num_cpus None lets Ray size the node itself, from the container's CPU quota

@@ -136,7 +136,8 @@ def test_dry_run_checks_the_data_folder(sweep, capsys, case) -> None:
     damage(sweep.data)
     assert sweep.run("--dry-run") == 2
     err = capsys.readouterr().err  # a data error lists every problem, one a line
-    assert err.startswith(f"error: {sweep.data}") and expected in err and "Traceback" not in err
+    assert err.startswith(f"error: {sweep.data.parent / 'sweep.yaml'}: data.train_dir: "
+                          f"{sweep.data}: ") and expected in err and "Traceback" not in err
 
 
 def test_dry_run_checks_model_and_clip_and_writes_nothing(sweep, capsys, tmp_path) -> None:
@@ -192,8 +193,10 @@ def test_absurd_q_uniform_is_refused_arithmetically(sweep, capsys) -> None:
 # -- item 11: the small ones ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("flags", "expected"), [
-    (("--study", "../../x"), "--study: a name of letters"),
-    (("--study", ".."), "--study: a name of letters"),
+    (("--study", "../../x"), "--study: may use letters and digits (any script), '-', '_' and "
+                             "'.', at most 100 bytes as UTF-8, not '.' or '..' (got '../../x': "
+                             "'/' is not allowed)"),
+    (("--study", ".."), "--study: may use letters and digits (any script)"),
     (("--concurrency", "0"), "--concurrency: must be >= 1 (got 0)"),
     (("--concurrency", "-2"), "--concurrency: must be >= 1 (got -2)"),
 ])
