@@ -328,18 +328,38 @@ def fail_reason_lines(trials: list[FrozenTrial], most: int = 3) -> list[str]:
     return lines
 
 
-def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
-            storage_url: str, seconds: float) -> str:
-    """The closing lines: best score, where the outputs are, how to open the dashboard."""
-    trials = counted_trials(study)
+def _state_counts(trials: list[FrozenTrial]) -> str:
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+
+
+def finished_line(study: optuna.Study, seconds: float, started: float | None) -> str:
+    """How many trials this run finished (those finished since ``started``, epoch seconds; all
+    of them when None), and the study's total when earlier runs finished some."""
+    trials = counted_trials(study)
+    mine = counted_trials(study, since=started)
+    ran = f"{len(mine)} trial(s) finished ({_state_counts(mine)})" if mine \
+        else "no trial finished"
+    line = f"sweep {study.study_name}: {ran} in {seconds:.0f} s this run"
+    if len(mine) < len(trials):
+        line += f"; {len(trials)} in the study ({_state_counts(trials)})"
+    return line
+
+
+def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
+            storage_url: str, seconds: float, started: float | None = None) -> str:
+    """The closing lines: best score, where the outputs are, how to open the dashboard.
+
+    ``started``: when this run began (epoch seconds), so the count is this run's trials."""
+    from hpo.verdict.confirm import missing_lines
+    from hpo.verdict.winner import confirmation_missing
+
+    trials = counted_trials(study)
     best = best_trial(study)
     baseline = study.user_attrs.get("baseline_clip_score")
-    lines = ["", f"sweep {study.study_name}: {len(trials)} trial(s) finished ({counts}) "
-             f"in {seconds:.0f} s this run"]
+    lines = ["", finished_line(study, seconds, started)]
     if best is None:
         lines.append("no trial completed, so there is no best configuration yet")
         lines += fail_reason_lines(trials)
@@ -355,7 +375,18 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
             + f" at step {best.user_attrs.get('best_step')}, params {best.params}")
         lines.append(_delta_line("  vs baseline", best.user_attrs.get("delta_vs_baseline"),
                                  best.user_attrs.get("delta_vs_baseline_stderr")))
-        lines += confirmation_lines(study)
+        confirmed = confirmation_lines(study)
+        missing = confirmation_missing(study)
+        if missing and not confirmed:
+            lines.append(f"NOT confirmed on fresh seeds: trial {best.number} is the best search "
+                         "score only (its winner's curse is unmeasured); the confirmation lacks")
+        elif missing:
+            lines += confirmed
+            lines.append("  the confirmation is incomplete; it lacks")
+        else:
+            lines += confirmed
+        if missing:
+            lines += missing_lines(missing)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

@@ -29,6 +29,12 @@ from trials.validation import ConfigError
 log = logging.getLogger("hpo")
 
 
+# Exit codes: 0 done; 2 refused before the sweep, or stopped by an error every trial would
+# share; 3 the trials ran but the winner's confirmation on fresh seeds is missing or incomplete;
+# 130 interrupted (Ctrl-C). 2, 3 and 130 all say: rerun the same command (once fixed).
+UNCONFIRMED = 3
+
+
 class SweepError(RuntimeError):
     """A problem found before the sweep starts; the message is one line."""
 
@@ -166,6 +172,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
     from hpo.outputs import artifacts, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
+    from hpo.verdict.winner import confirmation_missing
 
     tracking.check(args.mlflow, args.wandb)
 
@@ -211,7 +218,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
             elif interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
-        if not interrupted and not stopped_by and sweep.confirm.top_k:
+        if not interrupted and not stopped_by:
             try:  # resumable: only what is missing on the confirmation seeds is scored
                 confirm.confirm(sweep, study, study_dir, cache_dir,
                                 tuning.confirmation_scorer(sweep, args.address))
@@ -223,13 +230,22 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         csv = export.write_trials_csv(study, study_dir)
         artifacts.write_study_note(study, sweep.eval.prompt_list)
         log.info("report: %s", report.write_report(study, study_dir))
-        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
+        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started,
+                           started))
+        unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
     if stopped_by:
         reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
         print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",
               file=sys.stderr)
         return 2
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if unconfirmed:
+        print(f"error: the confirmation on fresh seeds is incomplete: {len(unconfirmed)} of its "
+              "task(s) have no result (see above); fix the cause and rerun the same command: "
+              "only those run", file=sys.stderr)
+        return UNCONFIRMED
+    return 0
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,

@@ -2,7 +2,8 @@
 
 Each example stands for a kind: the outcome asserted is the one line (file, key, what is
 allowed), the exit code, that nothing was written or lost, and that nothing was counted that
-should not be. No Ray: ``offline_sweep`` refuses to start it (the whole-sweep paths are in
+should not be. No Ray: ``offline_sweep`` refuses to start it, and the sweep's trials and
+confirmation are stood in for where a case needs them (the whole-sweep paths are in
 ``test_sweep.py`` and ``test_integrity_sweep.py``).
 """
 
@@ -12,11 +13,17 @@ import time
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
+import yaml
 
+import hpo.dispatch.tune
+import hpo.run
+from hpo.study import storage as studies
 from hpo.study.lock import lock_path, mysql_lock_name
+from hpo.sweep.space import define_by_run
 from tests.hpo.conftest import RayStarted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,3 +166,93 @@ def test_an_emptied_reference_folder_is_not_called_training_data(sweep, capsys) 
                           f"{reference}: 1 problem(s) in the held-out reference images "
                           "(eval.reference_dir):")
     assert "no metadata.jsonl or metadata.csv" in err and "training data" not in err
+
+
+# -- misleading: the closing line counts this run's trials; a silent confirmation failure -----
+
+def fake_trials(sweep_spec: Any, n: int) -> Any:
+    """A stand-in for ``hpo.run.run_trials``: ``n`` COMPLETE trials, each with a LoRA path."""
+    def run_trials(spec, name, storage, study, study_dir, cache_dir, remaining, args) -> None:
+        space = define_by_run(spec)
+        for i in range(min(n, remaining)):
+            trial = study.ask()
+            space(trial)
+            trial.set_user_attr("lora_path", str(study_dir / f"lora-{trial.number}"))
+            trial.set_user_attr("best_step", 60)
+            trial.set_user_attr("score_per_rung", {"60": 50.0 + i})
+            study.tell(trial, 50.0 + i)
+    return run_trials
+
+
+def scorer(fail: set[str], seen: list[str]) -> Any:
+    """A stand-in for the confirmation's Ray tasks: an error for the keys in ``fail``."""
+    def make(sweep_spec: Any, address: str | None) -> Any:
+        def score(jobs: dict, seed: int, images: int) -> Any:
+            for key in sorted(jobs):
+                seen.append(key)
+                if key in fail:
+                    yield key, {"error": "ModelError: model folder /m has no 'unet' subfolder"}
+                else:
+                    yield key, {"clip_score": 40.0 + len(key) % 7, "clip_score_stderr": 1.0,
+                                "per_prompt": [40.0 + len(key) % 7 + d for d in (0.0, 1.0, 2.0)]}
+        return score
+    return make
+
+
+def test_a_confirmation_that_did_not_run_is_not_a_confirmed_winner(sweep, capsys,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(hpo.run, "run_trials", fake_trials(None, 3))
+    seen: list[str] = []
+    every = {"confirm_trial_0", "confirm_trial_1", "confirm_trial_2", "confirm_baseline"}
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", scorer(every, seen))
+    assert sweep.run("--trials", "3") == hpo.run.UNCONFIRMED == 3
+    out, err = capsys.readouterr()
+    assert "NOT confirmed on fresh seeds: trial 2 is the best search score only" in out
+    assert ("  trial 2, trial 1, trial 0, the base model: ModelError: model folder /m has no "
+            "'unet' subfolder") in out
+    assert "confirmed on fresh seeds (seed" not in out
+    assert err.strip().splitlines()[-1].startswith(
+        "error: the confirmation on fresh seeds is incomplete: 4 of its task(s) have no result")
+    study_dir = sweep.out / "tiny-demo"
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    assert best["result"]["confirmation"]["confirmed"] is False
+    assert set(best["result"]["confirmation"]["missing"]) == every
+    assert "# NOT confirmed on fresh seeds" in (study_dir / "best.yaml").read_text()
+
+    # Fixed, the same command runs only the confirmation, and counts no trial as this run's.
+    seen.clear()
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", scorer(set(), seen))
+    assert sweep.run("--trials", "3") == 0
+    out = capsys.readouterr().out
+    assert sorted(seen) == sorted(every)
+    assert "sweep tiny-demo: no trial finished in " in out
+    assert " s this run; 3 in the study (3 COMPLETE)" in out
+    assert "confirmed on fresh seeds (seed 1235" in out and "NOT confirmed" not in out
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    assert "missing" not in best["result"]["confirmation"]
+
+    # A base model that fails alone: the winner is ranked, but the run still says it lacks one.
+    monkeypatch.setattr(hpo.run, "run_trials", fake_trials(None, 1))
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer",
+                        scorer({"confirm_baseline"}, seen))
+    studies_db = f"sqlite:///{study_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny-demo", storage=studies_db)
+    study.set_user_attr("confirm_baseline", {"error": "x", "seed": 1235,
+                                             "images_per_prompt": 2})
+    assert sweep.run("--trials", "4") == 3
+    out = capsys.readouterr().out
+    assert "sweep tiny-demo: 1 trial(s) finished (1 COMPLETE) in " in out
+    assert "this run; 4 in the study (4 COMPLETE)" in out
+    assert "the confirmation is incomplete; it lacks" in out and "the base model: " in out
+    assert len(studies.counted_trials(optuna.load_study(study_name="tiny-demo",
+                                                        storage=studies_db))) == 4
+
+
+def test_confirmation_off_is_not_reported_missing(sweep, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(hpo.run, "run_trials", fake_trials(None, 2))
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", scorer(set(), []))
+    assert sweep.run("--trials", "2") == 0  # confirmed
+    off = sweep.write(**{"confirm.top_k": 0})
+    assert sweep.run("--trials", "2", sweep=off) == 0  # off now: nothing is missing
+    out = capsys.readouterr().out
+    assert "NOT confirmed" not in out.split("sweep tiny-demo:")[-1]
