@@ -25,6 +25,9 @@ What it adds to ``ray start``:
 
 Any other ``ray start`` flag (``--block``, ``--temp-dir``, ``--object-store-memory`` ...) is
 passed through unchanged. The token never appears on a command line or in the output.
+
+:func:`check_address` is the sweep driver's side: is a Ray cluster at ``--address``? It asks
+without Ray (a socket and the gRPC handshake), so the dry run can ask too.
 """
 
 from __future__ import annotations
