@@ -8,11 +8,12 @@ per ``target_modules`` preset (a grid of 3, one at a time), each 2 training step
 (8x8 latents) and one rung of 2 prompts x 1 image x 2 sampler steps, no confirmation, then the
 winner's kohya export. The smallest settings that still run every layer of the real networks.
 
-Measured on the 2-core test machine while it was shared (load average 11 to 13): the whole
-test 181 s; in it the sweep 93 s with a peak of 7.8 GB resident in the driver, its Ray and the
-workers together (fp32 SD v1.5 is 4.3 GB on disk; the baseline task's worker and the trial
-worker each load it), and the build subprocess 5.1 GB (37 s when the load was 5). The test
-records its sweep's figures (``record_property``: wall seconds, peak GB) and prints them.
+Measured on the 2-core test machine, shared with other work: the whole test 146 s at load
+average 5 to 9 (181 s at 11 to 13); in it the sweep 81 s (93 s), with a peak of 8.1 GB (7.8 GB)
+resident in the driver, its Ray and the workers together (summed, so shared pages count twice;
+fp32 SD v1.5 is 4.3 GB on disk, and the baseline task's worker and the trial worker each load
+it), and the build subprocess 5.1 GB. The test records its sweep's figures
+(``record_property``: wall seconds, peak GB) and prints them.
 """
 
 from __future__ import annotations
