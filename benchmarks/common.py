@@ -62,14 +62,30 @@ def merge_results(values: Mapping[str, Any]) -> None:
 
 def write_section(begin: str, end: str, section: str) -> None:
     """Replace the part of BENCHMARKS.md between the ``begin`` and ``end`` markers with
-    ``section`` (which carries both markers), or append it when the markers are missing."""
+    ``section`` (which carries both markers), or append it when the markers are missing; then
+    rebuild the Summary at the top from ``results.json`` (:mod:`benchmarks.summary`)."""
     text = MARKDOWN.read_text() if MARKDOWN.is_file() else "# Benchmarks\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + section + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    MARKDOWN.write_text(text)
+    MARKDOWN.write_text(with_recorded_summary(text))
+
+
+def with_recorded_summary(text: str) -> str:
+    """``text`` (BENCHMARKS.md) with its Summary rebuilt from ``results.json`` as it is now."""
+    from benchmarks.summary import with_summary
+
+    return with_summary(text, json.loads(RESULTS.read_text()) if RESULTS.is_file() else {})
+
+
+def marked_sections(text: str) -> str:
+    """The sections other commands wrote into BENCHMARKS.md between ``<!-- NAME:begin -->`` and
+    ``<!-- NAME:end -->`` markers (not the Summary), to keep when the rest is rewritten."""
+    blocks = re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->\n?", text,
+                         flags=re.DOTALL)
+    return "".join(m.group(0) for m in blocks if m.group(1) != "summary")
 
 
 def median(values: Sequence[float]) -> float:

@@ -376,6 +376,10 @@ def render(res: Results) -> str:
     lines = [
         "# Benchmarks",
         "",
+        # Not "## Summary": that one, at the top, is rebuilt from results.json
+        # (benchmarks.summary); this table is this run's, and keeps its date.
+        f"## Sections 1-6 at a glance (`python -m benchmarks.run`, {when})",
+        "",
         f"Written by `python -m benchmarks.run{' --quick' if res.quick else ''}` ({mode} "
         f"settings) on {when}.{took}",
         "",
@@ -386,8 +390,6 @@ def render(res: Results) -> str:
         f"{s.eval_repeats} trial(s); demo {s.demo_repeats} run(s) of {s.demo_trials} trials; "
         f"early stopping {s.early_stop_trials} trials per arm. Figures are medians of the "
         "repeats.",
-        "",
-        "## Summary",
         "",
         *summary_rows(res),
         "",

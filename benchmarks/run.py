@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import REPO, Results, Settings
+from benchmarks.common import REPO, Results, Settings, marked_sections, with_recorded_summary
 from benchmarks.render import render
 
 SECTIONS = ("throughput", "search", "eval_cost", "demo", "early_stop")
@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, demo_repeats=max(1, args.repeats))
     sections = (*(args.only or SECTIONS), *(["soak"] if args.soak else []))
     res = measure(settings, args.quick, sections, args.sd15_model)
-    text = render(res)
+    # Sections 1-6 are rewritten; what the other benchmarks wrote is kept, and the Summary is
+    # rebuilt from results.json (it must not quote this run's table as today's figures).
+    kept = marked_sections(args.out.read_text(encoding="utf-8")) if args.out.is_file() else ""
+    text = with_recorded_summary(render(res).rstrip("\n") + "\n\n" + kept)
     args.out.write_text(text, encoding="utf-8")
     print(text)
     _log(f"wrote {args.out} in {res.elapsed / 60:.1f} min")

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import shlex
-import socket
 from pathlib import Path
 
 import optuna
@@ -144,7 +143,7 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     not built. Returns the training data's content hash (for the study fingerprint), or None
     when a dry run found the synthetic dataset not generated yet.
     """
-    from trials.data.folder import folder_fingerprint, heldout_overlap, load_examples
+    from trials.data.folder import REFERENCE_LABEL, folder_fingerprint, heldout_overlap
     from trials.data.synthetic import ensure_dataset
     from trials.models.components import check_model_source, resolve_model_path
 
@@ -157,12 +156,12 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     else:
         if not dry_run:
             ensure_dataset(sweep.data)
-        examples = load_examples(sweep.data.train_dir, sweep.data.caption_column)
+        examples = _load_folder(sweep, "data.train_dir", sweep.data.train_dir)
         contents = folder_fingerprint(examples, sweep.data.caption_column)
         held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
         _check_captions(sweep, examples)
         if sweep.eval.reference_dir is not None:
-            load_examples(sweep.eval.reference_dir, sweep.data.caption_column)
+            _load_folder(sweep, "eval.reference_dir", sweep.eval.reference_dir, REFERENCE_LABEL)
         overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
         if overlap:
             log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
@@ -180,7 +179,24 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     return contents
 
 
+def _load_folder(sweep: Sweep, key: str, folder: Path, label: str = "the training data"
+                 ) -> list:
+    """An imagefolder the sweep names, its problems reported with the sweep file and key."""
+    from trials.data.folder import DataError, load_examples
+
+    try:
+        return load_examples(folder, sweep.data.caption_column, label)
+    except DataError as err:
+        raise PreflightError(f"{sweep.source}: {key}: {err}") from None
+
+
 def _check_writable(folder: Path, create: bool) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():  # --out names a file, or a path through one
+        raise PreflightError(f"{folder}: output folder: {existing} is a file, not a folder "
+                             "(--out must name a folder, or one to be made)")
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
@@ -256,21 +272,6 @@ def long_prompts(sweep: Sweep) -> list[str]:
                 out.append(f"warning: {sweep.eval.prompts}:{where.get(prompt, '?')}: prompt has "
                            f"{tokens} tokens, {who} reads {context}: the rest is cut off")
     return out
-
-
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """A HOST:PORT address must accept a connection: ``ray.init`` would retry for minutes."""
-    if not address or address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise PreflightError(f"--address {address}: expected auto or HOST:PORT")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise PreflightError(f"--address {address}: no Ray cluster answers there ({reason}); "
-                             f"is the head node up (ray status on it)?") from None
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
@@ -366,18 +367,38 @@ def fail_reason_lines(trials: list[FrozenTrial], most: int = 3) -> list[str]:
     return lines
 
 
-def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
-            storage_url: str, seconds: float) -> str:
-    """The closing lines: best score, where the outputs are, how to open the dashboard."""
-    trials = counted_trials(study)
+def _state_counts(trials: list[FrozenTrial]) -> str:
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+
+
+def finished_line(study: optuna.Study, seconds: float, started: float | None) -> str:
+    """How many trials this run finished (those finished since ``started``, epoch seconds; all
+    of them when None), and the study's total when earlier runs finished some."""
+    trials = counted_trials(study)
+    mine = counted_trials(study, since=started)
+    ran = f"{len(mine)} trial(s) finished ({_state_counts(mine)})" if mine \
+        else "no trial finished"
+    line = f"sweep {study.study_name}: {ran} in {seconds:.0f} s this run"
+    if len(mine) < len(trials):
+        line += f"; {len(trials)} in the study ({_state_counts(trials)})"
+    return line
+
+
+def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
+            storage_url: str, seconds: float, started: float | None = None) -> str:
+    """The closing lines: best score, where the outputs are, how to open the dashboard.
+
+    ``started``: when this run began (epoch seconds), so the count is this run's trials."""
+    from hpo.verdict.confirm import missing_lines
+    from hpo.verdict.winner import confirmation_missing
+
+    trials = counted_trials(study)
     best = best_trial(study)
     baseline = study.user_attrs.get("baseline_clip_score")
-    lines = ["", f"sweep {study.study_name}: {len(trials)} trial(s) finished ({counts}) "
-             f"in {seconds:.0f} s this run"]
+    lines = ["", finished_line(study, seconds, started)]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if best is None and complete and require_of(study) is not None:
         lines.append(f"no trial preserves the base model: all {len(complete)} COMPLETE "
@@ -401,7 +422,18 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         if best.user_attrs.get("control_score") is not None:
             lines.append("  " + preservation.verdict(best.user_attrs, require_of(study),
                                                      "on the control prompts, it"))
-        lines += confirmation_lines(study)
+        confirmed = confirmation_lines(study)
+        missing = confirmation_missing(study)
+        if missing and not confirmed:
+            lines.append(f"NOT confirmed on fresh seeds: trial {best.number} is the best search "
+                         "score only (its winner's curse is unmeasured); the confirmation lacks")
+        elif missing:
+            lines += confirmed
+            lines.append("  the confirmation is incomplete; it lacks")
+        else:
+            lines += confirmed
+        if missing:
+            lines += missing_lines(missing)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

@@ -18,14 +18,21 @@ from pathlib import Path
 
 from hpo import plan
 from hpo.dispatch.chaos import parse_chaos
+from hpo.dispatch.cluster import check_address
 from hpo.study import fingerprint
 from hpo.study.lock import StudyLocked, study_lock
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
-from hpo.sweep.spec import Sweep, load_sweep
+from hpo.sweep.spec import Sweep, load_sweep, study_name
 from trials.validation import ConfigError
 
 log = logging.getLogger("hpo")
+
+
+# Exit codes: 0 done; 2 refused before the sweep, or stopped by an error every trial would
+# share; 3 the trials ran but the winner's confirmation on fresh seeds is missing or incomplete;
+# 130 interrupted (Ctrl-C). 2, 3 and 130 all say: rerun the same command (once fixed).
+UNCONFIRMED = 3
 
 
 class SweepError(RuntimeError):
@@ -124,11 +131,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
     if args.concurrency is not None and args.concurrency < 1:
         raise SweepError(f"--concurrency: must be >= 1 (got {args.concurrency})")
-    if args.study is not None and (
-            not args.study or args.study in (".", "..")
-            or not all(c.isalnum() or c in "-_." for c in args.study)):
-        raise SweepError(f"--study: a name of letters, digits, '-', '_' and '.', written to "
-                         f"OUT/NAME, so no path separators (got {args.study!r})")
+    if args.study is not None:
+        args.study, problem = study_name(args.study)
+        if problem:
+            raise SweepError(f"--study: {problem}")
 
 
 def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
@@ -143,8 +149,8 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     from hpo.study import storage as studies
 
     tracking.check(args.mlflow, args.wandb)
+    check_address(args.address)
     contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
-    plan.check_address(args.address)
     if args.address is None:  # the run would start Ray here: this machine is its one node
         plan.check_resources(sweep, [plan.local_node_resources()])
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -166,15 +172,16 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
     from hpo.outputs import artifacts, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
+    from hpo.verdict.winner import confirmation_missing
 
     tracking.check(args.mlflow, args.wandb)
 
     storage_url = args.storage or studies.default_storage_url(study_dir)
     storage_label = studies.redact(storage_url)
     cache_dir = args.out.resolve() / "cache"
+    check_address(args.address)  # before anything is written: ray.init would hang
     contents = plan.preflight(sweep, study_dir, cache_dir)
     assert contents is not None
-    plan.check_address(args.address)
     storage = plan.connect_storage(storage_url)
 
     with study_lock(storage_url, name, study_dir), driver_lock(study_dir):
@@ -211,7 +218,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
             elif interrupted:
                 log.info("stopped early; %d unfinished trial(s) queued again, rerun the same "
                          "command to continue", len(requeued))
-        if not interrupted and not stopped_by and sweep.confirm.top_k:
+        if not interrupted and not stopped_by:
             try:  # resumable: only what is missing on the confirmation seeds is scored
                 confirm.confirm(sweep, study, study_dir, cache_dir,
                                 tuning.confirmation_scorer(sweep, args.address))
@@ -223,13 +230,22 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         csv = export.write_trials_csv(study, study_dir)
         artifacts.write_study_note(study, sweep.eval.prompt_list)
         log.info("report: %s", report.write_report(study, study_dir))
-        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started))
+        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started,
+                           started))
+        unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
     if stopped_by:
         reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
         print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",
               file=sys.stderr)
         return 2
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if unconfirmed:
+        print(f"error: the confirmation on fresh seeds is incomplete: {len(unconfirmed)} of its "
+              "task(s) have no result (see above); fix the cause and rerun the same command: "
+              "only those run", file=sys.stderr)
+        return UNCONFIRMED
+    return 0
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,

@@ -38,6 +38,9 @@ INTERPOLATION_MODES = ("bilinear", "bicubic", "box", "hamming", "lanczos", "near
                        "nearest_exact")
 DEFAULT_INTERPOLATION = "lanczos"
 DEFAULT_BUCKET_MAX_ASPECT = 2.5  # long side / short side; car side views are about 2:1
+# Image sides in pixels (data.resolution, eval.width/height, data.synthetic.size): SD v1.5
+# trains at 512 and SDXL at 1024; a side of 100000 is a typo that would plan 10^10-pixel images.
+MIN_SIDE, MAX_SIDE = 8, 2048
 # train.fused_accumulation: one batch per optimizer step (on), the reference's micro-batches
 # one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
 FUSED_MODES = ("auto", "on", "off")
@@ -253,8 +256,27 @@ def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
         raise ConfigError(
             file, key, f"prompts file {path} is not UTF-8 (byte {err.start})"
         ) from err
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
+    prompts: list[str] = []
+    first: dict[str, int] = {}  # prompt -> its line
+    repeats: list[tuple[int, int]] = []  # (line, the line it repeats)
+    for number, line in enumerate(text.splitlines(), 1):
+        prompt = line.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        if prompt in first:
+            repeats.append((number, first[prompt]))
+            continue
+        first[prompt] = number
+        prompts.append(prompt)
+    if repeats:
+        # A repeated prompt is scored as another held-out prompt: it narrows the standard
+        # errors over prompts without adding a prompt (more images of one prompt are
+        # eval.images_per_prompt).
+        line, of = repeats[0]
+        more = f", and {len(repeats) - 1:,} more repeated line(s)" if len(repeats) > 1 else ""
+        raise ConfigError(file, key, f"prompts file {path}: line {line} repeats line {of} "
+                          f"({text.splitlines()[of - 1].strip()!r}){more}; give each held-out "
+                          "prompt once (eval.images_per_prompt draws more images of each)")
     if not prompts:
         raise ConfigError(file, key, f"prompts file {path} has no prompts")
     return tuple(prompts)
@@ -290,12 +312,10 @@ def parse_data(section: Section, base_dir: Path) -> DataSpec:
         gen.allow_only(("n_images", "size", "seed"))
         synthetic = SyntheticData(
             n_images=gen.integer("n_images", 16, minimum=1),
-            size=gen.integer("size", 64, minimum=8),
+            size=gen.integer("size", 64, minimum=MIN_SIDE, maximum=MAX_SIDE),
             seed=gen.integer("seed", 0),
         )
-    resolution = section.integer("resolution", 512, minimum=8)
-    if resolution % 8:
-        raise section.error(f"must be a multiple of 8 (got {resolution})", "resolution")
+    resolution = _image_side(section, "resolution", 512)
     return DataSpec(
         train_dir=resolve_path(section.string("train_dir"), base_dir),
         image_column=section.string("image_column", "image"),
@@ -430,10 +450,15 @@ def parse_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
     return replace(spec, control_prompt_list=controls, brand_prompt_list=eval_spec.prompt_list)
 
 
-def _image_side(section: Section, key: str) -> int | None:
+def _image_side(section: Section, key: str, default: int | None = None) -> int | None:
     # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
-    value = section.integer(key, None, minimum=8)
-    if value is not None and value % 8:
+    value = section.raw(key, default)
+    if value is None:
+        return None
+    value = check_int(value, lambda message, k: section.error(
+        f"{message}; a side in pixels from {MIN_SIDE} to {MAX_SIDE}, a multiple of 8", k),
+        key, MIN_SIDE, MAX_SIDE)
+    if value % 8:
         raise section.error(f"must be a multiple of 8 (got {value})", key)
     return value
 

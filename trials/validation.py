@@ -124,7 +124,10 @@ class Section:
         self.file = str(file)
         self.path = path
         if data is None:
-            data = {}
+            # Written but empty (`train:` with every line under it commented out, or `null`):
+            # taking every default silently would run something the file does not say.
+            raise self.error("is empty (null); give its settings, write {} to take every "
+                             "default, or leave the key out")
         if not isinstance(data, Mapping):
             raise self.error(f"must be a mapping (got {describe(data)})")
         self.data: Mapping[str, Any] = data
@@ -165,8 +168,8 @@ class Section:
         return self.data[key]
 
     def sub(self, key: str) -> Section:
-        """The nested mapping at ``key`` (an empty one when absent)."""
-        return Section(self.file, self.key_path(key), self.data.get(key))
+        """The nested mapping at ``key`` (an empty one when absent; an error when null)."""
+        return Section(self.file, self.key_path(key), self.data.get(key, {}))
 
     def string(
         self, key: str, default: Any = _MISSING, choices: Iterable[str] | None = None

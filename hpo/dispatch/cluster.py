@@ -25,6 +25,9 @@ What it adds to ``ray start``:
 
 Any other ``ray start`` flag (``--block``, ``--temp-dir``, ``--object-store-memory`` ...) is
 passed through unchanged. The token never appears on a command line or in the output.
+
+:func:`check_address` is the sweep driver's side: is a Ray cluster at ``--address``? It asks
+without Ray (a socket and the gRPC handshake), so the dry run can ask too.
 """
 
 from __future__ import annotations
@@ -59,6 +62,87 @@ HEAD_PORTS = {"--ray-client-server-port": 10001, "--dashboard-port": 8265}
 
 class ClusterError(RuntimeError):
     """A problem found before ``ray start`` runs; the message is one line."""
+
+
+class AddressError(ValueError):
+    """An ``--address`` where no Ray cluster answers; the message is one line."""
+
+
+# What a gRPC client (Ray's GCS client) says first: the HTTP/2 preface and an empty SETTINGS
+# frame. A gRPC server (the GCS) answers with its own SETTINGS frame (type 4, stream 0).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
+def probe_ray(host: str, port: int, timeout: float) -> str | None:
+    """Why ``host:port`` is not a Ray cluster's GCS port, or None when it answers like one.
+
+    A TCP connection is not enough: Ray's own client retries its handshake for minutes (on and
+    on from ``ray.init``) against anything that accepts connections, such as a web server or
+    Ray's dashboard. The GCS speaks gRPC, so it must answer the HTTP/2 preface with a SETTINGS
+    frame. With ``RAY_USE_TLS`` on, the handshake is TLS and only the connection is checked.
+    """
+    try:
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except OSError as err:
+        return f"no Ray cluster answers there ({err.strerror or type(err).__name__})"
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return None
+        answer = b""
+        try:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            while len(answer) < 9:
+                chunk = conn.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+        except TimeoutError:
+            return (f"something accepts connections there but gave no Ray (gRPC) answer in "
+                    f"{timeout:g} s")
+        except ConnectionError:  # reset or closed under us: as good as no answer
+            answer = b""
+        except OSError as err:
+            return f"the connection failed ({err.strerror or type(err).__name__})"
+    if len(answer) == 9 and answer[3] == _H2_SETTINGS and not any(answer[5:9]):
+        return None
+    if answer.startswith(b"HTTP/") or answer.lstrip().startswith(b"<"):
+        return ("a web server answers there, not Ray (Ray's dashboard, 8265, is one: give the "
+                "GCS port)")
+    if not answer:
+        return ("something accepts connections there but closed them without a Ray (gRPC) "
+                "answer")
+    return f"something answers there, but not Ray (it began {answer[:9]!r})"
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Raise :class:`AddressError` unless a Ray cluster answers at ``address`` (HOST:PORT,
+    ``ray://HOST:PORT``, or ``auto`` with ``RAY_ADDRESS`` set), within about ``timeout`` s.
+
+    ``auto`` without ``RAY_ADDRESS`` is Ray's search for a head on this machine, which fails
+    fast by itself when there is none.
+    """
+    given = address
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address in (None, "auto"):
+            return
+    if not address:
+        return
+    if "://" in address:
+        scheme, _, address = address.partition("://")
+        if scheme != "ray":
+            return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise AddressError(f"--address {given}: expected auto or HOST:PORT")
+    problem = probe_ray(host.strip("[]"), int(port), timeout)
+    if problem is not None:
+        where = f" (RAY_ADDRESS={address})" if given == "auto" else ""
+        raise AddressError(f"--address {given}{where}: {problem}; is the head node up at this "
+                           f"address (its GCS port is {DEFAULT_PORT} by default; `ray status` on "
+                           f"the head prints it)?")
 
 
 def build_parser() -> argparse.ArgumentParser:

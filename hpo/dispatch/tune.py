@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo.dispatch.chaos import ChaosPlan
+from hpo.dispatch.cluster import check_address
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
@@ -63,10 +64,13 @@ PRESERVATION_ATTRS = ("control_score", "control_per_prompt", "control_delta", "c
 def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     """Connect to a cluster (``auto`` or HOST:PORT) or start a small local one.
 
-    Returns the cluster's total resources (CPU, GPU).
+    Returns the cluster's total resources (CPU, GPU). An address where no Ray answers raises
+    :class:`~hpo.dispatch.cluster.AddressError` within seconds (``ray.init`` would retry on and
+    on), checked here too since the cluster may have gone since the pre-flight check.
     """
     if not ray.is_initialized():
         if address:
+            check_address(address)
             ray.init(address=address, log_to_driver=True)
         else:
             # num_cpus None lets Ray size the node itself, from the container's CPU quota
@@ -253,15 +257,30 @@ class StudyRecorder(tune.Callback):
         clear_intermediate(self.searcher.study, ot_trial._trial_id)
         ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
 
+    def _leave_for_requeue(self, trial: Any, reason: str) -> None:
+        """Not this trial's fault: leave it RUNNING, so the driver marks it interrupted
+        (uncounted) and queues its parameters again."""
+        self.searcher.optuna_trial(trial.trial_id).set_user_attr("fail_reason", reason)
+
+    def _stopped_with_the_sweep(self, trial: Any, last: dict[str, Any]) -> bool:
+        """Whether a trial that ends now was cut short by the sweep-wide stop (stopped, or its
+        process killed, before its last step) rather than ending on its own."""
+        if self.stopper.reason is None or ("trial_error" in last and not last.get("sweep_error")):
+            return False
+        rungs = self.rungs.get(trial.trial_id, [])
+        return not rungs or rungs[-1]["step"] < rungs[-1]["max_train_steps"]
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         rungs = self.rungs.get(trial.trial_id, [])
         if last.get("sweep_error"):
-            # Not this trial's fault: leave it RUNNING, so the driver marks it interrupted
-            # (uncounted) and queues its parameters again; stop the sweep.
-            self.searcher.optuna_trial(trial.trial_id).set_user_attr(
-                "fail_reason", str(last["trial_error"]))
-            self.stopper.reason = self.stopper.reason or str(last["trial_error"])
+            self._leave_for_requeue(trial, str(last["trial_error"]))
+            self.stopper.reason = self.stopper.reason or str(last["trial_error"])  # stop all
+            return
+        if self._stopped_with_the_sweep(trial, last):
+            # Neither FAIL nor PRUNED: ASHA did not stop it, and it must not use up --trials.
+            self._leave_for_requeue(trial, f"stopped with the sweep, before its last step: "
+                                           f"{self.stopper.reason}"[:2000])
             return
         if "trial_error" in last:
             self._finish(trial, TrialState.FAIL, reason=str(last["trial_error"]))
@@ -277,6 +296,10 @@ class StudyRecorder(tune.Callback):
         if trial.error_file and Path(trial.error_file).is_file():
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
             text = lines[-1] if lines else ""
+        if self._stopped_with_the_sweep(trial, {}):  # its process killed by the stop
+            self._leave_for_requeue(trial, f"its process ended while the sweep stopped for: "
+                                           f"{self.stopper.reason} ({text})"[:2000])
+            return
         attempts = trial.run_metadata.num_failures
         self._finish(trial, TrialState.FAIL,
                      reason=f"the trial process failed {attempts} time(s): {text}"[:2000])

@@ -197,6 +197,9 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
         doc["result"]["objectives"] = winner.search_metrics(study, trial)
         doc["result"]["pareto_optimal"] = trial.number in {t.number for t in study.best_trials}
     confirmation = winner.confirmation_summary(study) if is_winner else None
+    missing = winner.confirmation_missing(study) if is_winner else {}
+    if missing:  # a confirmation was asked for and did not (fully) run: say so, never omit it
+        confirmation = {**(confirmation or {"confirmed": False}), "missing": missing}
     if confirmation is not None:
         doc["result"]["confirmation"] = confirmation
     if doc["train"].get("max_grad_norm") is None:
@@ -211,6 +214,10 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     )
     if confirmation is not None and confirmation.get("verdict"):
         header += f"# Confirmation on fresh seeds: {confirmation['verdict']}.\n"
+    if missing:
+        header += ("# NOT confirmed on fresh seeds" if "verdict" not in (confirmation or {})
+                   else "# The confirmation is incomplete") + \
+            f": no result for {', '.join(missing)} (result.confirmation.missing).\n"
     tmp = path.with_suffix(".yaml.tmp")
     text = header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
     tmp.write_text(text, encoding="utf-8")

@@ -48,6 +48,18 @@ def _file_lock(path: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# File names have at most this many bytes on the usual file systems (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+
+
+def mysql_lock_name(name: str) -> str:
+    """``GET_LOCK``'s name for the study: at most 64 characters, so a long study name is
+    hashed rather than cut (two names sharing a prefix must not share a lock)."""
+    plain = f"hpo-study:{name}"
+    return plain if len(plain) <= 64 else \
+        f"hpo-study:{hashlib.sha256(name.encode()).hexdigest()[:40]}"
+
+
 def advisory_key(name: str) -> int:
     """A signed 64-bit key for ``pg_try_advisory_lock`` from the study name."""
     return int.from_bytes(hashlib.sha256(f"hpo-study:{name}".encode()).digest()[:8], "big",
@@ -65,7 +77,7 @@ def _server_lock(url: sqlalchemy.engine.URL, raw_url: str, name: str) -> Iterato
                                    {"k": advisory_key(name)}).scalar()
             else:
                 got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 0)"),
-                                   {"k": f"hpo-study:{name}"[:64]}).scalar()
+                                   {"k": mysql_lock_name(name)}).scalar()
             conn.commit()  # the lock is the session's; end the transaction that took it
             if not got:
                 raise _busy(name, f"lock held in {redact(raw_url)}")
@@ -77,7 +89,7 @@ def _server_lock(url: sqlalchemy.engine.URL, raw_url: str, name: str) -> Iterato
                                  {"k": advisory_key(name)})
                 else:
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"),
-                                 {"k": f"hpo-study:{name}"[:64]})
+                                 {"k": mysql_lock_name(name)})
                 conn.commit()
     finally:
         engine.dispose()
@@ -96,7 +108,11 @@ def lock_path(storage_url: str, name: str, study_dir: Path) -> Path | None:
     if backend == "sqlite" and database not in ("", ":memory:") and \
             not database.startswith("file:"):
         db = Path(database).resolve()
-        return db.with_name(f"{db.name}.{name}.lock")
+        lock = f"{db.name}.{name}.lock"
+        if len(lock.encode()) > NAME_MAX:  # a long database file name: hash the pair instead
+            digest = hashlib.sha256(lock.encode()).hexdigest()[:16]
+            lock = f"{db.name.encode()[:200].decode(errors='ignore')}.{digest}.lock"
+        return db.with_name(lock)
     return study_dir / ".study.lock"
 
 

@@ -5,6 +5,7 @@ All writes happen in the sweep driver (one writer), so SQLite is safe on a singl
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import math
 import os
@@ -236,11 +237,15 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
     return marked
 
 
-def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count towards ``--trials``: finished, and not cut short by a dead driver."""
+def counted_trials(study: optuna.Study, since: float | None = None
+                   ) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards ``--trials``: finished, and not cut short by a dead driver;
+    with ``since`` (epoch seconds), only those finished since then (this run's)."""
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    start = None if since is None else datetime.datetime.fromtimestamp(since)
     return [t for t in study.get_trials(deepcopy=False, states=done)
-            if not t.user_attrs.get(INTERRUPTED)]
+            if not t.user_attrs.get(INTERRUPTED) and (
+                start is None or t.datetime_complete is None or t.datetime_complete >= start)]
 
 
 def jsonable(value: Any) -> Any:

@@ -9,6 +9,7 @@ this module adds what only a sweep has: the search space (``parameters``), ``met
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,13 @@ MAX_GRID = 100_000
 # Parameters that take whole numbers: a uniform range of them is sampled as integers.
 INTEGRAL = ("rank", "max_train_steps")
 _SWEEP_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k != "result")
+# A study name names the folder OUT/NAME and the lock file beside a SQLite study
+# (``<database>.<NAME>.lock``): file names have at most 255 bytes, and Optuna's study name
+# column 512 characters.
+NAME_MAX_BYTES = 100
+_NAME_PUNCTUATION = "-_."
+NAME_RULE = (f"letters and digits (any script), '-', '_' and '.', at most {NAME_MAX_BYTES} "
+             "bytes as UTF-8, not '.' or '..'")
 
 
 class PreflightError(ValueError):
@@ -207,6 +215,26 @@ class Sweep:
         )
 
 
+def study_name(name: str) -> tuple[str, str | None]:
+    """The study name in Unicode's composed form (NFC: an ``é`` typed as ``e`` + accent becomes
+    one letter), and why it cannot be one (it names a folder and files), or None."""
+    name = unicodedata.normalize("NFC", name)
+    shown = repr(name if len(name) <= 40 else name[:40] + "...")
+    if any("\ud800" <= c <= "\udfff" for c in name):
+        return name, (f"is not text in this terminal's encoding (got {shown}); set a UTF-8 "
+                      "locale (e.g. LANG=C.UTF-8) or use an ASCII name")
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        return name, (f"is {size} bytes as UTF-8, at most {NAME_MAX_BYTES}: it names the folder "
+                      f"OUT/NAME and the lock file beside the study (got {shown})")
+    bad = next((c for c in name if c not in _NAME_PUNCTUATION
+                and unicodedata.category(c)[0] not in "LMN"), None)
+    if not name or name in (".", "..") or bad is not None:
+        why = f": {bad!r} is not allowed" if bad is not None else ""
+        return name, f"may use {NAME_RULE} (got {shown}{why})"
+    return name, None
+
+
 def _tidy(x: float) -> float | int:
     rounded = round(x, 12)
     return int(rounded) if float(rounded).is_integer() else rounded
@@ -334,12 +362,13 @@ def load_sweep(path: str | Path) -> Sweep:
     root = Section(file, "", load_yaml_mapping(file))
     root.allow_only(_SWEEP_KEYS, PARAMETER_PATHS)
     base = Path.cwd()
-    name = root.string("name")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise root.error(f"may use letters, digits, '-', '_' and '.' only (got {name!r})", "name")
+    name, problem = study_name(root.string("name"))
+    if problem:
+        raise root.error(problem, "name")
 
     objectives = parse_objectives(root)
-    method = root.sub("method") if isinstance(root.data.get("method"), dict) else None
+    method = root.sub("method") if isinstance(root.data.get("method"), dict) or (
+        "method" in root.data and root.data["method"] is None) else None
     if method is not None:
         method.allow_only(("type", "seed"))
         method_name = method.string("type", "tpe", METHODS)

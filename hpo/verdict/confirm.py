@@ -81,11 +81,12 @@ def confirm(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path,
     """Score what is missing of the top-k on the fresh seeds with ``score`` (called once, and
     only when something is missing); returns best.yaml's ``result.confirmation`` (None when
     ``top_k`` is 0 or nothing is COMPLETE)."""
-    if sweep.confirm.top_k == 0:
-        return None
     settings = settings_of(sweep)
     if study.user_attrs.get(winner.SETTINGS_KEY) != settings:
+        # Recorded with top_k 0 too: a study confirmed before must not look unconfirmed now.
         study.set_user_attr(winner.SETTINGS_KEY, settings)
+    if sweep.confirm.top_k == 0:
+        return None
     jobs = pending_jobs(sweep, study, study_dir, cache_dir)
     for key, (_, lora) in list(jobs.items()):
         if key != winner.BASELINE_KEY and not lora:
@@ -104,3 +105,16 @@ def confirm(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path,
                 log.info("confirmation %s: clip_score %.4f ± %.4f", key, record["clip_score"],
                          record.get("clip_score_stderr") or float("nan"))
     return winner.confirmation_summary(study)
+
+
+def missing_lines(missing: dict[str, str]) -> list[str]:
+    """The summary's lines on what the confirmation on fresh seeds lacks (``missing``: from
+    :func:`hpo.verdict.winner.confirmation_missing`): each reason once with what it hit, and
+    what to do."""
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in missing.items():
+        who = "the base model" if key == winner.BASELINE_KEY else f"trial {key.rsplit('_', 1)[1]}"
+        first = (reason.strip().splitlines() or ["not scored"])[0][:300]
+        by_reason.setdefault(first, []).append(who)
+    return [f"  {', '.join(who)}: {reason}" for reason, who in by_reason.items()] + [
+        "  fix the cause and rerun the same command: only the missing confirmation runs"]

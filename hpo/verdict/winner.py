@@ -123,6 +123,26 @@ def confirmed_preservation(study: optuna.Study, record: dict[str, Any]) -> dict[
     return preservation.control_stats(record, base_control)
 
 
+def confirmation_missing(study: optuna.Study) -> dict[str, str]:
+    """What the confirmation asked for (its recorded settings: the top-k candidates and the
+    base model on the fresh seeds) has no result, each with why: the error its task recorded,
+    or that it was not scored. Empty when nothing is missing, when no confirmation is asked
+    for (``top_k`` 0), and while no trial is COMPLETE (there is nothing to confirm)."""
+    settings = study.user_attrs.get(SETTINGS_KEY) or {}
+    top = candidates(study)[: int(settings.get("top_k") or 0)]
+    if not top:
+        return {}
+    missing = {}
+    for key in [*(trial_key(t.number) for t in top), BASELINE_KEY]:
+        record = study.user_attrs.get(key)
+        if isinstance(record, dict) and matches(record, settings) and "error" not in record:
+            continue
+        error = record.get("error") if isinstance(record, dict) and matches(record, settings) \
+            else None
+        missing[key] = str(error) if error else "not scored"
+    return missing
+
+
 def pick(study: optuna.Study) -> FrozenTrial | None:
     """The winner (see the module docstring), or None while no trial is COMPLETE."""
     ranking = confirmed_ranking(study)

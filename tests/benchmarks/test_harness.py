@@ -164,7 +164,9 @@ def test_eval_cost_pieces(measured: Results) -> None:
 
 def test_markdown_has_every_figure(measured: Results) -> None:
     text = render(measured)
-    table = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "## Summary" not in text  # the file's Summary is rebuilt from results.json
+    table = text.split("## Sections 1-6 at a glance (`python -m benchmarks.run`, ", 1)[1].split(
+        "\n## ", 1)[0]
     for label in ROWS.values():
         rows = [line for line in table.splitlines() if line.startswith(f"| {label} |")]
         assert rows, f"no summary row for {label}"
@@ -179,10 +181,22 @@ def test_markdown_has_every_figure(measured: Results) -> None:
 
 
 def test_measure_and_main_run_one_section(tmp_path: Path, monkeypatch) -> None:
+    import benchmarks.common
+
     small = Settings(search_seeds=2, search_trials=5)
     monkeypatch.setattr(bench, "QUICK", small)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results.json")
+    (tmp_path / "results.json").write_text('{"trainer_vs_reference": 2.5, "fused_vs_sequential":'
+                                           ' 1.5, "trainer": {"fused_sps": 5.0, '
+                                           '"reference_sps": 2.0}}')
     out = tmp_path / "BENCHMARKS.md"
+    speed = "<!-- speed:begin -->\n## Speed\n\nkept\n<!-- speed:end -->\n"
+    out.write_text("# Benchmarks\n\n## Summary\n\n| stale 1.35x |\n\n## 1. x\n\n" + speed)
     assert bench.main(["--quick", "--only", "search", "--out", str(out)]) == 0
     text = out.read_text()
+    # The other benchmarks' sections are kept, and the Summary is results.json's, on top.
+    assert text.endswith(speed) and text.count("<!-- speed:begin -->") == 1
+    assert text.index("## Summary") < text.index("## Sections 1-6 at a glance")
+    assert "stale 1.35x" not in text and "**2.50x** (5.00 vs 2.00 samples/s" in text
     assert "| 4. Search efficiency | median simple regret" in text
     assert "| 1. Trainer throughput | tiny model on CPU: not measured (skipped)" in text

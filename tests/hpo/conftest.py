@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -50,3 +54,50 @@ def offline_sweep(tmp_path: Path, synthetic_dataset: Path, tiny_model_dir: Path,
                      *extra])
 
     return SimpleNamespace(write=write, run=run, data=data, prompts=prompts, out=tmp_path / "runs")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Silent(socketserver.BaseRequestHandler):
+    def handle(self) -> None:  # accepts, reads, never answers (until the client gives up)
+        self.request.settimeout(30)
+        try:
+            while self.request.recv(1024):
+                pass
+        except OSError:
+            pass
+
+
+class _Closing(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.close()
+
+
+class _Grpc(socketserver.BaseRequestHandler):
+    def handle(self) -> None:  # what a gRPC server says first: an empty SETTINGS frame
+        self.request.recv(1024)
+        self.request.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[Callable[[str], str]]:
+    """Start a server on 127.0.0.1 that is not Ray; returns its ``HOST:PORT``. Kinds: ``http``
+    (``python -m http.server``'s handler), ``silent``, ``closing``, ``grpc`` (answers the HTTP/2
+    preface as a gRPC server, such as Ray's GCS, does)."""
+    handlers = {"http": _Quiet, "silent": _Silent, "closing": _Closing, "grpc": _Grpc}
+    servers: list[socketserver.ThreadingTCPServer] = []
+
+    def start(kind: str) -> str:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handlers[kind])
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -97,3 +97,44 @@ def test_a_grid_sweep_ends_and_resumes_cleanly(ray_cluster, tmp_path) -> None:
     assert (out / "grid" / "best.yaml").is_file()
     assert run_main([*args, "--trials", "3"]) == 0  # the grid is done: nothing more to run
     assert len(load(out, "grid").trials) == 2
+
+
+def test_a_model_gone_before_the_confirmation_leaves_the_winner_unconfirmed(
+        ray_cluster, tmp_path, monkeypatch, capsys) -> None:
+    """Issue 23: the model folder's unet/ removed mid-sweep. The trials are done; the
+    confirmation's fresh workers cannot load the model. The run must not look confirmed."""
+    import yaml
+
+    import hpo.dispatch.tune
+    from trials.toyworld import SD_DIR
+
+    model = tmp_path / "model"
+    shutil.copytree(SD_DIR, model)
+    sweep = write_sweep(tmp_path, name="unconfirmed", **ONE_RUNG, **{"model.name": str(model)})
+    out = tmp_path / "runs"
+    args = ["--sweep", str(sweep), "--out", str(out), "--address", ray_cluster, "--trials", "2"]
+    real = hpo.dispatch.tune.confirmation_scorer
+
+    def after_the_trials(spec, address):  # the search is over, the confirmation comes next
+        shutil.move(model / "unet", tmp_path / "unet-aside")
+        return real(spec, address)
+
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", after_the_trials)
+    assert run_main(args) == 3
+    captured = capsys.readouterr()
+    assert "NOT confirmed on fresh seeds: trial " in captured.out
+    assert "has no 'unet' subfolder" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "error: the confirmation on fresh seeds is incomplete: 3 of its task(s)")
+    best = yaml.safe_load((out / "unconfirmed" / "best.yaml").read_text())
+    assert best["result"]["confirmation"]["confirmed"] is False
+    assert len(counted_trials(load(out, "unconfirmed"))) == 2
+
+    # Put back, the same command runs the confirmation only.
+    shutil.move(tmp_path / "unet-aside", model / "unet")
+    monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", real)
+    assert run_main(args) == 0
+    captured = capsys.readouterr().out
+    assert "no trial finished in " in captured and "2 in the study (2 COMPLETE)" in captured
+    assert "confirmed on fresh seeds (seed 1235" in captured and "NOT confirmed" not in captured
+    assert len(load(out, "unconfirmed").trials) == 2

@@ -62,8 +62,9 @@ def test_data_folder_problems_stop_before_ray(setup, case, capsys) -> None:
     damage(setup.data)
     assert setup.run() == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {setup.data}"), err
-    assert expected in err, err
+    sweep_file = setup.data.parent / "sweep.yaml"  # the file and key, then the folder
+    assert err.startswith(f"error: {sweep_file}: data.train_dir: {setup.data}: "), err
+    assert "problem(s) in the training data:" in err and expected in err, err
     assert "Traceback" not in err
 
 
@@ -145,11 +146,17 @@ def test_unreachable_database_hides_the_password(setup, capsys) -> None:
     assert "postgresql://sweep:***@127.0.0.1:9/none" in err
 
 
-def test_unwritable_output_folder(setup, capsys, tmp_path) -> None:
+@pytest.mark.parametrize("dry", [False, True])
+def test_an_output_folder_that_is_a_file_says_so(setup, capsys, tmp_path, dry) -> None:
+    """Not "not writable (Permission denied)": the reason is that --out names a file."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert main(["--sweep", str(setup.write()), "--out", str(blocker / "runs")]) == 2
-    assert "output folder is not writable" in one_line(capsys)
+    for out in (blocker, blocker / "runs"):
+        assert main(["--sweep", str(setup.write()), "--out", str(out),
+                     *(["--dry-run"] if dry else [])]) == 2
+        assert f"output folder: {blocker} is a file, not a folder (--out must name a folder" \
+            in one_line(capsys)
+    assert blocker.read_text() == "not a folder"
 
 
 def test_bad_fault_spec_and_trial_count(setup, capsys) -> None:

@@ -32,6 +32,8 @@ from torchvision.transforms import InterpolationMode
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF")
 
 _HASH_CHUNK = 1 << 20
+# What ``eval.reference_dir`` holds, for its errors (the training folder's say "the training data").
+REFERENCE_LABEL = "the held-out reference images (eval.reference_dir)"
 
 
 class DataError(ValueError):
@@ -41,17 +43,19 @@ class DataError(ValueError):
     metadata, a metadata location such as ``metadata.jsonl line 3``, or the folder itself.
     """
 
-    def __init__(self, train_dir: str | Path, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, train_dir: str | Path, problems: list[tuple[str, str]],
+                 label: str = "the training data") -> None:
         self.train_dir = str(train_dir)
         self.problems: tuple[tuple[str, str], ...] = tuple(problems)
-        lines = [f"{self.train_dir}: {len(self.problems)} problem(s) in the training data:"]
+        self.label = label  # what the folder holds, e.g. "the held-out reference images"
+        lines = [f"{self.train_dir}: {len(self.problems)} problem(s) in {label}:"]
         lines += [f"  - {where}: {what}" for where, what in self.problems]
         super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Trials run in worker processes; the default exception pickling would call __init__
         # with the message only and fail, losing the report on its way to the driver.
-        return (type(self), (self.train_dir, list(self.problems)))
+        return (type(self), (self.train_dir, list(self.problems), self.label))
 
 
 @dataclass(frozen=True)
@@ -284,24 +288,27 @@ def _resolve_file(root: Path, file_name: str) -> tuple[Path | None, str | None]:
     return path, None
 
 
-def load_examples(train_dir: str | Path, caption_column: str = "text") -> list[Example]:
+def load_examples(train_dir: str | Path, caption_column: str = "text",
+                  label: str = "the training data") -> list[Example]:
     """Validate the whole training folder and return its examples in metadata order.
 
     Raises one ``DataError`` listing every problem: metadata, columns, captions, unsafe or
-    missing files, duplicates, images that do not fully decode, no usable image.
+    missing files, duplicates, images that do not fully decode, no usable image. ``label`` says
+    what the folder holds, in the error (another imagefolder: held-out reference images).
     """
     problems: list[tuple[str, str]] = []
     given = str(train_dir)
     root_path = Path(train_dir)
     if not root_path.exists():
-        raise DataError(given, [(given, "folder does not exist")])
+        raise DataError(given, [(given, "folder does not exist")], label)
     if not root_path.is_dir():
-        raise DataError(given, [(given, "not a directory")])
+        raise DataError(given, [(given, "not a directory")], label)
     root = root_path.resolve()
 
     metadata = _read_metadata(root, caption_column, problems)
     if metadata is None:
-        raise DataError(given, [(given, "no metadata.jsonl or metadata.csv in the folder")])
+        raise DataError(given, [(given, "no metadata.jsonl or metadata.csv in the folder")],
+                        label)
     meta_name, rows = metadata
 
     examples: list[Example] = []
@@ -327,7 +334,7 @@ def load_examples(train_dir: str | Path, caption_column: str = "text") -> list[E
     if not examples:
         problems.append((meta_name, "zero usable images"))
     if problems:
-        raise DataError(given, problems)
+        raise DataError(given, problems, label)
     return examples
 
 

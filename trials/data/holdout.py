@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path, PurePosixPath
 
 from trials.config import TrialConfig
-from trials.data.folder import Example, load_examples
+from trials.data.folder import REFERENCE_LABEL, Example, load_examples
 
 
 def _rank(seed: int, example: Example) -> bytes:
@@ -51,5 +51,6 @@ def reference_examples(config: TrialConfig) -> list[Example]:
         everything = load_examples(config.data.train_dir, config.data.caption_column)
         refs += split(everything, config.data.holdout, config.data.holdout_seed)[1]
     if config.eval.reference_dir is not None:
-        refs += load_examples(Path(config.eval.reference_dir), config.data.caption_column)
+        refs += load_examples(Path(config.eval.reference_dir), config.data.caption_column,
+                              REFERENCE_LABEL)
     return refs

@@ -113,6 +113,40 @@ def test_cli_reports_a_missing_address_in_one_line(capsys) -> None:
     assert capsys.readouterr().err.startswith("error: worker: --address")
 
 
+# --- is there a Ray cluster at --address? (issue 23: ray.init retried a web server for ever) --
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("http", "a web server answers there, not Ray"),
+    ("silent", "gave no Ray (gRPC) answer in 0.5 s"),
+    ("closing", "closed them without a Ray (gRPC) answer"),
+])
+def test_a_port_that_answers_but_is_not_ray_is_refused_within_the_timeout(
+        loopback_server, kind, expected) -> None:
+    address = loopback_server(kind)
+    started = time.time()
+    with pytest.raises(cluster.AddressError) as info:
+        cluster.check_address(address, timeout=0.5)
+    assert time.time() - started < 5
+    message = str(info.value)
+    assert message.startswith(f"--address {address}: ") and expected in message
+    assert "\n" not in message
+    assert "6379 by default" in message
+
+
+def test_a_grpc_server_and_ray_itself_pass_the_probe(loopback_server, ray_cluster,
+                                                     monkeypatch) -> None:
+    cluster.check_address(loopback_server("grpc"), timeout=2)
+    cluster.check_address(ray_cluster, timeout=2)  # Ray's GCS (token auth on)
+    cluster.check_address(f"ray://{loopback_server('grpc')}", timeout=2)
+    monkeypatch.setenv("RAY_ADDRESS", loopback_server("http"))  # auto follows RAY_ADDRESS
+    with pytest.raises(cluster.AddressError, match=r"--address auto \(RAY_ADDRESS=127"):
+        cluster.check_address("auto", timeout=2)
+    monkeypatch.delenv("RAY_ADDRESS")
+    cluster.check_address("auto")  # Ray's own search for a local head, which fails fast
+    with pytest.raises(cluster.AddressError, match="expected auto or HOST:PORT"):
+        cluster.check_address("127.0.0.1")
+
+
 def test_readme_example_two_pods_of_four_gpus_run_sixteen_trials(tmp_path) -> None:
     """The README's worked example: 2 pods x 4 GPUs, 2 trials per GPU."""
     sweep = load_sweep(write_sweep(tmp_path, **{"resources.gpu_per_trial": 0.5,

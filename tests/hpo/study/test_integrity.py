@@ -136,7 +136,8 @@ def test_dry_run_checks_the_data_folder(sweep, capsys, case) -> None:
     damage(sweep.data)
     assert sweep.run("--dry-run") == 2
     err = capsys.readouterr().err  # a data error lists every problem, one a line
-    assert err.startswith(f"error: {sweep.data}") and expected in err and "Traceback" not in err
+    assert err.startswith(f"error: {sweep.data.parent / 'sweep.yaml'}: data.train_dir: "
+                          f"{sweep.data}: ") and expected in err and "Traceback" not in err
 
 
 def test_dry_run_checks_model_and_clip_and_writes_nothing(sweep, capsys, tmp_path) -> None:
@@ -192,8 +193,10 @@ def test_absurd_q_uniform_is_refused_arithmetically(sweep, capsys) -> None:
 # -- item 11: the small ones ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("flags", "expected"), [
-    (("--study", "../../x"), "--study: a name of letters"),
-    (("--study", ".."), "--study: a name of letters"),
+    (("--study", "../../x"), "--study: may use letters and digits (any script), '-', '_' and "
+                             "'.', at most 100 bytes as UTF-8, not '.' or '..' (got '../../x': "
+                             "'/' is not allowed)"),
+    (("--study", ".."), "--study: may use letters and digits (any script)"),
     (("--concurrency", "0"), "--concurrency: must be >= 1 (got 0)"),
     (("--concurrency", "-2"), "--concurrency: must be >= 1 (got -2)"),
 ])
@@ -237,8 +240,9 @@ def rung(step: int, score: float, steps: int = 8) -> dict[str, Any]:
             "device": "cpu", "precision": "no"}
 
 
-def ray_trial(result: dict[str, Any] | None = None, failures: int = 0) -> Any:
-    return SimpleNamespace(trial_id="t1", last_result=result or {}, config={},
+def ray_trial(result: dict[str, Any] | None = None, failures: int = 0, trial_id: str = "t1"
+              ) -> Any:
+    return SimpleNamespace(trial_id=trial_id, last_result=result or {}, config={},
                            run_metadata=SimpleNamespace(num_failures=failures), error_file=None)
 
 
@@ -280,6 +284,37 @@ def test_an_error_every_trial_would_share_stops_the_sweep_uncounted(recorder) ->
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == error
     assert not studies.counted_trials(study)  # it does not use up --trials
     assert queued.state == TrialState.WAITING
+
+
+def test_trials_cut_short_by_a_sweep_wide_stop_are_requeued_not_counted(recorder) -> None:
+    """Issue 23: the stop ends the other running trials too (stopped, or their processes
+    killed); before their last step that is neither their FAIL nor ASHA's PRUNED."""
+    for trial_id in ("broken", "stopped", "killed", "done", "own-error"):
+        recorder.on_trial_start(0, [], ray_trial(trial_id=trial_id))
+    recorder.on_trial_result(0, [], ray_trial(trial_id="stopped"), rung(4, 1.0))
+    recorder.on_trial_result(0, [], ray_trial(trial_id="done"), rung(4, 1.0))
+    recorder.on_trial_result(0, [], ray_trial(trial_id="done"), rung(8, 2.0))
+    error = "ModelError: model folder m has no 'unet' subfolder"
+    recorder.on_trial_complete(0, [], ray_trial({"trial_error": error, "sweep_error": True},
+                                                trial_id="broken"))
+    recorder.on_trial_complete(0, [], ray_trial(rung(4, 1.0), trial_id="stopped"))
+    recorder.on_trial_error(0, [], ray_trial(trial_id="killed"))
+    recorder.on_trial_complete(0, [], ray_trial(rung(8, 2.0), trial_id="done"))
+    recorder.on_trial_complete(0, [], ray_trial({"trial_error": "TrialDiverged: nan at step 3"},
+                                                trial_id="own-error"))
+    study = recorder.searcher.study
+    number = {key: t.number for key, t in recorder.searcher.trials.items()}
+    assert sorted(studies.recover_interrupted(study)) == sorted(
+        number[k] for k in ("broken", "stopped", "killed"))
+    counted = studies.counted_trials(study)
+    assert sorted((t.number, t.state) for t in counted) == [
+        (number["done"], TrialState.COMPLETE), (number["own-error"], TrialState.FAIL)]
+    stopped, killed = study.trials[number["stopped"]], study.trials[number["killed"]]
+    assert stopped.user_attrs["fail_reason"].startswith(
+        f"stopped with the sweep, before its last step: {error}")
+    assert killed.user_attrs["fail_reason"].startswith(
+        f"its process ended while the sweep stopped for: {error}")
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 3  # queued again
 
 
 # -- item 8: a slow reader does not end the sweep ----------------------------------------------

@@ -71,7 +71,8 @@ CASES = [
      "method: must be one of tpe, random, grid, nsga2, or a mapping with type and seed "
      "(got a list)"),
     ({"name": "my sweep"},
-     "name: may use letters, digits, '-', '_' and '.' only (got 'my sweep')"),
+     "name: may use letters and digits (any script), '-', '_' and '.', at most 100 bytes as "
+     "UTF-8, not '.' or '..' (got 'my sweep': ' ' is not allowed)"),
     # ranges and distributions
     (lr(distribution="uniform", min=1e-3, max=1e-4),
      "parameters.learning_rate.max: must be > min (0.001) (got 0.0001)"),

@@ -110,3 +110,26 @@ def test_every_module_is_saved_in_one_key_style(tiny_model_dir, tmp_path, target
     assert styles == {"lora_A", "lora_B"}, styles  # never lora.down/up beside lora_A/B
     if target_modules == "attn_ff":
         assert any(".ff.net.2." in k for k in keys) and any(".attn1.to_q." in k for k in keys)
+
+
+@pytest.mark.parametrize("preset", ["cross_attn", "attn", "attn_ff"])
+def test_presets_on_the_sd15_unet_wrap_its_16_transformer_blocks(preset: str) -> None:
+    """The real SD v1.5 UNet (its config; weights on the meta device, so nothing is allocated):
+    16 transformer blocks, each with attn1, attn2 (to_q/k/v/out.0) and a feed-forward, give
+    64 / 128 / 160 wrapped modules; attn2's keys and values read the 768-wide text states."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.sd15_shapes import PRESET_MODULES, UNET
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET)
+    attach_lora(unet, HyperParams(rank=4, lora_alpha=4.0, learning_rate=1e-4,
+                                  max_train_steps=1, target_modules=preset))
+    wrapped = {name: module for name, module in unet.named_modules()
+               if hasattr(module, "lora_A")}
+    assert len(wrapped) == PRESET_MODULES[preset] == {"cross_attn": 64, "attn": 128,
+                                                      "attn_ff": 160}[preset]
+    cross = [m for name, m in wrapped.items() if name.endswith(("attn2.to_k", "attn2.to_v"))]
+    assert len(cross) == 32 and {m.in_features for m in cross} == {768}
+    if preset == "cross_attn":
+        assert not any(".attn1." in name or ".ff." in name for name in wrapped)
