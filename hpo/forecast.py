@@ -33,7 +33,6 @@ import optuna
 
 from hpo.sweep import cost
 from hpo.sweep.fidelity import StepsPlan, plan_steps
-from hpo.sweep.space import baseline_values
 from hpo.sweep.spec import Sweep
 
 log = logging.getLogger("hpo")
@@ -58,12 +57,14 @@ def check_rate(value: float | None) -> str | None:
 
 
 def measured_gpu(name: str, results: Path = RESULTS) -> dict[str, Any] | None:
-    """The ``gpu`` section of ``results`` when it was measured on a GPU called ``name``."""
+    """The ``gpu`` section of ``results`` when it was measured at SD v1.5 shapes on a GPU
+    called ``name``."""
     try:
         gpu = json.loads(results.read_text()).get("gpu")
     except (OSError, ValueError):
         return None
-    if isinstance(gpu, dict) and gpu.get("device") == name and gpu.get("train_passes_per_second"):
+    if (isinstance(gpu, dict) and gpu.get("device") == name and gpu.get("model") == "sd15"
+            and gpu.get("train_passes_per_second") and gpu.get("eval_passes_per_second")):
         return gpu
     return None
 
@@ -92,7 +93,7 @@ def _cpu_rate(sweep: Sweep, forecast: cost.Forecast, cache_dir: Path
 
     from trials.train import probe
 
-    config = sweep.trial_config(baseline_values(sweep), output_dir=cache_dir / "probe",
+    config = sweep.trial_config(cost.typical_values(sweep), output_dir=cache_dir / "probe",
                                 cache_dir=cache_dir)
     why = probe.not_local(config)
     if why:  # a model this machine cannot time is meant for GPUs
@@ -103,9 +104,10 @@ def _cpu_rate(sweep: Sweep, forecast: cost.Forecast, cache_dir: Path
     except Exception as err:  # a forecast must never stop a sweep; the trials would say more
         return None, f"no seconds: timing a step and an image failed ({type(err).__name__}: {err})"
     train = forecast.samples_per_step * cost.TRAIN_PASSES_PER_SAMPLE / times.seconds_per_step
-    source = (f"measured here just now ({times.seconds:.1f} s, {threads} thread(s)): "
-              f"{times.seconds_per_step:.3g} s per optimizer step, {times.seconds_per_image:.3g} "
-              f"s per image with CLIP scoring")
+    p = config.params
+    source = (f"measured here just now ({times.seconds:.1f} s, {threads} thread(s), rank "
+              f"{p.rank} {p.target_modules}): {times.seconds_per_step:.3g} s per optimizer "
+              f"step, {times.seconds_per_image:.3g} s per image with CLIP scoring")
     return cost.Throughput(train, forecast.passes_per_image / times.seconds_per_image, "cpu",
                            source), ""
 

@@ -62,11 +62,15 @@ def test_where_the_rate_comes_from(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_gpu_figures_measured_here_are_used_for_a_gpu_of_that_name(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"gpu": {"device": "NVIDIA H200", "date": "2027-01-01",
+                                           "model": "sd15",
                                            "train_passes_per_second": 300.0,
                                            "eval_passes_per_second": 500.0}}))
     assert forecast.measured_gpu("NVIDIA H200", results)["eval_passes_per_second"] == 500.0
     assert forecast.measured_gpu("NVIDIA A100-SXM4-80GB", results) is None
     assert forecast.measured_gpu("NVIDIA H200", tmp_path / "missing.json") is None
+    tiny = tmp_path / "tiny.json"  # a --tiny check of the command is no measurement
+    tiny.write_text(results.read_text().replace('"sd15"', '"tiny"'))
+    assert forecast.measured_gpu("NVIDIA H200", tiny) is None
 
 
 def test_dry_run_lines_for_the_hyundai_sweep_at_a_stated_rate(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import torch
 from trials.config import TINY_MODEL, TrialConfig
 from trials.eval import evaluator as evaluation
 from trials.eval.score import TINY_CLIP, TINY_CLIP_ARCH, TOYWORLD, ClipScorer
-from trials.models.components import load_components
+from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora
 from trials.train import accumulate
 from trials.train.loop import clip_gradients, make_optimizer, weight_dtype_for
@@ -70,8 +70,10 @@ def not_local(config: TrialConfig) -> str | None:
     return None
 
 
-def _timed(run: Callable[[], None], budget: float, device: torch.device) -> tuple[float, int]:
-    """Mean seconds of ``run`` over as many runs as fit ``budget`` (at least one)."""
+def timed(run: Callable[[], object], budget: float, device: torch.device
+          ) -> tuple[float, int]:
+    """Mean seconds of ``run`` over as many runs as fit ``budget`` seconds (at least one),
+    waiting for the GPU's queued work at the end of each run; and how many runs."""
     spent, count = 0.0, 0
     while count == 0 or spent < budget:
         started = time.perf_counter()
@@ -81,6 +83,58 @@ def _timed(run: Callable[[], None], budget: float, device: torch.device) -> tupl
         spent += time.perf_counter() - started
         count += 1
     return spent / count, count
+
+
+class TrainStep:
+    """One optimizer step of ``config`` on random inputs at its shapes: ``gradient_accumulation_
+    steps`` micro-batches of ``train_batch_size`` latents (``data.resolution`` over the VAE's
+    downsampling) and caption embeddings (the tokenizer's length x the text encoder's width)
+    through the trial's :class:`~trials.train.accumulate.Accumulator`, clipping and the fused
+    AdamW update. Attaches the LoRA of ``config.params`` to ``parts.unet`` (once)."""
+
+    def __init__(self, parts: SDComponents, config: TrialConfig, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        t = self.train = config.train
+        self.parts, self.device, self.dtype = parts, device, dtype
+        self.trainable = attach_lora(parts.unet, config.params)
+        self.optimizer = make_optimizer(self.trainable, config.params.learning_rate)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        self.accumulator = accumulate.Accumulator(parts.unet, parts.noise_scheduler, t, device,
+                                                  dtype, self.scaler.scale, t.fused_accumulation)
+        side = config.data.resolution // 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.latent = (t.train_batch_size, parts.unet.config.in_channels, side, side)
+        self.text = (t.train_batch_size, parts.tokenizer.model_max_length,
+                     parts.text_encoder.config.hidden_size)
+
+    @property
+    def samples(self) -> int:
+        return self.train.train_batch_size * self.train.gradient_accumulation_steps
+
+    def batches(self) -> list[accumulate.NoisedBatch]:
+        """The step's micro-batches, noised as the trial noises them."""
+        return [accumulate.add_noise(torch.randn(self.latent, device=self.device,
+                                                 dtype=self.dtype),
+                                     torch.randn(self.text, device=self.device, dtype=self.dtype),
+                                     self.parts.noise_scheduler, self.train)
+                for _ in range(self.train.gradient_accumulation_steps)]
+
+    def __call__(self) -> None:
+        self.parts.unet.train()
+        self.accumulator.backward(self.batches(), 1)
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.trainable, self.train.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def forward_only(self) -> None:
+        """The same samples through the UNet forward, as one batch, without gradients."""
+        parts, batches = self.parts, self.batches()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype,
+                                             enabled=self.dtype != torch.float32):
+            parts.unet(torch.cat([b.noisy for b in batches]),
+                       torch.cat([b.timesteps for b in batches]),
+                       torch.cat([b.text for b in batches]), return_dict=False)
 
 
 def measure(config: TrialConfig, device: torch.device, threads: int,
@@ -110,37 +164,14 @@ def measure(config: TrialConfig, device: torch.device, threads: int,
 
 def _measure(config: TrialConfig, device: torch.device, budget: float
              ) -> tuple[float, int, float, int]:
-    t, e = config.train, config.eval
-    dtype = weight_dtype_for(t.mixed_precision, device)
+    e = config.eval
+    dtype = weight_dtype_for(config.train.mixed_precision, device)
     parts = load_components(config.model.name, revision=config.model.revision,
                             variant=config.model.variant, cache_dir=config.cache_dir,
                             device=device, weight_dtype=dtype)
-    trainable = attach_lora(parts.unet, config.params)
-    optimizer = make_optimizer(trainable, config.params.learning_rate)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    accumulator = accumulate.Accumulator(parts.unet, parts.noise_scheduler, t, device, dtype,
-                                         scaler.scale, t.fused_accumulation)
-    factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-    side = config.data.resolution // factor
-    latent = (t.train_batch_size, parts.unet.config.in_channels, side, side)
-    text = (t.train_batch_size, parts.tokenizer.model_max_length,
-            parts.text_encoder.config.hidden_size)
-
-    def one_step() -> None:
-        batches = [accumulate.add_noise(torch.randn(latent, device=device, dtype=dtype),
-                                        torch.randn(text, device=device, dtype=dtype),
-                                        parts.noise_scheduler, t)
-                   for _ in range(t.gradient_accumulation_steps)]
-        accumulator.backward(batches, 1)
-        scaler.unscale_(optimizer)
-        clip_gradients(trainable, t.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    parts.unet.train()
-    one_step()  # warm-up
-    step_seconds, steps = _timed(one_step, budget / 2, device)
+    step = TrainStep(parts, config, device, dtype)
+    step()  # warm-up
+    step_seconds, steps = timed(step, budget / 2, device)
 
     # One batch of rung images: the first prompts, enough of them for eval.batch_size images.
     n_prompts = max(1, math.ceil(e.batch_size / e.images_per_prompt))
@@ -156,6 +187,6 @@ def _measure(config: TrialConfig, device: torch.device, budget: float
                               train_embeds=scorer.embed_texts(prompts[:1]))
     with tempfile.TemporaryDirectory(prefix="probe-") as folder:
         ev.score(Path(folder))  # warm-up: lazy initialisation, the prompts' embeddings
-        rung_seconds, rungs = _timed(lambda: ev.score(Path(folder)), budget / 2, device)
+        rung_seconds, rungs = timed(lambda: ev.score(Path(folder)), budget / 2, device)
     per_rung = len(prompts) * e.images_per_prompt
     return step_seconds, steps, rung_seconds / per_rung, per_rung * rungs

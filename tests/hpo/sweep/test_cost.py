@@ -100,3 +100,18 @@ def test_measured_sums_the_trials_timers_and_the_baseline_and_confirmation() -> 
     assert got.seconds == cost.Split(10.0, 25.0, 3.0, 6.5)
     assert (got.steps, got.rungs, got.trials, got.device) == (75, 5, 3, "cpu")
     assert got.setup_seconds == pytest.approx(0.6)
+
+
+def test_typical_values_take_each_parameters_middle(tmp_path: Path) -> None:
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    values = cost.typical_values(demo)
+    assert values["rank"] == 4 and values["target_modules"] == "attn"
+    assert values["max_train_steps"] == 45 and values["lora_alpha"] == "rank"
+    assert values["learning_rate"] == pytest.approx((1e-4 * 5e-2) ** 0.5)  # geometric middle
+    ranged = _sweep(tmp_path, **{"parameters.rank": {"distribution": "int_uniform", "min": 2,
+                                                     "max": 9},
+                                 "parameters.target_modules": {"values": ["attn_ff", "attn"]}})
+    values = cost.typical_values(ranged)
+    assert values["rank"] == 6 and isinstance(values["rank"], int)  # round(5.5), banker's
+    assert values["target_modules"] == "attn"  # the upper middle of two, as listed
+    demo.trial_config(cost.typical_values(demo), output_dir=tmp_path, cache_dir=tmp_path)
