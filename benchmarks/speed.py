@@ -433,8 +433,13 @@ def render(r: dict[str, Any]) -> str:
             f"{run['load_average_at_start'][0]:.1f} -> {run['load_average_at_end'][0]:.1f})"
             for name, run in runs) + "."]
     lines += [""] + [f"- {note}" for note in r.get("notes", [])]
-    lines += ["", "Not measured: SD v1.5 shapes on a GPU (fused vs sequential, evaluation "
-              "images/s, two trials per GPU): this session had no GPU.", END]
+    gpu = r.get("gpu") if isinstance(r.get("gpu"), dict) else {}
+    where = (f"measured on a {gpu['device']} ({gpu.get('date')}): `gpu` in "
+             "`benchmarks/results.json`" if gpu.get("model") == "sd15"
+             else "not measured yet (no GPU lent); `python -m benchmarks.gpu` measures them "
+             "on one")
+    lines += ["", f"SD v1.5 shapes on a GPU (fused vs sequential, evaluation images/s, CLIP "
+              f"scoring, two trials per GPU): {where}.", END]
     return "\n".join(lines) + "\n"
 
 
