@@ -14,7 +14,9 @@ into time with a :class:`~hpo.sweep.cost.Throughput` taken, in this order, from:
    (:mod:`trials.train.probe`). No published figure fits a CPU, and the figures in
    ``benchmarks/results.json`` were measured on one sweep file on an idle machine; the probe
    times this sweep's shapes under this machine's load of the moment, with the threads a trial
-   gets, and includes the VAE decoding and CLIP scoring of a rung image.
+   gets, and includes the VAE decoding and CLIP scoring of a rung image. A model or CLIP scorer
+   it cannot load without a download or a build (a hub id: a sweep meant for GPUs) gets the
+   GPU figure of 2, saying why; a probe that fails leaves the forecast in passes only.
 
 The run records its forecast in the study (user attr ``cost_forecast``), so the summary can
 set the measured split beside it.

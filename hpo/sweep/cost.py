@@ -25,7 +25,7 @@ such. With steps as a dimension the work is averaged over the candidate step cou
 (issue 22, item 1) does not exist yet: :attr:`Forecast.racing` is where its arm goes.
 
 Seconds come from a :class:`Throughput` (UNet passes per second while training and while
-drawing), which the front end picks (``hpo.costs``); the measured split of a finished sweep,
+drawing), which the front end picks (``hpo.forecast``); the measured split of a finished sweep,
 for the closing summary, is :func:`measured`.
 """
 

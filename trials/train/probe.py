@@ -1,6 +1,6 @@
 """A trial's unit costs in a few seconds: one optimizer step and one rung image, timed here.
 
-The sweep's cost forecast (``hpo.costs``) counts work in UNet sample-passes; turning passes into
+The sweep's cost forecast (``hpo.forecast``) counts work in UNet sample-passes; turning passes into
 seconds on a CPU needs this machine's rate, and no published figure fits a CPU. So this module
 times, with the trial's own code, at the config's shapes:
 
