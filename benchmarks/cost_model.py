@@ -14,11 +14,13 @@ the arms that are compared:
 
 It also gives two floors, which say what no implementation can beat at a sweep's settings:
 
-- :func:`ideal_asha`: the work of synchronous successive halving (Jamieson & Talwalkar 2016;
-  ASHA, Li et al. 2020, approaches it as the trial count grows): all ``n`` trials reach the
-  first milestone, ``ceil(n / r**k)`` reach milestone ``k``; every trial is scored at each
-  evaluation rung it passes. Against no early stopping, where each trial is scored only at the
-  candidate step counts, this is the smallest compute fraction ASHA can have;
+- :func:`~hpo.sweep.cost.ideal_asha` (in the sweep's cost forecast, re-exported here): the
+  work of synchronous successive halving (Jamieson & Talwalkar 2016; ASHA, Li et al. 2020,
+  approaches it as the trial count grows): all ``n`` trials reach the first milestone,
+  ``ceil(n / r**k)`` reach milestone ``k``; every trial is scored at each evaluation rung it
+  passes. Against no early stopping (:func:`~hpo.sweep.cost.no_early_stopping`), where each
+  trial is scored only at the candidate step counts, this is the smallest compute fraction
+  ASHA can have;
 - :func:`eval_share_floor`: the evaluation share of a trial if a rung cost only its UNet
   forward passes (no VAE, no CLIP, no pipeline), measured, and the number of rung images at
   which the share would meet a target.
@@ -26,23 +28,14 @@ It also gives two floors, which say what no implementation can beat at a sweep's
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.sweep.cost import Work, ideal_asha, no_early_stopping
 
-@dataclass(frozen=True)
-class Work:
-    """Units of compute: optimizer steps, rung images drawn and scored, trial setups."""
-
-    steps: float
-    images: float
-    setups: float
-
-    def __add__(self, other: Work) -> Work:
-        return Work(self.steps + other.steps, self.images + other.images,
-                    self.setups + other.setups)
+__all__ = ["UnitCosts", "Work", "arm_work", "eval_share_floor", "ideal_asha",
+           "no_early_stopping", "pooled_costs", "trial_work"]
 
 
 @dataclass(frozen=True)
@@ -90,34 +83,6 @@ def pooled_costs(trials: Iterable[dict[str, Any]], images_per_rung: int,
         raise ValueError("pooled_costs: the trials trained no step or scored no rung")
     return UnitCosts(cpus_per_trial * train / work.steps, cpus_per_trial * evals / work.images,
                      cpus_per_trial * setup / max(work.setups, 1.0))
-
-
-def ideal_asha(n_trials: int, milestones: Sequence[int], max_steps: int,
-               eval_rungs: Sequence[int], images_per_rung: int, reduction_factor: int) -> Work:
-    """Work of synchronous successive halving over ``n_trials``.
-
-    ``milestones`` are ASHA's decision steps (``grace * r**k`` below ``max_steps``); a trial
-    stopped at a milestone trained that many steps and was scored at every evaluation rung up
-    to it; the survivors of the last milestone train to ``max_steps``.
-    """
-    stops = [m for m in sorted(milestones) if m < max_steps] + [max_steps]
-    work = Work(0.0, 0.0, 0.0)
-    reached = n_trials
-    for k, stop in enumerate(stops):
-        survivors = 0 if k == len(stops) - 1 else math.ceil(n_trials / reduction_factor ** (k + 1))
-        stopped_here = reached - survivors
-        rungs = sum(1 for r in eval_rungs if r <= stop)
-        work = work + Work(float(stopped_here * stop),
-                           float(stopped_here * rungs * images_per_rung), float(stopped_here))
-        reached = survivors
-    return work
-
-
-def no_early_stopping(n_trials: int, max_steps: int, eval_rungs: Sequence[int],
-                      images_per_rung: int) -> Work:
-    """Work of ``n_trials`` trained to ``max_steps`` and scored at ``eval_rungs``."""
-    return Work(float(n_trials * max_steps), float(n_trials * len(eval_rungs) * images_per_rung),
-                float(n_trials))
 
 
 def eval_share_floor(unet_seconds_per_rung: float, eval_seconds_per_rung: float,

@@ -298,19 +298,21 @@ def measure_sweeps(work: Path, trials: int) -> dict[str, Any]:
 
 
 def hyundai_eval_share_estimate() -> dict[str, Any]:
-    """Evaluation share at ``sweeps/hyundai.yaml``'s shapes, counted in UNet sample-passes (an
-    estimate, not a measurement: no GPU here, and SD v1.5 on these CPUs takes hours).
+    """Evaluation share at ``sweeps/hyundai.yaml``'s shapes, counted in UNet sample-passes by
+    the sweep's own forecast arithmetic (:mod:`hpo.sweep.cost`; an estimate, not a
+    measurement: no GPU here, and SD v1.5 on these CPUs takes hours).
 
     A rung draws prompts x images x inference steps x 2 (classifier-free guidance) passes; an
-    optimizer step trains accumulation x ~3 passes (forward + backward). VAE decoding and CLIP
+    optimizer step trains accumulation x 3 passes (forward + backward). VAE decoding and CLIP
     scoring, left out, only add to the evaluation's share."""
-    from hpo.sweep import fidelity
+    from hpo.sweep import cost, fidelity
     from hpo.sweep.spec import load_sweep
 
     sweep = load_sweep(REPO / "sweeps" / "hyundai.yaml")
-    e, t = sweep.eval, sweep.train
-    per_rung = len(e.prompt_list) * e.images_per_prompt * e.inference_steps * 2
-    train = sweep.max_steps * t.gradient_accumulation_steps * 3
+    t = sweep.train
+    per_rung = cost.rung_images(sweep) * cost.passes_per_image(sweep)
+    train = (sweep.max_steps * t.train_batch_size * t.gradient_accumulation_steps
+             * cost.TRAIN_PASSES_PER_SAMPLE)
     before = len(sweep.rungs(sweep.max_steps))
     after = len(fidelity.plan_steps(sweep).rungs)
     return {"passes_per_rung": per_rung, "train_passes_full_trial": train,
@@ -431,8 +433,13 @@ def render(r: dict[str, Any]) -> str:
             f"{run['load_average_at_start'][0]:.1f} -> {run['load_average_at_end'][0]:.1f})"
             for name, run in runs) + "."]
     lines += [""] + [f"- {note}" for note in r.get("notes", [])]
-    lines += ["", "Not measured: SD v1.5 shapes on a GPU (fused vs sequential, evaluation "
-              "images/s, two trials per GPU): this session had no GPU.", END]
+    gpu = r.get("gpu") if isinstance(r.get("gpu"), dict) else {}
+    where = (f"measured on a {gpu['device']} ({gpu.get('date')}): `gpu` in "
+             "`benchmarks/results.json`" if gpu.get("model") == "sd15"
+             else "not measured yet (no GPU lent); `python -m benchmarks.gpu` measures them "
+             "on one")
+    lines += ["", f"SD v1.5 shapes on a GPU (fused vs sequential, evaluation images/s, CLIP "
+              f"scoring, two trials per GPU): {where}.", END]
     return "\n".join(lines) + "\n"
 
 

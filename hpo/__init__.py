@@ -2,13 +2,15 @@
 
 Wings, bottom to top (a wing imports only the wings below it, and ``trials``):
 
-- :mod:`hpo.sweep`: the sweep file as typed objects, the search space, steps as a fidelity;
+- :mod:`hpo.sweep`: the sweep file as typed objects, the search space, steps as a fidelity,
+  the cost forecast's arithmetic;
 - :mod:`hpo.study`: the Optuna storage, the lock, the fingerprint;
 - :mod:`hpo.verdict`: paired statistics, the winner, confirmation on fresh seeds;
 - :mod:`hpo.dispatch`: everything that touches Ray (Tune, ASHA, tasks, fault injection, nodes);
 - :mod:`hpo.outputs`: best.yaml, the LoRA, trials.csv, report.html, the dashboard, trackers;
-- the front: :mod:`hpo.run` (``python -m hpo.run``) and :mod:`hpo.plan` (dry run, pre-flight
-  checks, closing summary); ``hpo.dashboard``, ``hpo.report`` and ``hpo.cluster`` are the
+- the front: :mod:`hpo.run` (``python -m hpo.run``), :mod:`hpo.plan` (dry run, pre-flight
+  checks, closing summary) and :mod:`hpo.forecast` (the cost before the sweep and as measured,
+  for both); ``hpo.dashboard``, ``hpo.report`` and ``hpo.cluster`` are the
   other commands, each a few lines over its wing.
 
 ``tests/test_architecture.py`` checks these rules.

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo import forecast
 from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
 from hpo.sweep.fidelity import StepsPlan
 from hpo.sweep.holdout import held_out_split
@@ -85,6 +86,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"max concurrent {r.max_concurrent or args.concurrency or 'all slots'}, "
         f"retries {r.max_retries}",
         f"  trials         {args.trials} finished trials in total, counting earlier runs",
+        *forecast.dry_run_lines(sweep, steps, args),
         f"  cluster        {args.address or 'a local Ray on this machine'}",
         f"  outputs        {study_dir}/ (optuna.db, best.yaml, best_lora/, trials.csv, ray/)",
         f"  storage        {redact(args.storage or default_storage_url(study_dir))}",
@@ -434,6 +436,7 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
             lines += confirmed
         if missing:
             lines += missing_lines(missing)
+    lines += forecast.summary_lines(study, trials)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

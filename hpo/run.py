@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpo import plan
+from hpo import forecast, plan
 from hpo.dispatch.chaos import parse_chaos
 from hpo.dispatch.cluster import check_address
 from hpo.study import fingerprint
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default=None,
                    help="W&B project (default: $WANDB_PROJECT, else the study name)")
     p.add_argument("--wandb-entity", default=None, help="W&B entity (default: $WANDB_ENTITY)")
+    p.add_argument("--gpu-throughput", type=float, default=None, metavar="PASSES_PER_S",
+                   help="your GPU's UNet sample-passes per second at the sweep's resolution, "
+                        "for the cost forecast in GPU-hours (default: measured by "
+                        "python -m benchmarks.gpu on this GPU, else an A100's published figure)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = fidelity.plan_steps(sweep, args.steps_as)
         if args.dry_run:
             return dry_run(sweep, name, study_dir, args, steps)
-        return run(fidelity.apply(sweep, steps), name, study_dir, args)
+        return run(fidelity.apply(sweep, steps), name, study_dir, args, steps)
     except (ConfigError, SweepError, ValueError, StudyLocked) as err:
         if args.debug:
             raise
@@ -131,6 +135,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise SweepError(f"--trials: must be >= 1 (got {args.trials})")
     if args.concurrency is not None and args.concurrency < 1:
         raise SweepError(f"--concurrency: must be >= 1 (got {args.concurrency})")
+    bad_rate = forecast.check_rate(args.gpu_throughput)
+    if bad_rate:
+        raise SweepError(bad_rate)
     if args.study is not None:
         args.study, problem = study_name(args.study)
         if problem:
@@ -166,8 +173,10 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     return 0
 
 
-def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
-    """Check everything, then run the remaining trials and export the results."""
+def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
+        steps: fidelity.StepsPlan | None = None) -> int:
+    """Check everything, then run the remaining trials and export the results (``steps``: how
+    the sweep file's ``max_train_steps`` was planned, for the cost forecast)."""
     from hpo.dispatch import tune as tuning
     from hpo.outputs import artifacts, export, pareto, report, tracking
     from hpo.study import storage as studies
@@ -203,6 +212,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         interrupted = False
         stopped_by: str | None = None
         if remaining > 0:
+            forecast.at_start(study, sweep, steps or fidelity.plan_steps(sweep), args)
             try:
                 stopped_by = run_trials(sweep, name, storage, study, study_dir, cache_dir,
                                         remaining, args)

@@ -98,3 +98,14 @@ def test_short_commit_keeps_the_dirty_mark() -> None:
     assert short_commit("07ba0cf6a46897a3") == "07ba0cf"
     assert short_commit("07ba0cf6a46897a3+dirty", 10) == "07ba0cf6a4+dirty"
     assert short_commit("") == ""
+
+
+def test_render_says_where_the_gpu_figures_are() -> None:
+    assert "not measured yet (no GPU lent); `python -m benchmarks.gpu` measures them on one." \
+        in speed.render(_results())
+    measured = {**_results(), "gpu": {"model": "sd15", "device": "NVIDIA H200",
+                                      "date": "2027-01-02 10:00 UTC"}}
+    assert "measured on a NVIDIA H200 (2027-01-02 10:00 UTC): `gpu` in " \
+           "`benchmarks/results.json`." in speed.render(measured)
+    tiny = {**_results(), "gpu": {"model": "tiny", "device": "cpu"}}
+    assert "not measured yet" in speed.render(tiny)  # a --tiny check is no measurement

@@ -4,6 +4,7 @@ Open :mod:`~trials.train.loop` first (:func:`~trials.train.loop.run_trial`, a lo
 to bottom). Beside it: the latent/text cache every trial shares (:mod:`~trials.train.cache`),
 fused micro-batches (:mod:`~trials.train.accumulate`), the frozen parts kept between trials
 (:mod:`~trials.train.warm`), fault injection (:mod:`~trials.train.faults`), the confirmation's
-rescoring (:mod:`~trials.train.rescore`) and ``python -m trials.train`` (:mod:`~trials.train.cli`).
+rescoring (:mod:`~trials.train.rescore`), a step and a rung image timed for the cost forecast
+(:mod:`~trials.train.probe`) and ``python -m trials.train`` (:mod:`~trials.train.cli`).
 Imports every other wing of ``trials``; nothing in ``trials`` but its commands imports it.
 """

@@ -1,0 +1,274 @@
+"""What a sweep will spend, before it starts: training and evaluation, in UNet sample-passes.
+
+A sweep's compute is almost all UNet passes, and their count follows from the sweep file alone:
+
+- a **training sample** (one latent through the UNet, forward and backward) counts
+  :data:`TRAIN_PASSES_PER_SAMPLE` = 3 forward passes: a backward pass costs about twice a
+  forward one (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1:
+  training takes ~6N FLOPs per token against ~2N for the forward pass). With the base weights
+  frozen their weight gradients are skipped, so for a LoRA the true ratio lies between 2 and 3;
+  ``python -m benchmarks.gpu`` measures it on a GPU. An optimizer step trains
+  ``train_batch_size x gradient_accumulation_steps`` samples;
+- an **evaluation image** counts ``eval.inference_steps`` passes, twice that with
+  classifier-free guidance (``guidance_scale > 1``: the pipeline runs the UNet on the prompt
+  and on the empty prompt), scaled by its area when ``eval.width x height`` differs from the
+  training resolution. A rung draws :func:`rung_images`; the baseline draws one rung; the
+  confirmation ``top_k + 1`` (the candidates and the base model) on its own image count.
+
+Which trials train how far: without early stopping every trial trains to its
+``max_train_steps`` (with steps as a fidelity, the largest candidate) and is scored at each of
+its rungs. With ASHA the forecast is **ideal synchronous successive halving** (Jamieson &
+Talwalkar 2016): all ``n`` trials reach the first milestone, ``ceil(n / r**k)`` reach milestone
+``k``. Ray's asynchronous ASHA (Li et al. 2020) promotes a little more than that while its
+rungs fill (the demo trained 660 steps where the ideal is 600), so this is an estimate, said as
+such. With steps as a dimension the work is averaged over the candidate step counts. Racing
+(issue 22, item 1) does not exist yet: :attr:`Forecast.racing` is where its arm goes.
+
+Seconds come from a :class:`Throughput` (UNet passes per second while training and while
+drawing), which the front end picks (``hpo.forecast``); the measured split of a finished sweep,
+for the closing summary, is :func:`measured`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hpo.sweep.fidelity import StepsPlan, apply, asha_rungs, fidelity_rungs
+from hpo.sweep.spec import INTEGRAL, Sweep
+
+TRAIN_PASSES_PER_SAMPLE = 3.0
+
+
+@dataclass(frozen=True)
+class Work:
+    """Units of compute: optimizer steps, rung images drawn and scored, trial setups."""
+
+    steps: float
+    images: float
+    setups: float
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.steps + other.steps, self.images + other.images,
+                    self.setups + other.setups)
+
+    def scaled(self, factor: float) -> Work:
+        return Work(self.steps * factor, self.images * factor, self.setups * factor)
+
+
+def ideal_asha(n_trials: int, milestones: Sequence[int], max_steps: int,
+               eval_rungs: Sequence[int], images_per_rung: int, reduction_factor: int) -> Work:
+    """Work of synchronous successive halving over ``n_trials``.
+
+    ``milestones`` are ASHA's decision steps (``grace * r**k`` below ``max_steps``); a trial
+    stopped at a milestone trained that many steps and was scored at every evaluation rung up
+    to it; the survivors of the last milestone train to ``max_steps``.
+    """
+    stops = [m for m in sorted(milestones) if m < max_steps] + [max_steps]
+    work = Work(0.0, 0.0, 0.0)
+    reached = n_trials
+    for k, stop in enumerate(stops):
+        survivors = 0 if k == len(stops) - 1 else math.ceil(n_trials / reduction_factor ** (k + 1))
+        stopped_here = reached - survivors
+        rungs = sum(1 for r in eval_rungs if r <= stop)
+        work = work + Work(float(stopped_here * stop),
+                           float(stopped_here * rungs * images_per_rung), float(stopped_here))
+        reached = survivors
+    return work
+
+
+def no_early_stopping(n_trials: int, max_steps: int, eval_rungs: Sequence[int],
+                      images_per_rung: int) -> Work:
+    """Work of ``n_trials`` trained to ``max_steps`` and scored at ``eval_rungs``."""
+    return Work(float(n_trials * max_steps), float(n_trials * len(eval_rungs) * images_per_rung),
+                float(n_trials))
+
+
+def typical_values(sweep: Sweep) -> dict[str, Any]:
+    """The configuration whose cost stands for all when one is timed: each parameter's middle
+    value (the median of numbers, the middle one listed otherwise: ``attn`` of ``[cross_attn,
+    attn, attn_ff]``; a range's midpoint, geometric for ``log_uniform_values``). The LoRA's
+    rank and modules change a step's and an image's cost (on the demo ``attn_ff`` draws about
+    1.6 times as slowly as ``cross_attn``), the learning rate does not."""
+    values: dict[str, Any] = {}
+    for p in sweep.parameters:
+        if p.kind == "value":
+            values[p.name] = p.value
+        elif p.kind == "values":
+            numbers = all(isinstance(v, int | float) for v in p.values)
+            listed = sorted(p.values) if numbers else list(p.values)
+            values[p.name] = listed[len(listed) // 2]
+        else:
+            assert p.low is not None and p.high is not None
+            mid = math.sqrt(p.low * p.high) if p.kind == "log_uniform_values" \
+                else (p.low + p.high) / 2
+            values[p.name] = round(mid) if p.name in INTEGRAL else mid
+    return values
+
+
+def scored_prompts(sweep: Sweep) -> int:
+    """Prompts a rung draws: the held-out prompts, and the control prompts when the sweep
+    measures preservation (``preservation.trigger``). The one place that counts them; every
+    image count below follows. (The base model's own control images, drawn once per study and
+    seed, and prior preservation's class images are not counted: a few hundred images.)"""
+    return len(sweep.eval.prompt_list) + len(sweep.preservation.control_prompt_list)
+
+
+def rung_images(sweep: Sweep) -> int:
+    """Images drawn and scored at one rung of one trial (and by the baseline)."""
+    return scored_prompts(sweep) * sweep.eval.images_per_prompt
+
+
+def confirmation_images(sweep: Sweep) -> int:
+    """Images of the confirmation: ``top_k`` LoRAs and the base model on the fresh seeds."""
+    c = sweep.confirm
+    return (c.top_k + 1) * scored_prompts(sweep) * c.images_per_prompt if c.top_k else 0
+
+
+def passes_per_image(sweep: Sweep) -> float:
+    """UNet sample-passes of one evaluation image, counted at the training resolution."""
+    e, side = sweep.eval, sweep.data.resolution
+    guided = 2 if e.guidance_scale > 1 else 1
+    return e.inference_steps * guided * (e.width or side) * (e.height or side) / side ** 2
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and evaluation, in UNet sample-passes or in seconds; evaluation is the rungs,
+    the baseline and the confirmation."""
+
+    training: float
+    rungs: float
+    baseline: float = 0.0
+    confirmation: float = 0.0
+
+    @property
+    def evaluation(self) -> float:
+        return self.rungs + self.baseline + self.confirmation
+
+    @property
+    def total(self) -> float:
+        return self.training + self.evaluation
+
+    @property
+    def eval_share(self) -> float:
+        return self.evaluation / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """UNet sample-passes per second while training and while drawing, and their source."""
+
+    train: float
+    evaluation: float
+    device: str  # "gpu": seconds are GPU-seconds of whole GPUs; "cpu": trial seconds
+    source: str
+
+    def seconds(self, passes: Split) -> Split:
+        e = self.evaluation
+        return Split(passes.training / self.train, passes.rungs / e, passes.baseline / e,
+                     passes.confirmation / e)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A sweep's work before it runs: per arm (with ASHA, without early stopping, racing)."""
+
+    trials: int
+    samples_per_step: int
+    images_per_rung: int
+    passes_per_image: float
+    baseline_images: int
+    confirmation_images: int
+    full: Work  # no early stopping
+    asha: Work | None  # ideal successive halving; None when the sweep has no early stopping
+    racing: Work | None = None  # issue 22, item 1: not built yet
+
+    @property
+    def planned(self) -> Work:
+        """The work of the arm this sweep runs."""
+        return self.racing or self.asha or self.full
+
+    def passes(self, work: Work) -> Split:
+        image = self.passes_per_image
+        return Split(work.steps * self.samples_per_step * TRAIN_PASSES_PER_SAMPLE,
+                     work.images * image, self.baseline_images * image,
+                     self.confirmation_images * image)
+
+
+def _trial_lengths(sweep: Sweep, steps: StepsPlan) -> list[int]:
+    """The step counts a trial trains to: the largest candidate (steps as a fidelity), or each
+    candidate (steps as a dimension, taken as equally likely)."""
+    return [steps.candidates[-1]] if steps.fidelity else list(steps.candidates)
+
+
+def _arm(sweep: Sweep, steps: StepsPlan, trials: int, early_stop: bool) -> Work:
+    images = rung_images(sweep)
+    lengths = _trial_lengths(sweep, steps)
+    total = Work(0.0, 0.0, 0.0)
+    for length in lengths:
+        if steps.fidelity:
+            scored = steps.rungs if early_stop else fidelity_rungs(
+                replace(sweep, early_terminate=None), steps.candidates)
+            rungs = [r for r in scored if r <= length]
+        else:
+            rungs = sweep.rungs(length)
+        et = sweep.early_terminate
+        if early_stop and et is not None:
+            milestones = [m for m in asha_rungs(sweep, sweep.max_steps) if m < length]
+            total = total + ideal_asha(trials, milestones, length, rungs, images,
+                                       et.reduction_factor)
+        else:
+            total = total + no_early_stopping(trials, length, rungs, images)
+    return total.scaled(1 / len(lengths))
+
+
+def forecast(sweep: Sweep, steps: StepsPlan, trials: int) -> Forecast:
+    """The work of ``trials`` trials of ``sweep`` run as ``steps`` says (a grid stops at its
+    size, counted as the run counts it: without ``max_train_steps`` where steps are a
+    fidelity), with ASHA (when the sweep has it) and without early stopping."""
+    grid = apply(sweep, steps).grid_size() if sweep.method == "grid" else None
+    n = min(trials, grid) if grid else trials
+    t = sweep.train
+    return Forecast(
+        trials=n, samples_per_step=t.train_batch_size * t.gradient_accumulation_steps,
+        images_per_rung=rung_images(sweep), passes_per_image=passes_per_image(sweep),
+        baseline_images=rung_images(sweep), confirmation_images=confirmation_images(sweep),
+        full=_arm(sweep, steps, n, early_stop=False),
+        asha=_arm(sweep, steps, n, early_stop=True) if sweep.early_terminate else None)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a sweep's trials spent by their own timers (seconds, summed over trials) and how
+    far they went (optimizer steps, rungs); baseline and confirmation from the study attrs."""
+
+    seconds: Split
+    setup_seconds: float
+    steps: int
+    rungs: int
+    trials: int
+    device: str  # "cuda" or "cpu"
+
+
+def measured(trials: Iterable[Mapping[str, Any]], study_attrs: Mapping[str, Any]) -> Measured:
+    """Sum the trials' user attrs (``train_seconds``, ``eval_seconds``, ``setup_seconds``,
+    ``last_step``, ``score_per_rung``, ``device``), the baseline's ``baseline_eval_seconds``
+    and each confirmation record's ``eval_seconds`` (study attrs ``confirm_*``)."""
+    train = evals = setup = 0.0
+    steps = rungs = count = 0
+    device = "cpu"
+    for attrs in trials:
+        count += 1
+        train += float(attrs.get("train_seconds") or 0.0)
+        evals += float(attrs.get("eval_seconds") or 0.0)
+        setup += float(attrs.get("setup_seconds") or 0.0)
+        steps += int(attrs.get("last_step") or 0)
+        rungs += len(attrs.get("score_per_rung") or {})
+        device = "cuda" if attrs.get("device") == "cuda" else device
+    confirm = sum(float(v.get("eval_seconds") or 0.0) for k, v in study_attrs.items()
+                  if k.startswith("confirm_") and isinstance(v, dict))
+    baseline = float(study_attrs.get("baseline_eval_seconds") or 0.0)
+    return Measured(Split(train, evals, baseline, confirm), setup, steps, rungs, count, device)

@@ -1,0 +1,117 @@
+"""The sweep's cost forecast: work and UNet passes counted from the sweep file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo.sweep import cost
+from hpo.sweep.fidelity import plan_steps
+from hpo.sweep.spec import load_sweep
+from tests.sweep_files import DELETE, REPO, apply, tiny_doc
+
+
+def _sweep(tmp_path: Path, **changes):
+    doc = apply(tiny_doc(), {"eval.prompts": str(REPO / "sweeps/prompts/tiny_heldout.txt"),
+                             **changes})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return load_sweep(path)
+
+
+def test_image_counts_and_passes_come_from_the_eval_settings(tmp_path: Path) -> None:
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    assert cost.rung_images(demo) == 48 * 2
+    assert cost.passes_per_image(demo) == 4 * 2  # guidance 5: the UNet runs twice a step
+    assert cost.confirmation_images(demo) == (3 + 1) * 48 * 2  # top 3 and the base model
+    plain = _sweep(tmp_path, **{"eval.guidance_scale": 1.0, "eval.width": 64,
+                                "eval.height": 32, "confirm.top_k": 0})
+    assert cost.passes_per_image(plain) == 4 * 2  # no guidance, but twice the pixels of 32x32
+    assert cost.confirmation_images(plain) == 0
+
+
+def test_the_demo_forecast_is_ideal_halving_against_every_trial_to_60_steps() -> None:
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    f = cost.forecast(demo, plan_steps(demo), trials=20)
+    # 10 trials stop at 15 (1 rung), 5 at 30 (2 rungs), 5 train to 60 (rungs 15/30/45/60)
+    assert f.asha == cost.Work(10 * 15 + 5 * 30 + 5 * 60, (10 + 10 + 20) * 96, 20)
+    # without ASHA, steps stay a fidelity: every trial to 60, scored at 30, 45 and 60 only
+    assert f.full == cost.Work(20 * 60, 20 * 3 * 96, 20)
+    assert f.planned == f.asha and f.racing is None
+    passes = f.passes(f.planned)
+    assert passes.training == 600 * 2 * 3  # batch 2 x accumulation 1, 3 passes a sample
+    assert passes.rungs == 40 * 96 * 8
+    assert passes.baseline == 96 * 8 and passes.confirmation == 4 * 96 * 8
+    assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 3600))
+
+
+def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
+    sweep = load_sweep(REPO / "sweeps" / "hyundai.yaml")
+    f = cost.forecast(sweep, plan_steps(sweep), trials=20)
+    # milestones 200, 400, 800: 10 stop at 200, 5 at 400, 2 at 800 (ceil(20/8) = 3 go on)
+    assert f.asha.steps == 10 * 200 + 5 * 400 + 2 * 800 + 3 * 1000
+    assert f.asha.images / f.images_per_rung == 10 * 1 + 5 * 2 + 2 * 4 + 3 * 5
+    p = f.passes(f.asha)
+    assert f.passes_per_image == 60 and f.images_per_rung == 26 * 4
+    assert p.training == 8600 * 4 * 3
+    assert p.eval_share == pytest.approx(0.744, abs=0.001)
+
+
+def test_steps_as_a_dimension_average_over_the_candidates(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path, **{"train.lr_scheduler": "cosine"})
+    steps = plan_steps(sweep)
+    assert not steps.fidelity
+    f = cost.forecast(sweep, steps, trials=4)
+    # 30, 45 or 60 steps, scored every 15: 2, 3 or 4 rungs
+    assert f.full == cost.Work(4 * 45, 4 * 3 * 96, 4)
+    # halving of 4 at 15 and 30: 2 stop at 15, 1 at 30 (if the trial is longer), 1 goes on
+    by_length = [cost.ideal_asha(4, [15], 30, [15, 30], 96, 2),
+                 cost.ideal_asha(4, [15, 30], 45, [15, 30, 45], 96, 2),
+                 cost.ideal_asha(4, [15, 30], 60, [15, 30, 45, 60], 96, 2)]
+    assert f.asha == (by_length[0] + by_length[1] + by_length[2]).scaled(1 / 3)
+
+
+def test_grid_trials_stop_at_the_grid_and_no_early_stop_has_one_arm(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path, **{"method": "grid", "early_terminate": DELETE,
+                                "parameters.learning_rate": {"values": [1e-3, 1e-2]}})
+    f = cost.forecast(sweep, plan_steps(sweep), trials=500)
+    assert f.trials == 3 * 2 * 3  # rank x learning rate x modules (steps are a fidelity)
+    assert f.asha is None and f.planned == f.full
+
+
+def test_throughput_prices_training_and_drawing_at_their_own_rates() -> None:
+    rate = cost.Throughput(train=100.0, evaluation=400.0, device="gpu", source="test")
+    seconds = rate.seconds(cost.Split(training=1000, rungs=4000, baseline=400, confirmation=800))
+    assert seconds == cost.Split(10.0, 10.0, 1.0, 2.0)
+    assert seconds.eval_share == pytest.approx(13 / 23)
+
+
+def test_measured_sums_the_trials_timers_and_the_baseline_and_confirmation() -> None:
+    trials = [{"train_seconds": 2.0, "eval_seconds": 5.0, "setup_seconds": 0.5, "last_step": 15,
+               "score_per_rung": {"15": 1.0}, "device": "cpu"},
+              {"train_seconds": 8.0, "eval_seconds": 20.0, "setup_seconds": 0.1,
+               "last_step": 60, "score_per_rung": {"15": 1, "30": 1, "45": 1, "60": 1}},
+              {"fail_reason": "died before its first rung"}]
+    study = {"baseline_eval_seconds": 3.0, "confirm_trial_1": {"eval_seconds": 4.0},
+             "confirm_baseline": {"eval_seconds": 2.5}, "confirm_settings": {"top_k": 1}}
+    got = cost.measured(trials, study)
+    assert got.seconds == cost.Split(10.0, 25.0, 3.0, 6.5)
+    assert (got.steps, got.rungs, got.trials, got.device) == (75, 5, 3, "cpu")
+    assert got.setup_seconds == pytest.approx(0.6)
+
+
+def test_typical_values_take_each_parameters_middle(tmp_path: Path) -> None:
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    values = cost.typical_values(demo)
+    assert values["rank"] == 4 and values["target_modules"] == "attn"
+    assert values["max_train_steps"] == 45 and values["lora_alpha"] == "rank"
+    assert values["learning_rate"] == pytest.approx((1e-4 * 5e-2) ** 0.5)  # geometric middle
+    ranged = _sweep(tmp_path, **{"parameters.rank": {"distribution": "int_uniform", "min": 2,
+                                                     "max": 9},
+                                 "parameters.target_modules": {"values": ["attn_ff", "attn"]}})
+    values = cost.typical_values(ranged)
+    assert values["rank"] == 6 and isinstance(values["rank"], int)  # round(5.5), banker's
+    assert values["target_modules"] == "attn"  # the upper middle of two, as listed
+    demo.trial_config(cost.typical_values(demo), output_dir=tmp_path, cache_dir=tmp_path)
