@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from trials.config import TINY_MODEL, TrialConfig
+from trials.config import TINY_MODEL, PreservationSpec, TrialConfig
 from trials.eval import evaluator as evaluation
 from trials.eval.score import TINY_CLIP, TINY_CLIP_ARCH, TOYWORLD, ClipScorer
 from trials.models.components import SDComponents, load_components
@@ -144,18 +144,24 @@ def measure(config: TrialConfig, device: torch.device, threads: int,
 
     Raises whatever loading the model raises (``not_local`` says beforehand when it would
     need a download or a build)."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     started = time.perf_counter()
     before, bars = torch.get_num_threads(), transformers_logging.is_progress_bar_enabled()
+    verbosity = diffusers_logging.get_verbosity()
     torch.set_num_threads(max(1, threads))
     transformers_logging.disable_progress_bar()  # no loading bar in the middle of a plan
+    # The plan's own warning names a prompt longer than 77 tokens (hpo.plan.long_prompts);
+    # the pipeline would repeat it, without file and line, for each batch the probe draws.
+    diffusers_logging.set_verbosity_error()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
             step, n_steps, image, n_images = _measure(config, device, budget)
     finally:
         torch.set_num_threads(before)
+        diffusers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
     return UnitTimes(step, image, n_steps, n_images, max(1, threads), device.type,
@@ -176,8 +182,9 @@ def _measure(config: TrialConfig, device: torch.device, budget: float
     # One batch of rung images: the first prompts, enough of them for eval.batch_size images.
     n_prompts = max(1, math.ceil(e.batch_size / e.images_per_prompt))
     prompts = (e.prompt_list * n_prompts)[:n_prompts]
+    # No control prompts either: an image costs the same whichever prompt it is drawn for.
     probe = replace(config, eval=replace(e, prompt_list=prompts, reference_dir=None),
-                    data=replace(config.data, holdout=0))
+                    data=replace(config.data, holdout=0), preservation=PreservationSpec())
     parts.unet.eval()
     scorer = ClipScorer(e.clip_model, e.clip_pretrained, device=device,
                         cache_dir=config.cache_dir,

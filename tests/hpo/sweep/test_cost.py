@@ -23,9 +23,10 @@ def _sweep(tmp_path: Path, **changes):
 
 def test_image_counts_and_passes_come_from_the_eval_settings(tmp_path: Path) -> None:
     demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
-    assert cost.rung_images(demo) == 48 * 2
+    # 48 held-out prompts and their 48 control prompts (preservation), 2 images each
+    assert cost.rung_images(demo) == (48 + 48) * 2
     assert cost.passes_per_image(demo) == 4 * 2  # guidance 5: the UNet runs twice a step
-    assert cost.confirmation_images(demo) == (3 + 1) * 48 * 2  # top 3 and the base model
+    assert cost.confirmation_images(demo) == (3 + 1) * 96 * 2  # top 3 and the base model
     plain = _sweep(tmp_path, **{"eval.guidance_scale": 1.0, "eval.width": 64,
                                 "eval.height": 32, "confirm.top_k": 0})
     assert cost.passes_per_image(plain) == 4 * 2  # no guidance, but twice the pixels of 32x32
@@ -36,14 +37,14 @@ def test_the_demo_forecast_is_ideal_halving_against_every_trial_to_60_steps() ->
     demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
     f = cost.forecast(demo, plan_steps(demo), trials=20)
     # 10 trials stop at 15 (1 rung), 5 at 30 (2 rungs), 5 train to 60 (rungs 15/30/45/60)
-    assert f.asha == cost.Work(10 * 15 + 5 * 30 + 5 * 60, (10 + 10 + 20) * 96, 20)
+    assert f.asha == cost.Work(10 * 15 + 5 * 30 + 5 * 60, (10 + 10 + 20) * 192, 20)
     # without ASHA, steps stay a fidelity: every trial to 60, scored at 30, 45 and 60 only
-    assert f.full == cost.Work(20 * 60, 20 * 3 * 96, 20)
+    assert f.full == cost.Work(20 * 60, 20 * 3 * 192, 20)
     assert f.planned == f.asha and f.racing is None
     passes = f.passes(f.planned)
     assert passes.training == 600 * 2 * 3  # batch 2 x accumulation 1, 3 passes a sample
-    assert passes.rungs == 40 * 96 * 8
-    assert passes.baseline == 96 * 8 and passes.confirmation == 4 * 96 * 8
+    assert passes.rungs == 40 * 192 * 8
+    assert passes.baseline == 192 * 8 and passes.confirmation == 4 * 192 * 8
     assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 3600))
 
 
@@ -54,9 +55,9 @@ def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
     assert f.asha.steps == 10 * 200 + 5 * 400 + 2 * 800 + 3 * 1000
     assert f.asha.images / f.images_per_rung == 10 * 1 + 5 * 2 + 2 * 4 + 3 * 5
     p = f.passes(f.asha)
-    assert f.passes_per_image == 60 and f.images_per_rung == 26 * 4
+    assert f.passes_per_image == 60 and f.images_per_rung == (26 + 26) * 4  # with control
     assert p.training == 8600 * 4 * 3
-    assert p.eval_share == pytest.approx(0.744, abs=0.001)
+    assert p.eval_share == pytest.approx(0.853, abs=0.001)  # control prompts double the images
 
 
 def test_steps_as_a_dimension_average_over_the_candidates(tmp_path: Path) -> None:
