@@ -255,9 +255,17 @@ class ClipScorer:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk])
-            emb = self.model.encode_image(batch.to(self.device), normalize=True)
+            # The model may be fp16 (eval.clip_fp16): its input must be too.
+            emb = self.model.encode_image(batch.to(self.device, self._dtype), normalize=True)
             chunks.append(emb.float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, self._dim())
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The image tower's compute dtype: its first convolution's or linear layer's weights
+        (open_clip's fp16 keeps some parameters, e.g. embeddings, in fp32)."""
+        return next(m.weight.dtype for m in self.model.visual.modules()
+                    if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
 
     def _dim(self) -> int:
         return int(self.model.text_projection.shape[-1])

@@ -179,3 +179,19 @@ def test_grid_image_size() -> None:
     assert np.array_equal(np.asarray(plain.crop((0, 0, 32, 32))), np.asarray(rows[0][0]))
     with pytest.raises(ValueError):
         grid_image(rows, ["only one label"])
+
+
+def test_a_half_precision_scorer_takes_images_in_its_own_dtype(tmp_path) -> None:
+    # eval.clip_fp16: the pixels must reach the fp16 image tower as fp16 (they did not, and
+    # every fp16 score raised a dtype error). Scores stay close to fp32's.
+    from PIL import Image
+
+    from trials.eval.score import TINY_CLIP, ClipScorer
+
+    half = ClipScorer(TINY_CLIP, None, cache_dir=tmp_path, precision="fp16")
+    full = ClipScorer(TINY_CLIP, None, cache_dir=tmp_path)
+    images = [[Image.new("RGB", (32, 32), (200, 10, 10)), Image.new("RGB", (32, 32), (9, 9, 200))]]
+    assert half._dtype == torch.float16
+    a = half.score(["a red car"], images).clip_score
+    b = full.score(["a red car"], images).clip_score
+    assert abs(a - b) < 0.5
