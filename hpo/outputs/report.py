@@ -440,19 +440,25 @@ tr.pruned { color: #a60; } tr.fail { color: #b22; }
 """
 
 
+def _figure_html(make: Callable[[optuna.Study], go.Figure], study: optuna.Study,
+                 with_js: bool) -> tuple[str, bool]:
+    """A figure as HTML (with plotly.js when ``with_js``), and whether it was drawn."""
+    try:
+        fig = make(study)
+        fig.update_layout(template="plotly_white", margin={"t": 40})
+        return fig.to_html(full_html=False, include_plotlyjs=with_js,
+                           config={"displaylogo": False, "responsive": True}), True
+    except Exception as err:  # too few trials for this figure, or none with the data
+        return f'<p class="missing">Not shown: {_esc(err)}</p>', False
+
+
 def build_report(study: optuna.Study, store: FileSystemArtifactStore, study_dir: Path) -> str:
     """The whole page as one HTML string (plotly.js inlined once)."""
     sections = []
     js_included = False
     for title, why, make in FIGURES:
-        try:
-            fig = make(study)
-            fig.update_layout(template="plotly_white", margin={"t": 40})
-            body = fig.to_html(full_html=False, include_plotlyjs=not js_included,
-                               config={"displaylogo": False, "responsive": True})
-            js_included = True
-        except Exception as err:  # too few trials for this figure, or none with the data
-            body = f'<p class="missing">Not shown: {_esc(err)}</p>'
+        body, drawn = _figure_html(make, study, not js_included)
+        js_included = js_included or drawn
         sections.append(f'<section class="figure" data-title="{_esc(title)}"><h2>{_esc(title)}'
                         f'</h2><p class="why">{_esc(why)}</p>{body}</section>')
     if len(study.directions) > 1:
@@ -463,14 +469,8 @@ def build_report(study: optuna.Study, store: FileSystemArtifactStore, study_dir:
                         "best.yaml is the one the sweep's select rule picks.</p>"
                         + pareto_section(study, store, not js_included) + "</section>")
     if study.user_attrs.get("preservation"):
-        try:
-            fig = preservation_figure(study)
-            fig.update_layout(template="plotly_white", margin={"t": 40})
-            body = fig.to_html(full_html=False, include_plotlyjs=not js_included,
-                               config={"displaylogo": False, "responsive": True})
-            js_included = True
-        except Exception as err:
-            body = f'<p class="missing">Not shown: {_esc(err)}</p>'
+        body, drawn = _figure_html(preservation_figure, study, not js_included)
+        js_included = js_included or drawn
         body += control_grids(study, study_dir)
         sections.append('<section class="figure" data-title="Brand vs control"><h2>Brand vs '
                         'control</h2><p class="why">Does a LoRA learn the brand without '

@@ -101,3 +101,9 @@ def loopback_server() -> Iterator[Callable[[str], str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+def one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line a refused command printed to stderr (no traceback)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()

@@ -24,7 +24,7 @@ import hpo.run
 from hpo.study import storage as studies
 from hpo.study.lock import lock_path, mysql_lock_name
 from hpo.sweep.space import define_by_run
-from tests.hpo.conftest import RayStarted
+from tests.hpo.conftest import RayStarted, one_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -32,12 +32,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.fixture
 def sweep(offline_sweep: SimpleNamespace) -> SimpleNamespace:
     return offline_sweep
-
-
-def one_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def nothing_written(out: Path) -> bool:

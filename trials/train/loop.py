@@ -349,18 +349,26 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
     return result
 
 
+def base_evaluator(config: TrialConfig) -> tuple[evaluation.Evaluator, cache.EncodedData]:
+    """A fresh process's frozen model and an evaluator on it that holds the base model's
+    control-image features (drawn now, or read from the shared cache), for the baseline and
+    for rescoring; and the training set's cached encodings."""
+    device = pick_device()
+    dtype = weight_dtype_for(config.train.mixed_precision, device)
+    components, data = load_frozen(config, device, dtype)
+    evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
+    # Before any LoRA is loaded: the UNet is the base model.
+    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
+    return evaluator, data
+
+
 def run_baseline(config: TrialConfig) -> dict[str, Any]:
     """Score the base model without LoRA on the same prompts and seeds as every trial.
 
     Also builds the shared latent/text cache, so trials that start afterwards only read it.
     """
-    device = pick_device()
-    dtype = weight_dtype_for(config.train.mixed_precision, device)
-    components, data = load_frozen(config, device, dtype)
-    started = time.perf_counter()
-    evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
-    # Draws and caches the base model's control images for every trial's drift and leak.
-    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
+    evaluator, data = base_evaluator(config)
+    started = time.perf_counter()  # the rung's scoring alone, as a trial's eval_seconds
     scores = evaluator.score(Path(config.output_dir))
     scores["eval_seconds"] = time.perf_counter() - started
     scores["cache_file"] = str(data.cache_file)

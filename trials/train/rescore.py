@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from trials.config import TrialConfig
-from trials.eval import evaluator as evaluation
 from trials.models.lora import WEIGHTS_NAME
-from trials.train import preserve
-from trials.train.loop import load_frozen, pick_device, weight_dtype_for
+from trials.train.loop import base_evaluator
 
 
 def rescore(config: TrialConfig, lora_dir: Path | None, seed: int,
@@ -41,13 +39,8 @@ def rescore(config: TrialConfig, lora_dir: Path | None, seed: int,
     eval_spec = replace(config.eval, seed=seed,
                         images_per_prompt=images_per_prompt or config.eval.images_per_prompt)
     config = replace(config, eval=eval_spec)
-    device = pick_device()
-    dtype = weight_dtype_for(config.train.mixed_precision, device)
-    components, data = load_frozen(config, device, dtype)
+    evaluator, _ = base_evaluator(config)  # the base model's control images on these seeds
     started = time.perf_counter()
-    evaluator = evaluation.Evaluator(config, components, data.examples, device, dtype)
-    # The base model's control images on these seeds, before the LoRA is loaded.
-    evaluator.set_base_control(preserve.base_control(config, evaluator, device, dtype))
     if lora_dir is not None:
         # diffusers reads the adapter config (rank, alpha, modules) stored with the weights.
         evaluator.pipe.load_lora_weights(str(lora_dir))

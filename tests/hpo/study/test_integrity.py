@@ -21,7 +21,7 @@ from hpo.run import main
 from hpo.study import storage as studies
 from hpo.study.lock import study_lock
 from hpo.sweep.spec import load_sweep
-from tests.hpo.conftest import RayStarted
+from tests.hpo.conftest import RayStarted, one_line
 from tests.hpo.test_preflight import DATA_CASES
 from tests.sweep_files import REPO
 from trials.data.folder import DataError
@@ -32,12 +32,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.fixture
 def sweep(offline_sweep: SimpleNamespace) -> SimpleNamespace:
     return offline_sweep
-
-
-def one_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 # -- item 2: a changed sweep is refused before Ray starts -------------------------------------
