@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default=None,
                    help="W&B project (default: $WANDB_PROJECT, else the study name)")
     p.add_argument("--wandb-entity", default=None, help="W&B entity (default: $WANDB_ENTITY)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray's and Optuna's own output on the console (Tune's status "
+                        "table, worker logs); it always goes to OUT/STUDY/driver.log")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -100,6 +105,7 @@ def driver_lock(study_dir: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    args.command = shlex.join(["python -m hpo.run", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_args(args)
@@ -163,7 +169,7 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> int:
     """Check everything, then run the remaining trials and export the results."""
     from hpo.dispatch import tune as tuning
-    from hpo.outputs import artifacts, export, pareto, report, tracking
+    from hpo.outputs import artifacts, console, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
 
@@ -177,7 +183,10 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
     plan.check_address(args.address)
     storage = plan.connect_storage(storage_url)
 
-    with study_lock(storage_url, name, study_dir), driver_lock(study_dir):
+    # Ray's and Optuna's own output goes to driver.log (and the console only with --verbose).
+    with study_lock(storage_url, name, study_dir), driver_lock(study_dir), \
+            console.driver_log(study_dir / "driver.log", args.verbose, args.command) as record, \
+            tuning.RayOutput(record, args.verbose) as ray_output:
         study = studies.open_study(storage, sweep, name)
         fingerprint.check_or_record(study, fingerprint.compute(sweep, contents))
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))
@@ -198,7 +207,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         if remaining > 0:
             try:
                 stopped_by = run_trials(sweep, name, storage, study, study_dir, cache_dir,
-                                        remaining, args)
+                                        remaining, args, ray_output)
             except KeyboardInterrupt:
                 interrupted = True
             # Ctrl-C (caught by Tune, or here) leaves trials RUNNING: make the study consistent.
@@ -214,7 +223,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
         if not interrupted and not stopped_by and sweep.confirm.top_k:
             try:  # resumable: only what is missing on the confirmation seeds is scored
                 confirm.confirm(sweep, study, study_dir, cache_dir,
-                                tuning.confirmation_scorer(sweep, args.address))
+                                tuning.confirmation_scorer(sweep, args.address, ray_output))
             except KeyboardInterrupt:
                 interrupted = True
         baseline = study.user_attrs.get("baseline_clip_score")
@@ -233,13 +242,13 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
-               remaining: int, args: argparse.Namespace) -> str | None:
+               remaining: int, args: argparse.Namespace, ray_output) -> str | None:
     """Start Ray, score the baseline once per study, and run ``remaining`` trials.
 
     Returns the error that stopped the sweep early (one every trial would hit), or None.
     """
     from hpo.dispatch import tune as tuning
-    from hpo.outputs import artifacts, tracking
+    from hpo.outputs import artifacts, console, tracking
 
     # A new sampler seed for each run, from the sweep's seed and the study's size: a rerun
     # continues the search instead of replaying its first draws (hpo.sweep.space.run_seed).
@@ -249,7 +258,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
                  "seed": run_seed(sweep.seed, len(study.trials))})
     study.set_user_attr("sampler_runs", runs)
 
-    cluster = tuning.start_ray(args.address)
+    cluster = tuning.start_ray(args.address, output=ray_output)
     plan.check_resources(sweep, tuning.node_resources())
     slots = tuning.concurrency(sweep, cluster, args.concurrency)
     if "baseline_clip_score" not in study.user_attrs:
@@ -264,16 +273,29 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),
                                           sweep.eval.prompt_list, study.user_attrs)
     log.info("running %d trial(s), %d at a time", remaining, slots)
-    recorder = tuning.run_sweep(
-        sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
-        storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
-        baseline=study.user_attrs.get("baseline_clip_score"), chaos=args.chaos,
-        observers=[observer, *tracking.observers(
-            sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
-            wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)],
-        sampler=sampler)
+    shown = console.SweepConsole(
+        remaining, metrics=[*(o.name for o in sweep.objectives), sweep.metric, "clip_score"],
+        goal=sweep.goal, baseline_per_prompt=study.user_attrs.get("baseline_per_prompt"),
+        record=ray_output.log)
+    try:
+        with shown.logging_above_bar():
+            recorder = tuning.run_sweep(
+                sweep, study_name=name, storage=storage, n_new=remaining, slots=slots,
+                cluster=cluster, storage_path=args.storage_path or str(study_dir / "ray"),
+                cache_dir=cache_dir, baseline=study.user_attrs.get("baseline_clip_score"),
+                chaos=args.chaos, sampler=sampler, output=ray_output,
+                observers=[shown, observer, *tracking.observers(
+                    sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
+                    wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)])
+    finally:
+        shown.close()
     return recorder.stopper.reason
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # The driver holds ~900k objects (torch, diffusers, Ray, Tune); the interpreter's last full
+    # garbage collection at exit took 4-5 s on a loaded 2-core machine (most of a Ctrl-C's exit
+    # time) and frees nothing a process that ends needs freed.
+    gc.freeze()
+    raise SystemExit(code)
