@@ -288,7 +288,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
                     sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
                     wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)])
     finally:
-        shown.close()
+        shown.close(keep=sys.exc_info()[0] is None)
     return recorder.stopper.reason
 
 

@@ -165,9 +165,11 @@ class Progress:
         return (f"[{self.done}/{self.total} trials, {tqdm.format_interval(elapsed)} elapsed, "
                 f"ETA {eta}]")
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Stop the bar; ``keep`` False clears it (after a Ctrl-C, whose ^C broke its line)."""
         self._stop.set()
         if self.bar is not None:
+            self.bar.leave = keep
             self.bar.close()
             self.bar = None
 
@@ -238,8 +240,8 @@ class SweepConsole:
         text = finished_line(state, attrs, self.metrics[0])
         self.show(ot_trial.number, text if self.live else f"{text}   {self.progress.text()}")
 
-    def close(self) -> None:
-        self.progress.close()
+    def close(self, keep: bool = True) -> None:
+        self.progress.close(keep)
 
 
 @contextmanager
