@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpo import plan
 from hpo.dispatch.chaos import parse_chaos
@@ -26,6 +27,9 @@ from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep
 from trials.validation import ConfigError
+
+if TYPE_CHECKING:
+    from hpo.dispatch.tune import RayOutput
 
 log = logging.getLogger("hpo")
 
@@ -105,7 +109,7 @@ def driver_lock(study_dir: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    args.command = shlex.join(["python -m hpo.run", *(sys.argv[1:] if argv is None else argv)])
+    args.command = "python -m hpo.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_args(args)
@@ -210,7 +214,8 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
                                         remaining, args, ray_output)
             except KeyboardInterrupt:
                 interrupted = True
-            # Ctrl-C (caught by Tune, or here) leaves trials RUNNING: make the study consistent.
+            # Ctrl-C (a KeyboardInterrupt out of Tune's loop: hpo.dispatch.tune turns Tune's own
+            # handler off) leaves trials RUNNING: make the study consistent.
             requeued = studies.recover_interrupted(study)
             interrupted = interrupted or bool(requeued)
             if stopped_by:
@@ -242,7 +247,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace) -> i
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
-               remaining: int, args: argparse.Namespace, ray_output) -> str | None:
+               remaining: int, args: argparse.Namespace, ray_output: RayOutput) -> str | None:
     """Start Ray, score the baseline once per study, and run ``remaining`` trials.
 
     Returns the error that stopped the sweep early (one every trial would hit), or None.

@@ -14,7 +14,6 @@ trials, FAIL with the reason for failed ones, and COMPLETE with the best rung's 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import shutil
@@ -73,7 +72,8 @@ def start_ray(address: str | None, num_cpus: int | None = None,
         else:
             # num_cpus None lets Ray size the node itself, from the container's CPU quota
             # (os.cpu_count() would count the host's CPUs on a pod and over-subscribe).
-            # configure_logging=False would clear the "ray" logger's handlers (RayOutput's).
+            # configure_logging=False would clear the "ray" logger's handlers (driver.log's:
+            # hpo.outputs.console.driver_log), and its warnings would reach stderr anyway.
             ray.init(num_cpus=num_cpus, include_dashboard=False,
                      object_store_memory=256 * 2**20, log_to_driver=True)
         if output is not None:
@@ -86,7 +86,7 @@ def start_ray(address: str | None, num_cpus: int | None = None,
 # Ray's driver prints the workers' stdout and stderr (log_to_driver) through the handler it
 # registers under this name; RayOutput swaps it for one writing driver.log. Ray has no public
 # hook for this: if the name or the dispatcher moves in an upgrade, the lines stay on the console
-# (tests/hpo/test_console.py notices) and Ray's own per-worker log files still have them.
+# (tests/hpo/test_console_sweep.py notices) and Ray's own per-worker log files still have them.
 _RAY_WORKER_PRINTER = "ray_print_logs"
 _OUR_WORKER_PRINTER = "hpo_driver_log"
 
@@ -95,31 +95,21 @@ class RayOutput:
     """Where Ray's own output goes: into ``log`` (``runs/<study>/driver.log``), and with
     ``verbose`` also on the console as Ray prints it.
 
-    That is the "ray" logger's records (Tune's warnings, its "Resume experiment with" hint),
-    Tune's status table (:meth:`reporter`) and the workers' stdout and stderr
-    (:meth:`divert_worker_logs`, called by :func:`start_ray`). Closing it shuts down a Ray that
-    :func:`start_ray` started here, so that the workers' last lines still reach ``log``, and
-    gives Ray its console back.
+    That is what Python's loggers do not carry (``hpo.outputs.console.driver_log`` routes
+    those, the "ray" logger's included): Tune's status table (:meth:`reporter`) and the workers'
+    stdout and stderr (:meth:`divert_worker_logs`, called by :func:`start_ray`). Closing it shuts
+    down a Ray that :func:`start_ray` started here, so that the workers' last lines still reach
+    ``log``, and gives Ray its printer back.
     """
 
     def __init__(self, log: TextIO | None, verbose: bool = False) -> None:
         self.log = log
         self.verbose = verbose or log is None
         self.started_ray = False
+        self._diverted = False  # whether our printer of the workers' lines is in place
         self._taken: list[tuple[str, Any]] = []  # Ray's printer, while ours replaces it
         if self.verbose and not sys.stdout.isatty():
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a piped log
-        self._logger = logging.getLogger("ray")
-        self._kept = list(self._logger.handlers)
-        self._to_log: logging.Handler | None = None
-        if log is not None:
-            if not self.verbose:
-                for handler in self._kept:
-                    self._logger.removeHandler(handler)
-            self._to_log = logging.StreamHandler(log)
-            self._to_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                                        "%(message)s"))
-            self._logger.addHandler(self._to_log)
 
     def __enter__(self) -> RayOutput:
         return self
@@ -129,8 +119,7 @@ class RayOutput:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the run config (this reporter) into tuner.pkl; an open file cannot be.
-        return {**self.__dict__, "log": None, "_taken": [], "_kept": [], "_to_log": None,
-                "_logger": None}
+        return {**self.__dict__, "log": None, "_diverted": False, "_taken": []}
 
     def write(self, text: str) -> None:
         if self.log is not None:
@@ -150,19 +139,17 @@ class RayOutput:
 
     def divert_worker_logs(self) -> None:
         """Send the workers' stdout and stderr lines to ``log`` instead of the console."""
-        if self.log is None or self._taken or not ray.is_initialized():
+        if self.log is None or self._diverted or not ray.is_initialized():
             return
         try:
             from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
         except ImportError:
             return
-        taken = [(n, h) for n, h in lines.handlers if n == _RAY_WORKER_PRINTER]
-        if not self.verbose:
+        if not self.verbose:  # with --verbose Ray's printer stays, and ours copies
+            self._taken = [(n, h) for n, h in lines.handlers if n == _RAY_WORKER_PRINTER]
             lines.remove_handler(_RAY_WORKER_PRINTER)
-            self._taken = taken
-        else:
-            self._taken = [("", None)]  # diverted; Ray's printer stays
         lines.add_handler(_OUR_WORKER_PRINTER, self._worker_lines)
+        self._diverted = True
 
     def _worker_lines(self, data: dict[str, Any]) -> None:
         who = data.get("actor_name") or data.get("task_name") or ""
@@ -188,22 +175,15 @@ class RayOutput:
                 self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ray.shutdown() took "
                                f"{time.monotonic() - begun:.1f} s\n")
         self.started_ray = False
-        if self._to_log is not None:
-            self._logger.removeHandler(self._to_log)
-            for handler in self._kept:
-                if handler not in self._logger.handlers:
-                    self._logger.addHandler(handler)
-            self._to_log = None
-        if not self._taken:
+        if not self._diverted:
             return
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
 
         lines.remove_handler(_OUR_WORKER_PRINTER)
         if ray.is_initialized():  # a Ray that someone else started goes on printing as before
             for name, handler in self._taken:
-                if handler is not None:
-                    lines.add_handler(name, handler)
-        self._taken = []
+                lines.add_handler(name, handler)
+        self._diverted, self._taken = False, []
 
 
 def node_resources() -> list[dict[str, float]]:

@@ -46,9 +46,8 @@ RUNG_FIGURES: dict[str, tuple[str, str]] = {
     "drift": ("drift", ".3f"),
     "leak": ("leak", ".2f"),
 }
-# Libraries whose log records are their own output, not ours: driver.log, console with --verbose
-# ("ray" too, by hpo.dispatch.tune.RayOutput, since Ray resets its logger when it starts).
-LIBRARY_LOGGERS = ("optuna",)
+# Libraries whose log records are their own output, not ours: driver.log, console with --verbose.
+LIBRARY_LOGGERS = ("ray", "optuna")
 REASON_CHARS = 200  # a failure reason longer than this is cut on the console (the study has it)
 
 
@@ -246,34 +245,40 @@ class SweepConsole:
 
 @contextmanager
 def driver_log(path: Path, verbose: bool, title: str) -> Iterator[TextIO]:
-    """Append Optuna's log records (and ours) to ``path``; keep Optuna's off the console unless
-    ``verbose``. Yields the open file, for what else should go there (``RayOutput``).
+    """Append Ray's and Optuna's log records (and ours) to ``path``; keep theirs off the console
+    unless ``verbose``. Yields the open file, for what else should go there (``RayOutput``).
 
     Each run appends below a line with ``title`` (the command), so reruns of a study read in
     order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8", buffering=1) as handle, ExitStack() as restore:
         handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n")
-        to_file = logging.StreamHandler(handle)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+        def to_file() -> logging.Handler:
+            # One each: ray.init(configure_logging=True) sets its format on its logger's handlers.
+            handler = logging.StreamHandler(handle)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s"))
+            return handler
+
         for name in LIBRARY_LOGGERS:
-            logger = logging.getLogger(name)
+            logger, ours = logging.getLogger(name), to_file()
             kept, propagate = list(logger.handlers), logger.propagate
             if not verbose:
                 for handler in kept:
                     logger.removeHandler(handler)
-            logger.addHandler(to_file)
+            logger.addHandler(ours)
             logger.propagate = verbose and propagate
 
-            def undo(logger: logging.Logger = logger, kept: list = kept,
-                     propagate: bool = propagate) -> None:
-                logger.removeHandler(to_file)
+            def undo(logger: logging.Logger = logger, ours: logging.Handler = ours,
+                     kept: list = kept, propagate: bool = propagate) -> None:
+                logger.removeHandler(ours)
                 for handler in kept:
                     if handler not in logger.handlers:
                         logger.addHandler(handler)
                 logger.propagate = propagate
             restore.callback(undo)
-        ours = logging.getLogger("hpo")
-        ours.addHandler(to_file)
-        restore.callback(ours.removeHandler, to_file)
+        hpo_logger, ours = logging.getLogger("hpo"), to_file()
+        hpo_logger.addHandler(ours)
+        restore.callback(hpo_logger.removeHandler, ours)
         yield handle

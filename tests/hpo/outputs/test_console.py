@@ -126,21 +126,30 @@ def test_a_rung_without_baseline_or_scores_still_prints() -> None:
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_driver_log_takes_optuna_records_off_the_console(tmp_path: Path, verbose: bool,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_driver_log_takes_ray_and_optuna_records_off_the_console(
+        tmp_path: Path, verbose: bool, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hpo")  # as hpo.run's logging.basicConfig sets it
-    optuna_logger = logging.getLogger("optuna")
-    before = list(optuna_logger.handlers)
+    console = io.StringIO()
+    ray_logger, optuna_logger = logging.getLogger("ray"), logging.getLogger("optuna")
+    ray_before, optuna_before = list(ray_logger.handlers), list(optuna_logger.handlers)
+    ray_logger.addHandler(on_console := logging.StreamHandler(console))  # as Ray's own
     path = tmp_path / "study" / "driver.log"
-    with driver_log(path, verbose, "python -m hpo.run --trials 2"):
-        consoles = [h for h in optuna_logger.handlers if h in before]
-        assert bool(consoles) == verbose
-        logging.getLogger("optuna.study.study").info("Using an existing study")
-        logging.getLogger("hpo").info("our own line")
-    assert optuna_logger.handlers == before  # given back as it was
+    try:
+        with driver_log(path, verbose, "python -m hpo.run --trials 2"):
+            assert (on_console in ray_logger.handlers) == verbose
+            assert any(h in optuna_logger.handlers for h in optuna_before) == verbose
+            logging.getLogger("optuna.study.study").info("Using an existing study")
+            logging.getLogger("ray.tune.tune").warning("Resume experiment with: Tuner.restore")
+            logging.getLogger("hpo").info("our own line")
+        assert ray_logger.handlers == [*ray_before, on_console]  # given back as they were
+        assert optuna_logger.handlers == optuna_before
+    finally:
+        ray_logger.removeHandler(on_console)
+    assert ("Tuner.restore" in console.getvalue()) == verbose
     text = path.read_text(encoding="utf-8")
     assert "===== " in text and "python -m hpo.run --trials 2" in text
     assert "INFO optuna.study.study: Using an existing study" in text
+    assert "WARNING ray.tune.tune: Resume experiment with: Tuner.restore" in text
     assert "INFO hpo: our own line" in text
     with driver_log(path, verbose, "again"):  # a rerun appends
         pass
