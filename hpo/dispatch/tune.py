@@ -84,8 +84,9 @@ def start_ray(address: str | None, num_cpus: int | None = None,
 
 
 # Ray's driver prints the workers' stdout and stderr (log_to_driver) through the handler it
-# registers under this name; RayOutput swaps it for one writing driver.log. Ray has no public
-# hook for this: if the name or the dispatcher moves in an upgrade, the lines stay on the console
+# registers under this name, and the raylet's error messages (a worker died) through
+# ray._private.worker.print_to_stdstream; RayOutput swaps both for ours, writing driver.log. Ray
+# has no public hook for this: if they move in an upgrade, the lines stay on the console
 # (tests/hpo/test_console_sweep.py notices) and Ray's own per-worker log files still have them.
 _RAY_WORKER_PRINTER = "ray_print_logs"
 _OUR_WORKER_PRINTER = "hpo_driver_log"
@@ -108,6 +109,7 @@ class RayOutput:
         self.started_ray = False
         self._diverted = False  # whether our printer of the workers' lines is in place
         self._taken: list[tuple[str, Any]] = []  # Ray's printer, while ours replaces it
+        self._errors: Callable[..., None] | None = None  # Ray's printer of the raylet's errors
         if self.verbose and not sys.stdout.isatty():
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a piped log
 
@@ -119,7 +121,8 @@ class RayOutput:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the run config (this reporter) into tuner.pkl; an open file cannot be.
-        return {**self.__dict__, "log": None, "_diverted": False, "_taken": []}
+        return {**self.__dict__, "log": None, "_diverted": False, "_taken": [],
+                "_errors": None}
 
     def write(self, text: str) -> None:
         if self.log is not None:
@@ -142,6 +145,7 @@ class RayOutput:
         if self.log is None or self._diverted or not ray.is_initialized():
             return
         try:
+            from ray._private import worker
             from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
         except ImportError:
             return
@@ -149,7 +153,15 @@ class RayOutput:
             self._taken = [(n, h) for n, h in lines.handlers if n == _RAY_WORKER_PRINTER]
             lines.remove_handler(_RAY_WORKER_PRINTER)
         lines.add_handler(_OUR_WORKER_PRINTER, self._worker_lines)
+        self._errors = getattr(worker, "print_to_stdstream", None)
+        if self._errors is not None:
+            worker.print_to_stdstream = self._error_lines
         self._diverted = True
+
+    def _error_lines(self, data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        self._worker_lines(data)
+        if self.verbose and self._errors is not None:
+            self._errors(data, ignore_prefix)
 
     def _worker_lines(self, data: dict[str, Any]) -> None:
         who = data.get("actor_name") or data.get("task_name") or ""
@@ -177,13 +189,16 @@ class RayOutput:
         self.started_ray = False
         if not self._diverted:
             return
+        from ray._private import worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
 
+        if self._errors is not None:
+            worker.print_to_stdstream = self._errors
         lines.remove_handler(_OUR_WORKER_PRINTER)
         if ray.is_initialized():  # a Ray that someone else started goes on printing as before
             for name, handler in self._taken:
                 lines.add_handler(name, handler)
-        self._diverted, self._taken = False, []
+        self._diverted, self._taken, self._errors = False, [], None
 
 
 def node_resources() -> list[dict[str, float]]:
