@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpo import forecast, plan
 from hpo.dispatch.chaos import parse_chaos
@@ -25,6 +28,9 @@ from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep, study_name
 from trials.validation import ConfigError
+
+if TYPE_CHECKING:
+    from hpo.dispatch.tune import RayOutput
 
 log = logging.getLogger("hpo")
 
@@ -90,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your GPU's UNet sample-passes per second at the sweep's resolution, "
                         "for the cost forecast in GPU-hours (default: measured by "
                         "python -m benchmarks.gpu on this GPU, else an A100's published figure)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray's and Optuna's own output on the console (Tune's status "
+                        "table, worker logs); it always goes to OUT/STUDY/driver.log")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -111,6 +120,7 @@ def driver_lock(study_dir: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    args.command = "python -m hpo.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_args(args)
@@ -178,7 +188,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     """Check everything, then run the remaining trials and export the results (``steps``: how
     the sweep file's ``max_train_steps`` was planned, for the cost forecast)."""
     from hpo.dispatch import tune as tuning
-    from hpo.outputs import artifacts, export, pareto, report, tracking
+    from hpo.outputs import artifacts, console, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
     from hpo.verdict.winner import confirmation_missing
@@ -193,7 +203,10 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     assert contents is not None
     storage = plan.connect_storage(storage_url)
 
-    with study_lock(storage_url, name, study_dir), driver_lock(study_dir):
+    # Ray's and Optuna's own output goes to driver.log (and the console only with --verbose).
+    with study_lock(storage_url, name, study_dir), driver_lock(study_dir), \
+            console.driver_log(study_dir / "driver.log", args.verbose, args.command) as record, \
+            tuning.RayOutput(record, args.verbose) as ray_output:
         study = studies.open_study(storage, sweep, name)
         fingerprint.check_or_record(study, fingerprint.compute(sweep, contents))
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))
@@ -215,10 +228,11 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
             forecast.at_start(study, sweep, steps or fidelity.plan_steps(sweep), args)
             try:
                 stopped_by = run_trials(sweep, name, storage, study, study_dir, cache_dir,
-                                        remaining, args)
+                                        remaining, args, ray_output)
             except KeyboardInterrupt:
                 interrupted = True
-            # Ctrl-C (caught by Tune, or here) leaves trials RUNNING: make the study consistent.
+            # Ctrl-C (a KeyboardInterrupt out of Tune's loop: hpo.dispatch.tune turns Tune's own
+            # handler off) leaves trials RUNNING: make the study consistent.
             requeued = studies.recover_interrupted(study)
             interrupted = interrupted or bool(requeued)
             if stopped_by:
@@ -231,7 +245,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         if not interrupted and not stopped_by:
             try:  # resumable: only what is missing on the confirmation seeds is scored
                 confirm.confirm(sweep, study, study_dir, cache_dir,
-                                tuning.confirmation_scorer(sweep, args.address))
+                                tuning.confirmation_scorer(sweep, args.address, ray_output))
             except KeyboardInterrupt:
                 interrupted = True
         baseline = study.user_attrs.get("baseline_clip_score")
@@ -259,13 +273,13 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 
 
 def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_dir: Path,
-               remaining: int, args: argparse.Namespace) -> str | None:
+               remaining: int, args: argparse.Namespace, ray_output: RayOutput) -> str | None:
     """Start Ray, score the baseline once per study, and run ``remaining`` trials.
 
     Returns the error that stopped the sweep early (one every trial would hit), or None.
     """
     from hpo.dispatch import tune as tuning
-    from hpo.outputs import artifacts, tracking
+    from hpo.outputs import artifacts, console, tracking
 
     # A new sampler seed for each run, from the sweep's seed and the study's size: a rerun
     # continues the search instead of replaying its first draws (hpo.sweep.space.run_seed).
@@ -275,7 +289,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
                  "seed": run_seed(sweep.seed, len(study.trials))})
     study.set_user_attr("sampler_runs", runs)
 
-    cluster = tuning.start_ray(args.address)
+    cluster = tuning.start_ray(args.address, output=ray_output)
     plan.check_resources(sweep, tuning.node_resources())
     slots = tuning.concurrency(sweep, cluster, args.concurrency)
     if "baseline_clip_score" not in study.user_attrs:
@@ -291,16 +305,29 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),
                                           sweep.eval.prompt_list, study.user_attrs)
     log.info("running %d trial(s), %d at a time", remaining, slots)
-    recorder = tuning.run_sweep(
-        sweep, study_name=name, storage=storage, n_new=remaining, slots=slots, cluster=cluster,
-        storage_path=args.storage_path or str(study_dir / "ray"), cache_dir=cache_dir,
-        baseline=study.user_attrs.get("baseline_clip_score"), chaos=args.chaos,
-        observers=[observer, *tracking.observers(
-            sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
-            wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)],
-        sampler=sampler)
+    shown = console.SweepConsole(
+        remaining, metrics=[*(o.name for o in sweep.objectives), sweep.metric, "clip_score"],
+        goal=sweep.goal, baseline_per_prompt=study.user_attrs.get("baseline_per_prompt"),
+        record=ray_output.log)
+    try:
+        with shown.logging_above_bar():
+            recorder = tuning.run_sweep(
+                sweep, study_name=name, storage=storage, n_new=remaining, slots=slots,
+                cluster=cluster, storage_path=args.storage_path or str(study_dir / "ray"),
+                cache_dir=cache_dir, baseline=study.user_attrs.get("baseline_clip_score"),
+                chaos=args.chaos, sampler=sampler, output=ray_output,
+                observers=[shown, observer, *tracking.observers(
+                    sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,
+                    wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)])
+    finally:
+        shown.close(keep=sys.exc_info()[0] is None)
     return recorder.stopper.reason
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # The driver holds ~900k objects (torch, diffusers, Ray, Tune); the interpreter's last full
+    # garbage collection at exit took 4-5 s on a loaded 2-core machine (most of a Ctrl-C's exit
+    # time) and frees nothing a process that ends needs freed.
+    gc.freeze()
+    raise SystemExit(code)

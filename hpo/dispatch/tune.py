@@ -13,14 +13,19 @@ trials, FAIL with the reason for failed ones, and COMPLETE with the best rung's 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import optuna
 import ray
@@ -42,7 +47,13 @@ from trials.config import TrialConfig
 # ignores results without the metric.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-# The classic progress table shows each trial's parameters beside its score.
+# Ctrl-C: Tune's own handler ends the run gracefully, waiting up to 5 s for the trials' actors to
+# stop, and prints "Resume experiment with: Tuner.restore(...)", which this project never uses
+# (the study is the state). Without it Ctrl-C stops the driver at once; the recorder holds it
+# until a study write in progress is done (_uninterrupted), and hpo.run re-queues what ran.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# The classic progress table (in driver.log; on the console with --verbose) shows each trial's
+# parameters beside its score.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
              "clip_i_holdout", "dino_holdout",
@@ -61,12 +72,15 @@ PRESERVATION_ATTRS = ("control_score", "control_per_prompt", "control_delta", "c
                       "preservation_weight", "preservation_loss")
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
+def start_ray(address: str | None, num_cpus: int | None = None,
+              output: RayOutput | None = None) -> dict[str, float]:
     """Connect to a cluster (``auto`` or HOST:PORT) or start a small local one.
 
-    Returns the cluster's total resources (CPU, GPU). An address where no Ray answers raises
-    :class:`~hpo.dispatch.cluster.AddressError` within seconds (``ray.init`` would retry on and
-    on), checked here too since the cluster may have gone since the pre-flight check.
+    With ``output``, the workers' stdout and stderr go where it says (and Ray started here is
+    shut down when it closes). Returns the cluster's total resources (CPU, GPU). An address
+    where no Ray answers raises :class:`~hpo.dispatch.cluster.AddressError` within seconds
+    (``ray.init`` would retry on and on), checked here too since the cluster may have gone
+    since the pre-flight check.
     """
     if not ray.is_initialized():
         if address:
@@ -75,10 +89,133 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> dict[str, flo
         else:
             # num_cpus None lets Ray size the node itself, from the container's CPU quota
             # (os.cpu_count() would count the host's CPUs on a pod and over-subscribe).
+            # configure_logging=False would clear the "ray" logger's handlers (driver.log's:
+            # hpo.outputs.console.driver_log), and its warnings would reach stderr anyway.
             ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=256 * 2**20, log_to_driver=True,
-                     configure_logging=False)
+                     object_store_memory=256 * 2**20, log_to_driver=True)
+        if output is not None:
+            output.started_ray = True
+    if output is not None:
+        output.divert_worker_logs()
     return dict(ray.cluster_resources())
+
+
+# Ray's driver prints the workers' stdout and stderr (log_to_driver) through the handler it
+# registers under this name, and the raylet's error messages (a worker died) through
+# ray._private.worker.print_to_stdstream; RayOutput swaps both for ours, writing driver.log. Ray
+# has no public hook for this: if they move in an upgrade, the lines stay on the console
+# (tests/hpo/test_console_sweep.py notices) and Ray's own per-worker log files still have them.
+_RAY_WORKER_PRINTER = "ray_print_logs"
+_OUR_WORKER_PRINTER = "hpo_driver_log"
+
+
+class RayOutput:
+    """Where Ray's own output goes: into ``log`` (``runs/<study>/driver.log``), and with
+    ``verbose`` also on the console as Ray prints it.
+
+    That is what Python's loggers do not carry (``hpo.outputs.console.driver_log`` routes
+    those, the "ray" logger's included): Tune's status table (:meth:`reporter`) and the workers'
+    stdout and stderr (:meth:`divert_worker_logs`, called by :func:`start_ray`). Closing it shuts
+    down a Ray that :func:`start_ray` started here, so that the workers' last lines still reach
+    ``log``, and gives Ray its printer back.
+    """
+
+    def __init__(self, log: TextIO | None, verbose: bool = False) -> None:
+        self.log = log
+        self.verbose = verbose or log is None
+        self.started_ray = False
+        self._diverted = False  # whether our printer of the workers' lines is in place
+        self._taken: list[tuple[str, Any]] = []  # Ray's printer, while ours replaces it
+        self._errors: Callable[..., None] | None = None  # Ray's printer of the raylet's errors
+        if self.verbose and not sys.stdout.isatty():
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a piped log
+
+    def __enter__(self) -> RayOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the run config (this reporter) into tuner.pkl; an open file cannot be.
+        return {**self.__dict__, "log": None, "_diverted": False, "_taken": [],
+                "_errors": None}
+
+    def write(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(text if text.endswith("\n") else text + "\n")
+        if self.verbose:
+            print(text, flush=True)
+
+    def reporter(self, **columns: Any) -> tune.ProgressReporter:
+        """Tune's classic status table (every 15 s), written by :meth:`write`."""
+        output = self
+
+        class _Reporter(tune.CLIReporter):
+            def report(self, trials: list, done: bool, *sys_info: str) -> None:
+                output.write(self._progress_str(trials, done, *sys_info))
+
+        return _Reporter(**columns)
+
+    def divert_worker_logs(self) -> None:
+        """Send the workers' stdout and stderr lines to ``log`` instead of the console."""
+        if self.log is None or self._diverted or not ray.is_initialized():
+            return
+        try:
+            from ray._private import worker
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
+        except ImportError:
+            return
+        if not self.verbose:  # with --verbose Ray's printer stays, and ours copies
+            self._taken = [(n, h) for n, h in lines.handlers if n == _RAY_WORKER_PRINTER]
+            lines.remove_handler(_RAY_WORKER_PRINTER)
+        lines.add_handler(_OUR_WORKER_PRINTER, self._worker_lines)
+        self._errors = getattr(worker, "print_to_stdstream", None)
+        if self._errors is not None:
+            worker.print_to_stdstream = self._error_lines
+        self._diverted = True
+
+    def _error_lines(self, data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        self._worker_lines(data)
+        if self.verbose and self._errors is not None:
+            self._errors(data, ignore_prefix)
+
+    def _worker_lines(self, data: dict[str, Any]) -> None:
+        who = data.get("actor_name") or data.get("task_name") or ""
+        ip = data.get("ip")
+        where = f"{who} pid={data.get('pid')}" + (
+            "" if ip == data.get("localhost") else f", ip={ip}")
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status every 5 s; keep its events, as Ray does
+            from ray._private.worker import filter_autoscaler_events
+
+            lines = list(filter_autoscaler_events(lines))
+        for line in lines:
+            # A progress bar redraws itself with carriage returns: keep its last state.
+            shown = [part for part in str(line).split("\r") if part.strip()]
+            if shown and self.log is not None:
+                self.log.write(f"({where.strip()}) {shown[-1]}\n")
+
+    def close(self) -> None:
+        if self.started_ray and ray.is_initialized():
+            begun = time.monotonic()
+            ray.shutdown()  # the workers' last lines are flushed to our printer first
+            if self.log is not None:
+                self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ray.shutdown() took "
+                               f"{time.monotonic() - begun:.1f} s\n")
+        self.started_ray = False
+        if not self._diverted:
+            return
+        from ray._private import worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
+
+        if self._errors is not None:
+            worker.print_to_stdstream = self._errors
+        lines.remove_handler(_OUR_WORKER_PRINTER)
+        if ray.is_initialized():  # a Ray that someone else started goes on printing as before
+            for name, handler in self._taken:
+                lines.add_handler(name, handler)
+        self._diverted, self._taken, self._errors = False, [], None
 
 
 def node_resources() -> list[dict[str, float]]:
@@ -191,13 +328,44 @@ class StudySearch(OptunaSearch):
 
 
 class SweepObserver(Protocol):
-    """Something else that wants to know about rungs and finished trials (artifacts, notes)."""
+    """Something else that wants to know about rungs and finished trials (artifacts, notes).
+
+    An observer may also define ``trial_started(ot_trial)`` and
+    ``trial_retried(ot_trial, attempt, reason)``; the recorder calls them when they exist (the
+    console does, the outputs that only keep results do not).
+    """
 
     def rung_saved(self, ot_trial: optuna.Trial, rung: dict[str, Any],
                    checkpoint_dir: str) -> None: ...
 
     def trial_finished(self, ot_trial: optuna.Trial, state: TrialState,
                        attrs: dict[str, Any]) -> None: ...
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it: a trial's record in the study (its
+    rung, its state and attrs, what the observers write) is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _held(hook: Callable[..., None]) -> Callable[..., None]:
+    """A recorder hook that runs :func:`_uninterrupted`."""
+    @functools.wraps(hook)
+    def held(*args: Any, **kwargs: Any) -> None:
+        with _uninterrupted():
+            hook(*args, **kwargs)
+    return held
 
 
 class StudyRecorder(tune.Callback):
@@ -218,9 +386,19 @@ class StudyRecorder(tune.Callback):
         self.finished = 0
         self.stopper = SweepStopper()  # its reason: the error that stopped the sweep
 
+    @_held
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.time())
+        self._tell("trial_started", self.searcher.optuna_trial(trial.trial_id))
 
+    def _tell(self, event: str, *args: Any) -> None:
+        """Call the optional ``event`` hook of each observer that has one."""
+        for observer in self.observers:
+            hook = getattr(observer, event, None)
+            if hook is not None:
+                hook(*args)
+
+    @_held
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         if "clip_score" not in result or "step" not in result:
@@ -238,6 +416,7 @@ class StudyRecorder(tune.Callback):
             self.nodes[trial.trial_id] = node
             ot_trial.set_user_attr("node_id", node)
 
+    @_held
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
         paths = self.checkpoints.setdefault(trial.trial_id, [])
@@ -248,6 +427,7 @@ class StudyRecorder(tune.Callback):
             for observer in self.observers:
                 observer.rung_saved(ot_trial, rungs[len(paths) - 1], checkpoint.path)
 
+    @_held
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # The retried trial starts from step 0; its rungs are reported again, and everything
         # the study records for it must come from that one attempt.
@@ -256,6 +436,8 @@ class StudyRecorder(tune.Callback):
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         clear_intermediate(self.searcher.study, ot_trial._trial_id)
         ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
+        self._tell("trial_retried", ot_trial, trial.run_metadata.num_failures + 1,
+                   _last_error_line(trial))
 
     def _leave_for_requeue(self, trial: Any, reason: str) -> None:
         """Not this trial's fault: leave it RUNNING, so the driver marks it interrupted
@@ -270,6 +452,7 @@ class StudyRecorder(tune.Callback):
         rungs = self.rungs.get(trial.trial_id, [])
         return not rungs or rungs[-1]["step"] < rungs[-1]["max_train_steps"]
 
+    @_held
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         rungs = self.rungs.get(trial.trial_id, [])
@@ -291,11 +474,9 @@ class StudyRecorder(tune.Callback):
         else:
             self._finish(trial, TrialState.COMPLETE)
 
+    @_held
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        text = ""
-        if trial.error_file and Path(trial.error_file).is_file():
-            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-            text = lines[-1] if lines else ""
+        text = _last_error_line(trial)
         if self._stopped_with_the_sweep(trial, {}):  # its process killed by the stop
             self._leave_for_requeue(trial, f"its process ended while the sweep stopped for: "
                                            f"{self.stopper.reason} ({text})"[:2000])
@@ -401,6 +582,14 @@ class StudyRecorder(tune.Callback):
         self.finished += 1
 
 
+def _last_error_line(trial: Any) -> str:
+    """The last line of the traceback Tune kept for a failed trial (its error), or ''."""
+    if trial.error_file and Path(trial.error_file).is_file():
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+    return ""
+
+
 def _finite(value: Any, goal: str) -> float:
     """A rung's metric for ranking rungs; a missing or NaN value ranks last."""
     if value is None or not math.isfinite(float(value)):
@@ -447,14 +636,15 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
             yield key, {"error": f"{type(cause).__name__}: {cause}"[:2000]}
 
 
-def confirmation_scorer(sweep: Sweep, address: str | None
+def confirmation_scorer(sweep: Sweep, address: str | None, output: RayOutput | None = None
                         ) -> Callable[[dict[str, tuple[TrialConfig, str | None]], int, int],
                                       Iterator[tuple[str, dict[str, Any]]]]:
     """The ``score`` of :func:`hpo.verdict.confirm.confirm`: :func:`rescore_tasks` on the Ray
     cluster at ``address`` (or a local one), started only when there is something to score."""
     def score(jobs: dict[str, tuple[TrialConfig, str | None]], seed: int,
               images_per_prompt: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        yield from rescore_tasks(sweep, start_ray(address), jobs, seed, images_per_prompt)
+        yield from rescore_tasks(sweep, start_ray(address, output=output), jobs, seed,
+                                 images_per_prompt)
 
     return score
 
@@ -464,8 +654,11 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
               cache_dir: Path, baseline: float | None,
               observers: Sequence[SweepObserver] = (),
               chaos: ChaosPlan | None = None,
-              sampler: optuna.samplers.BaseSampler | None = None) -> StudyRecorder:
-    """Run ``n_new`` more trials with Tune; the study records every one of them."""
+              sampler: optuna.samplers.BaseSampler | None = None,
+              output: RayOutput | None = None) -> StudyRecorder:
+    """Run ``n_new`` more trials with Tune; the study records every one of them.
+
+    Tune's status table goes where ``output`` says (by default the console)."""
     if sweep.multi_objective:  # a multi-objective study; Tune's ASHA uses the first
         metrics: Any = [o.name for o in sweep.objectives]
         modes: Any = ["max" if o.goal == "maximize" else "min" for o in sweep.objectives]
@@ -488,7 +681,7 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
         tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir), chaos=chaos),
         trial_resources(sweep, cluster))
     searched = [p.name for p in sweep.searched]
-    reporter = tune.CLIReporter(
+    reporter = (output or RayOutput(None)).reporter(
         parameter_columns=searched,
         metric_columns=["step", *dict.fromkeys(["clip_score", *(o.name for o in sweep.objectives)]),
                         "clip_score_stderr", "train_loss"],

@@ -89,10 +89,14 @@ def test_ctrl_c_stops_within_seconds_and_the_study_resumes(ray_cluster, tmp_path
         pytest.fail("the sweep did not stop within 60 s of Ctrl-C")
     stopped_in = time.time() - sent
     assert driver.returncode == 130, output[-3000:]
-    assert stopped_in < 30, stopped_in
+    # 17.6 s before issue 23 (Tune's graceful stop, the exit's garbage collection); ~3-5 s now,
+    # generous for a loaded machine.
+    assert stopped_in < 10, stopped_in
     study = load(out, "ctrl-c")
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert "rerun the same command to continue" in output
+    # Only our line: not Tune's stop notice nor its restore hint, which this project never uses.
+    assert "Tuner.restore" not in output and "Stop signal received" not in output
 
     assert subprocess.run(command, cwd=REPO, capture_output=True, timeout=600,
                           check=False).returncode == 0
