@@ -30,7 +30,7 @@ from hpo.sweep.spec import Sweep, load_sweep, study_name
 from trials.validation import ConfigError
 
 if TYPE_CHECKING:
-    from hpo.dispatch.tune import RayOutput
+    from hpo.dispatch.ray_output import RayOutput
 
 log = logging.getLogger("hpo")
 
@@ -188,6 +188,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     """Check everything, then run the remaining trials and export the results (``steps``: how
     the sweep file's ``max_train_steps`` was planned, for the cost forecast)."""
     from hpo.dispatch import tune as tuning
+    from hpo.dispatch.ray_output import RayOutput
     from hpo.outputs import artifacts, console, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
@@ -206,7 +207,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     # Ray's and Optuna's own output goes to driver.log (and the console only with --verbose).
     with study_lock(storage_url, name, study_dir), driver_lock(study_dir), \
             console.driver_log(study_dir / "driver.log", args.verbose, args.command) as record, \
-            tuning.RayOutput(record, args.verbose) as ray_output:
+            RayOutput(record, args.verbose) as ray_output:
         study = studies.open_study(storage, sweep, name)
         fingerprint.check_or_record(study, fingerprint.compute(sweep, contents))
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))

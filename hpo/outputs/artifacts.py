@@ -1,7 +1,7 @@
 """Images and notes in the Optuna study, so optuna-dashboard shows what each LoRA draws.
 
-:class:`ArtifactObserver` is a ``hpo.dispatch.tune.SweepObserver``. It uploads every scored rung's
-labelled image grid (rows = held-out prompts, columns = seeds) as an Optuna artifact of the
+:class:`ArtifactObserver` is a ``hpo.dispatch.recorder.SweepObserver``. It uploads every scored
+rung's labelled image grid (rows = held-out prompts, columns = seeds) as an Optuna artifact of the
 trial, and writes a markdown note per trial (parameters, score, per-prompt table against the
 baseline). :func:`upload_baseline` puts the base model's grid on the study itself. Artifacts go to
 a ``FileSystemArtifactStore`` in ``runs/<study>/artifacts``; start optuna-dashboard with

@@ -1,6 +1,6 @@
 """The console a person reads while a sweep runs: one line per trial event, and a progress bar.
 
-:class:`SweepConsole` is a ``hpo.dispatch.tune.SweepObserver`` that also hears trials start and
+:class:`SweepConsole` is a ``hpo.dispatch.recorder.SweepObserver`` that also hears trials start and
 retry. It names each trial by its number in the study (Optuna's, as in ``trials.csv``, the
 dashboard and the closing summary), never by Ray's ids, and prints:
 
@@ -14,8 +14,9 @@ When stdout is not a terminal (a pipe, a file, CI) there is no bar and no escape
 trial's last line ends with the same figures as plain text.
 
 Ray's and Optuna's own output goes to ``runs/<study>/driver.log`` instead: :func:`driver_log`
-routes their Python loggers there, and ``hpo.dispatch.tune.RayOutput`` what only Ray prints (Tune's
-status table, the workers' stdout and stderr). ``--verbose`` prints it on the console as well.
+routes their Python loggers there, and ``hpo.dispatch.ray_output.RayOutput`` what only Ray
+prints (Tune's status table, the workers' stdout and stderr). ``--verbose`` prints it on the
+console as well.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ Why the trackers' own clients and not Ray Tune's ``MLflowLoggerCallback`` /
 ``WandbLoggerCallback``: Tune's callbacks log a result dict at Tune's report counter, so a rung
 lands at step 1, 2, 3 instead of its training step; they cannot log an image (the rung's
 folder is gone once Tune has copied it into a checkpoint); and they record an ASHA-stopped trial
-as finished. The sweep already tells its observers (:class:`hpo.dispatch.tune.SweepObserver`) each
-rung, with its checkpoint folder, and each trial's final state; these observers forward that to the
-tracker with its client (``mlflow.MlflowClient``, ``wandb.init``).
+as finished. The sweep already tells its observers
+(:class:`hpo.dispatch.recorder.SweepObserver`) each rung, with its checkpoint folder, and each
+trial's final state; these observers forward that to the tracker with its client
+(``mlflow.MlflowClient``, ``wandb.init``).
 
 A tracker that fails while the sweep runs (a server gone away) is logged once and then left
 alone: tracking never stops a sweep. Before the sweep, :func:`check` fails in one line when the

@@ -2,7 +2,7 @@
 
 ``make_finished_study`` builds that study the way a sweep leaves it: the real sweep file,
 search space and study attrs, rungs as intermediate values, user attrs shaped like
-``hpo.dispatch.tune.StudyRecorder``'s, PNG grids uploaded through :class:`ArtifactObserver`, the
+``hpo.dispatch.recorder.StudyRecorder``'s, PNG grids uploaded through :class:`ArtifactObserver`, the
 baseline grid on the study. The dashboard and report tests use it too.
 """
 

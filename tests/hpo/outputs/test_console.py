@@ -129,6 +129,7 @@ def test_a_rung_without_baseline_or_scores_still_prints() -> None:
 def test_driver_log_takes_ray_and_optuna_records_off_the_console(
         tmp_path: Path, verbose: bool, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hpo")  # as hpo.run's logging.basicConfig sets it
+    caplog.set_level(logging.INFO, logger="optuna")  # other tests quiet Optuna to WARNING
     console = io.StringIO()
     ray_logger, optuna_logger = logging.getLogger("ray"), logging.getLogger("optuna")
     ray_before, optuna_before = list(ray_logger.handlers), list(optuna_logger.handlers)

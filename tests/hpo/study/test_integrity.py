@@ -16,7 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 import hpo.dispatch.tune
-from hpo.dispatch.tune import StudyRecorder, is_sweep_wide, start_ray
+from hpo.dispatch.recorder import StudyRecorder
+from hpo.dispatch.tune import is_sweep_wide, start_ray
 from hpo.run import main
 from hpo.study import storage as studies
 from hpo.study.lock import study_lock

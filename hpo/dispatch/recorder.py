@@ -1,0 +1,365 @@
+"""The study side of a Tune run: the searcher, the stopper, and the recorder of every trial.
+
+Why the study is written by :class:`StudyRecorder` and not by ``OptunaSearch`` itself:
+OptunaSearch tells Optuna COMPLETE with the last (partial) score for trials ASHA stopped early,
+never sees the result at which ASHA stops a trial, and stores Ray's report counter as the
+step. The recorder reports each rung at its training step (with its preservation figures,
+:mod:`hpo.verdict.preservation`), tells PRUNED for early-stopped trials, FAIL with the reason
+for failed ones, and COMPLETE with the best (feasible) rung's score.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo.dispatch.chaos import ChaosPlan
+from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
+from hpo.sweep.spec import Sweep
+from hpo.verdict import preservation
+from hpo.verdict.paired import paired_or_none
+
+RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
+             "clip_i_holdout", "dino_holdout",
+             "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
+             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision",
+             # preservation (trials.eval.preservation, trials.train.preserve)
+             "control_score", "control_score_stderr", "control_per_prompt", "drift",
+             "drift_per_prompt", "leak", "leak_per_prompt", "preservation",
+             "preservation_weight", "preservation_loss")
+
+
+# The best rung's preservation figures, copied into the trial's user attrs.
+PRESERVATION_ATTRS = ("control_score", "control_per_prompt", "control_delta", "control_n",
+                      "control_delta_stderr", "control_delta_p_value", "drift", "drift_stderr",
+                      "leak", "leak_stderr", "leak_p_value", "constraints", "preservation",
+                      "preservation_weight", "preservation_loss")
+
+
+class SweepStopper(tune.Stopper):
+    """Stops the whole experiment once :class:`StudyRecorder` has seen a sweep-wide error."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reason is not None
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that leaves writing results to :class:`StudyRecorder`."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        # The Optuna study in its database is the search state; resuming reads it, not a
+        # pickled searcher (Tuner.restore is never used: see hpo.run).
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher into tuner.pkl on the (maybe shared) storage path; the
+        # storage object holds the database URL with its password, and is not needed there.
+        state = self.__dict__.copy()
+        for key in ("_storage", "_ot_study", "_ot_trials"):
+            state.pop(key, None)
+        return state
+
+    def optuna_trial(self, trial_id: str) -> optuna.Trial:
+        return self._ot_trials[trial_id]
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class SweepObserver(Protocol):
+    """Something else that wants to know about rungs and finished trials (artifacts, notes).
+
+    An observer may also define ``trial_started(ot_trial)`` and
+    ``trial_retried(ot_trial, attempt, reason)``; the recorder calls them when they exist (the
+    console does, the outputs that only keep results do not).
+    """
+
+    def rung_saved(self, ot_trial: optuna.Trial, rung: dict[str, Any],
+                   checkpoint_dir: str) -> None: ...
+
+    def trial_finished(self, ot_trial: optuna.Trial, state: TrialState,
+                       attrs: dict[str, Any]) -> None: ...
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it: a trial's record in the study (its
+    rung, its state and attrs, what the observers write) is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _held(hook: Callable[..., None]) -> Callable[..., None]:
+    """A recorder hook that runs :func:`_uninterrupted`."""
+    @functools.wraps(hook)
+    def held(*args: Any, **kwargs: Any) -> None:
+        with _uninterrupted():
+            hook(*args, **kwargs)
+    return held
+
+
+class StudyRecorder(tune.Callback):
+    """Writes each trial's rungs, final state and user attrs into the Optuna study."""
+
+    def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None,
+                 observers: Sequence[SweepObserver] = (), chaos: ChaosPlan | None = None
+                 ) -> None:
+        self.searcher = searcher
+        self.chaos = chaos
+        self.sweep = sweep
+        self.baseline = baseline
+        self.observers = list(observers)
+        self.rungs: dict[str, list[dict[str, Any]]] = {}
+        self.checkpoints: dict[str, list[str]] = {}
+        self.started: dict[str, float] = {}
+        self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
+        self.finished = 0
+        self.stopper = SweepStopper()  # its reason: the error that stopped the sweep
+
+    @_held
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, time.time())
+        self._tell("trial_started", self.searcher.optuna_trial(trial.trial_id))
+
+    def _tell(self, event: str, *args: Any) -> None:
+        """Call the optional ``event`` hook of each observer that has one."""
+        for observer in self.observers:
+            hook = getattr(observer, event, None)
+            if hook is not None:
+                hook(*args)
+
+    @_held
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if "clip_score" not in result or "step" not in result:
+            return
+        rung = {k: result[k] for k in RUNG_KEYS if k in result}
+        rung.update(self._preservation(rung))
+        self.rungs.setdefault(trial.trial_id, []).append(rung)
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
+            set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
+                             float(result[self.sweep.metric]))
+        node = result.get("node_id")
+        if node and self.nodes.get(trial.trial_id) != node:
+            # Where a running trial is, for whoever watches the study (set again on retries).
+            self.nodes[trial.trial_id] = node
+            ot_trial.set_user_attr("node_id", node)
+
+    @_held
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        paths = self.checkpoints.setdefault(trial.trial_id, [])
+        paths.append(checkpoint.path)
+        rungs = self.rungs.get(trial.trial_id, [])
+        if len(rungs) >= len(paths):  # checkpoint i belongs to rung i
+            ot_trial = self.searcher.optuna_trial(trial.trial_id)
+            for observer in self.observers:
+                observer.rung_saved(ot_trial, rungs[len(paths) - 1], checkpoint.path)
+
+    @_held
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The retried trial starts from step 0; its rungs are reported again, and everything
+        # the study records for it must come from that one attempt.
+        self.rungs.pop(trial.trial_id, None)
+        self.checkpoints.pop(trial.trial_id, None)
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        clear_intermediate(self.searcher.study, ot_trial._trial_id)
+        ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
+        self._tell("trial_retried", ot_trial, trial.run_metadata.num_failures + 1,
+                   _last_error_line(trial))
+
+    def _leave_for_requeue(self, trial: Any, reason: str) -> None:
+        """Not this trial's fault: leave it RUNNING, so the driver marks it interrupted
+        (uncounted) and queues its parameters again."""
+        self.searcher.optuna_trial(trial.trial_id).set_user_attr("fail_reason", reason)
+
+    def _stopped_with_the_sweep(self, trial: Any, last: dict[str, Any]) -> bool:
+        """Whether a trial that ends now was cut short by the sweep-wide stop (stopped, or its
+        process killed, before its last step) rather than ending on its own."""
+        if self.stopper.reason is None or ("trial_error" in last and not last.get("sweep_error")):
+            return False
+        rungs = self.rungs.get(trial.trial_id, [])
+        return not rungs or rungs[-1]["step"] < rungs[-1]["max_train_steps"]
+
+    @_held
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        rungs = self.rungs.get(trial.trial_id, [])
+        if last.get("sweep_error"):
+            self._leave_for_requeue(trial, str(last["trial_error"]))
+            self.stopper.reason = self.stopper.reason or str(last["trial_error"])  # stop all
+            return
+        if self._stopped_with_the_sweep(trial, last):
+            # Neither FAIL nor PRUNED: ASHA did not stop it, and it must not use up --trials.
+            self._leave_for_requeue(trial, f"stopped with the sweep, before its last step: "
+                                           f"{self.stopper.reason}"[:2000])
+            return
+        if "trial_error" in last:
+            self._finish(trial, TrialState.FAIL, reason=str(last["trial_error"]))
+        elif not rungs:
+            self._finish(trial, TrialState.FAIL, reason="the trial ended without a scored rung")
+        elif rungs[-1]["step"] < rungs[-1]["max_train_steps"]:
+            self._finish(trial, TrialState.PRUNED)
+        else:
+            self._finish(trial, TrialState.COMPLETE)
+
+    @_held
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        text = _last_error_line(trial)
+        if self._stopped_with_the_sweep(trial, {}):  # its process killed by the stop
+            self._leave_for_requeue(trial, f"its process ended while the sweep stopped for: "
+                                           f"{self.stopper.reason} ({text})"[:2000])
+            return
+        attempts = trial.run_metadata.num_failures
+        self._finish(trial, TrialState.FAIL,
+                     reason=f"the trial process failed {attempts} time(s): {text}"[:2000])
+
+    def _paired_vs_baseline(self, per_prompt: list[float] | None) -> dict[str, Any]:
+        """The paired standard error (over prompts) of the delta against the baseline."""
+        base = self.searcher.study.user_attrs.get("baseline_per_prompt")
+        paired = paired_or_none(per_prompt, base)
+        if paired is None:
+            return {}
+        return {"delta_vs_baseline_stderr": paired.stderr,
+                "delta_vs_baseline_p_value": paired.p_value}
+
+    def _preservation(self, rung: dict[str, Any]) -> dict[str, Any]:
+        """The rung's control Δ, drift and leak with paired statistics, and its constraint
+        values under the sweep's requirement (hpo.verdict.preservation)."""
+        base = self.searcher.study.user_attrs.get("baseline_control_per_prompt")
+        figures = preservation.control_stats(rung, base)
+        if figures and self.sweep.require is not None:
+            figures["constraints"] = preservation.constraint_values(self.sweep.require,
+                                                                    figures)
+        return figures
+
+    def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        rungs = self.rungs.get(trial.trial_id, [])
+        attrs: dict[str, Any] = {"ray_trial_id": trial.trial_id,
+                                 "wall_seconds": time.time() - self.started.get(
+                                     trial.trial_id, time.time())}
+        value = None
+        values: list[float] | None = None
+        if rungs:
+            # The best rung by the first objective (ASHA's metric too); with several
+            # objectives the trial's values are all taken at that rung.
+            metric = self.sweep.metric
+            pick = max if self.sweep.goal == "maximize" else min
+            # With a preservation requirement, the best rung that meets it (its LoRA is the
+            # one exported); only when none does, the best rung, which is then infeasible.
+            feasible = [i for i, r in enumerate(rungs)
+                        if preservation.is_feasible(r.get("constraints"))]
+            best_i = pick(feasible or range(len(rungs)),
+                          key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
+            best, last = rungs[best_i], rungs[-1]
+            value = float(best.get(metric) if best.get(metric) is not None else math.nan)
+            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
+                      for o in self.sweep.objectives] or [value]
+            if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
+                state = TrialState.FAIL
+                reason = f"no finite value of every objective at step {best['step']}: {values}"
+            ckpts = self.checkpoints.get(trial.trial_id, [])
+            lora = ckpts[best_i] if best_i < len(ckpts) else None
+            busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
+            res = self.sweep.resources
+            attrs.update(
+                score_per_rung={str(r["step"]): r["clip_score"] for r in rungs},
+                best_step=best["step"],
+                clip_score_stderr=best["clip_score_stderr"],
+                clip_i=best.get("clip_i"),
+                clip_i_holdout=best.get("clip_i_holdout"),
+                dino_holdout=best.get("dino_holdout"),
+                per_prompt=best.get("per_prompt"),
+                delta_vs_baseline=None if self.baseline is None
+                else float(best["clip_score"]) - self.baseline,
+                **self._paired_vs_baseline(best.get("per_prompt")),
+                train_seconds=last["train_seconds"],
+                eval_seconds=last["eval_seconds"],
+                setup_seconds=last.get("setup_seconds"),
+                device=last.get("device"),
+                node_id=last.get("node_id"),  # the Ray node that ran the trial's last rung
+                gpu_seconds=busy * res.gpu_per_trial if last.get("device") == "cuda" else 0.0,
+                cpu_seconds=busy * res.cpu_per_trial,
+                peak_memory_mb=last.get("peak_memory_mb"),
+                samples_per_second=last.get("samples_per_second"),
+                last_step=last["step"],
+                precision=last.get("precision"),
+                lora_path=None if lora is None else str(Path(lora)),
+                **{k: best.get(k) for k in PRESERVATION_ATTRS if best.get(k) is not None},
+            )
+        if reason:
+            attrs["fail_reason"] = reason
+        if self.chaos:  # the same draw the trial made, so the soak can account for it
+            steps = self.sweep.trial_config(trial.config, output_dir=Path("."),
+                                            cache_dir=Path(".")).params.max_train_steps
+            attrs["injected_fault"] = self.chaos.fault_for(trial.trial_id, steps)
+        for key, val in attrs.items():
+            ot_trial.set_user_attr(key, jsonable(val))
+        for name, value in (attrs.get("constraints") or {}).items():
+            # Optuna's own record (Optuna 5): TPE and NSGA-II learn the feasible region from it,
+            # optuna-dashboard marks infeasible trials, the winner is chosen among feasible ones.
+            retry_locked(lambda n=name, v=value: ot_trial.set_constraint(n, v))
+        for observer in self.observers:
+            observer.trial_finished(ot_trial, state, attrs)
+        study = self.searcher.study
+        if state == TrialState.COMPLETE:
+            retry_locked(lambda: study.tell(
+                ot_trial, values if self.sweep.multi_objective else value))
+        else:
+            retry_locked(lambda: study.tell(ot_trial, state=state))
+        self.finished += 1
+
+
+def _last_error_line(trial: Any) -> str:
+    """The last line of the traceback Tune kept for a failed trial (its error), or ''."""
+    if trial.error_file and Path(trial.error_file).is_file():
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+    return ""
+
+
+def _finite(value: Any, goal: str) -> float:
+    """A rung's metric for ranking rungs; a missing or NaN value ranks last."""
+    if value is None or not math.isfinite(float(value)):
+        return -math.inf if goal == "maximize" else math.inf
+    return float(value)
