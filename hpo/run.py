@@ -24,6 +24,7 @@ from hpo.dispatch.chaos import parse_chaos
 from hpo.dispatch.cluster import check_address
 from hpo.study import fingerprint
 from hpo.study.lock import StudyLocked, study_lock
+from hpo.study.storage import redact
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep, study_name
@@ -120,7 +121,9 @@ def driver_lock(study_dir: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    args.command = "python -m hpo.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # driver.log's title; a --storage URL's password must not reach a file (hpo.study.storage)
+    words = sys.argv[1:] if argv is None else argv
+    args.command = "python -m hpo.run " + shlex.join(redact(w) for w in words)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_args(args)

@@ -166,7 +166,8 @@ def test_an_emptied_reference_folder_is_not_called_training_data(sweep, capsys) 
 
 def fake_trials(sweep_spec: Any, n: int) -> Any:
     """A stand-in for ``hpo.run.run_trials``: ``n`` COMPLETE trials, each with a LoRA path."""
-    def run_trials(spec, name, storage, study, study_dir, cache_dir, remaining, args) -> None:
+    def run_trials(spec, name, storage, study, study_dir, cache_dir, remaining, args,
+                   ray_output=None) -> None:
         space = define_by_run(spec)
         for i in range(min(n, remaining)):
             trial = study.ask()
@@ -180,7 +181,7 @@ def fake_trials(sweep_spec: Any, n: int) -> Any:
 
 def scorer(fail: set[str], seen: list[str]) -> Any:
     """A stand-in for the confirmation's Ray tasks: an error for the keys in ``fail``."""
-    def make(sweep_spec: Any, address: str | None) -> Any:
+    def make(sweep_spec: Any, address: str | None, output: Any = None) -> Any:
         def score(jobs: dict, seed: int, images: int) -> Any:
             for key in sorted(jobs):
                 seen.append(key)
