@@ -25,9 +25,13 @@ from typing import Any
 from trials.validation import Section, describe
 
 GOALS = ("maximize", "minimize")
-# clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir).
-METRICS = ("clip_score", "clip_i", "clip_i_holdout", "dino_holdout")
+# clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir);
+# control_score, drift and leak need control prompts (preservation.trigger): a Pareto sweep of
+# brand (clip_score, maximize) against preservation (e.g. leak, minimize).
+METRICS = ("clip_score", "clip_i", "clip_i_holdout", "dino_holdout", "control_score", "drift",
+           "leak")
 FIDELITY_METRICS = ("clip_i_holdout", "dino_holdout")
+PRESERVATION_METRICS = ("control_score", "drift", "leak")
 RULES = ("first", "weighted")
 DEFAULT_TOP_K = 3
 

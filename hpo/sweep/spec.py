@@ -18,6 +18,7 @@ from typing import Any
 from hpo.sweep.objectives import (
     FIDELITY_METRICS,
     METRICS,
+    PRESERVATION_METRICS,
     Confirm,
     Objective,
     Select,
@@ -428,6 +429,10 @@ def load_sweep(path: str | Path) -> Sweep:
         require=parse_require(root, preservation.measured),
     )
     _check_preservation(sweep, root)
+    kept = [o.name for o in objectives if o.name in PRESERVATION_METRICS]
+    if kept and not sweep.preservation.measured:
+        raise root.error(f"{kept[0]} needs control prompts: set preservation.trigger (the brand "
+                         "phrase the control prompts are the held-out prompts without)", "metric")
     fidelity = [o.name for o in objectives if o.name in FIDELITY_METRICS]
     if fidelity and not sweep.data.holdout and sweep.eval.reference_dir is None:
         raise root.error(f"{fidelity[0]} needs held-out real images: set data.holdout (a "

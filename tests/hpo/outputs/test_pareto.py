@@ -46,6 +46,8 @@ def test_the_shipped_pareto_sweep_has_two_objectives_and_a_rule() -> None:
     ({"metric": [{"name": "clip_score"}, {"name": "clip_score"}]},
      "metric[1].name: names 'clip_score' twice"),
     ({"metric": [{"name": "clip_score"}], "method": "nsga2"}, "method: nsga2 is for several"),
+    ({"metric": [{"name": "clip_score"}, {"name": "leak", "goal": "minimize"}]},
+     "metric: leak needs control prompts: set preservation.trigger"),
 ])
 def test_mistakes_in_objectives_are_one_line(tmp_path: Path, changes, message) -> None:
     from trials.validation import ConfigError
@@ -53,6 +55,14 @@ def test_mistakes_in_objectives_are_one_line(tmp_path: Path, changes, message) -
     with pytest.raises(ConfigError) as info:
         load_sweep(pareto_doc(tmp_path, **changes))
     assert message in str(info.value)
+
+
+def test_brand_against_preservation_is_a_pareto_sweep(tmp_path: Path) -> None:
+    sweep = load_sweep(pareto_doc(tmp_path, **{
+        "metric": [{"name": "clip_score"}, {"name": "leak", "goal": "minimize"}],
+        "preservation": {"trigger": "Hyundai"}, "eval.prompts": "sweeps/prompts/tiny_heldout.txt"}))
+    assert sweep.objectives == (Objective("clip_score"), Objective("leak", "minimize"))
+    assert sweep.preservation.measured and sweep.multi_objective
 
 
 def test_weighted_rule_scores_by_signed_weights() -> None:
