@@ -115,9 +115,9 @@ def test_a_model_gone_before_the_confirmation_leaves_the_winner_unconfirmed(
     args = ["--sweep", str(sweep), "--out", str(out), "--address", ray_cluster, "--trials", "2"]
     real = hpo.dispatch.tune.confirmation_scorer
 
-    def after_the_trials(spec, address):  # the search is over, the confirmation comes next
+    def after_the_trials(spec, address, output=None):  # the search is over; confirmation next
         shutil.move(model / "unet", tmp_path / "unet-aside")
-        return real(spec, address)
+        return real(spec, address, output)
 
     monkeypatch.setattr(hpo.dispatch.tune, "confirmation_scorer", after_the_trials)
     assert run_main(args) == 3
