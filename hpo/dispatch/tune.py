@@ -232,9 +232,11 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_absolute(storage_path),
             callbacks=[recorder], progress_reporter=reporter, verbose=1, stop=recorder.stopper,
             failure_config=tune.FailureConfig(max_failures=sweep.resources.max_retries),
+            # Tune keeps the 2 best rungs by the metric; with a preservation requirement the
+            # exported rung is the best *feasible* one, which Tune cannot rank: keep them all.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=sweep.metric,
-                checkpoint_score_order=mode)),
+                num_to_keep=None if sweep.require is not None else 2,
+                checkpoint_score_attribute=sweep.metric, checkpoint_score_order=mode)),
     )
     tuner.fit()
     return recorder
