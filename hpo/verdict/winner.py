@@ -222,7 +222,16 @@ def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
                    p_value_vs_runner_up=paired.as_dict()["p_value"],
                    distinguishable_from_runner_up=clear)
         pval = "n/a" if paired.as_dict()["p_value"] is None else f"{paired.p_value:.3g}"
+        require = require_of(study)
+        runner_breaks = require is not None and preservation.is_feasible(
+            preservation.constraint_values(require, confirmed_preservation(
+                study, done[runner.number]))) is False
         out["verdict"] = (
+            # Ranked first for keeping the base model on the fresh seeds, not for its score.
+            f"trial {winner.number} wins because the runner-up by score, trial {runner.number}, "
+            f"does not keep the base model on fresh seeds (clip_score Δ {paired.delta:+.4f} ± "
+            f"{paired.stderr:.4f} paired, p = {pval})"
+            if runner_breaks and paired.delta < 0 else
             f"trial {winner.number} beats the runner-up, trial {runner.number}, on fresh seeds "
             f"(clip_score Δ {paired.delta:+.4f} ± {paired.stderr:.4f} paired, p = {pval})"
             if clear else

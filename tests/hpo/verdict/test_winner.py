@@ -89,3 +89,30 @@ def test_with_two_objectives_candidates_are_the_pareto_front() -> None:
     study.set_user_attr("select", {"rule": "weighted", "weights": [1.0, 1.0]})
     assert winner.pick(study).number == 1  # 19 + 9 = 28 is the largest sum
     assert not math.isnan(winner.rule_score(study, {"clip_score": 1.0, "dino_holdout": 2.0}))
+
+
+def test_a_runner_up_that_breaks_the_base_model_on_fresh_seeds_ranks_second() -> None:
+    # Preservation required: trial 1 scores higher on fresh seeds but its control prompts drop
+    # significantly; trial 0 keeps the base model and wins, and the verdict says why.
+    from hpo.sweep.preservation import Require
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"}])
+    study.set_user_attr("preservation", {"trigger": "Hyundai", "require": Require().as_dict()})
+    for value in (20.0, 23.0):  # both kept the base model on the search seeds
+        trial = study.ask()
+        trial.set_user_attr("best_step", 10)
+        trial.set_user_attr("score_per_rung", {"10": value})
+        trial.set_constraint("control_not_worse", -1.0)
+        study.tell(trial, value)
+    confirm(study, {0: [20.0, 21.0, 22.0], 1: [30.0, 31.0, 33.0], "base": [19.0, 20.0, 21.0]},
+            top_k=2)
+    control = {0: [50.0, 51.0, 49.5], 1: [40.0, 41.5, 39.0], "base": [50.0, 51.0, 49.0]}
+    for key, scores in control.items():
+        name = winner.BASELINE_KEY if key == "base" else winner.trial_key(int(key))
+        study.set_user_attr(name, {**study.user_attrs[name], "control_per_prompt": scores})
+    assert winner.pick(study).number == 0
+    summary = winner.confirmation_summary(study)
+    assert summary["preservation"]["preserves"] is True
+    assert summary["verdict"].startswith("trial 0 wins because the runner-up by score, trial 1, "
+                                         "does not keep the base model on fresh seeds")
