@@ -335,10 +335,11 @@ class StudyRecorder(tune.Callback):
             attrs["injected_fault"] = self.chaos.fault_for(trial.trial_id, steps)
         for key, val in attrs.items():
             ot_trial.set_user_attr(key, jsonable(val))
-        for name, value in (attrs.get("constraints") or {}).items():
+        for key, bound in (attrs.get("constraints") or {}).items():
             # Optuna's own record (Optuna 5): TPE and NSGA-II learn the feasible region from it,
             # optuna-dashboard marks infeasible trials, the winner is chosen among feasible ones.
-            retry_locked(lambda n=name, v=value: ot_trial.set_constraint(n, v))
+            # (Not `value`: that is the trial's objective value, told below.)
+            retry_locked(lambda n=key, v=bound: ot_trial.set_constraint(n, v))
         for observer in self.observers:
             observer.trial_finished(ot_trial, state, attrs)
         study = self.searcher.study

@@ -50,6 +50,8 @@ def test_every_scored_trial_carries_its_control_figures_and_constraints(preservi
         # Optuna's own record of the constraints, the one the samplers and dashboard read
         assert set(t.constraints) == {"control_not_worse", "leak_not_above"}
         assert t.constraints == pytest.approx(a["constraints"])
+        # the objective value is the exported rung's score, whatever the constraints are
+        assert t.value == pytest.approx(a["score_per_rung"][str(a["best_step"])])
     winner = best_trial(study)
     if winner is not None:  # the winner, if any, keeps the base model
         assert trial_feasible(winner) is True
