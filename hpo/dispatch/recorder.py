@@ -265,6 +265,8 @@ class StudyRecorder(tune.Callback):
     def _preservation(self, rung: dict[str, Any]) -> dict[str, Any]:
         """The rung's control Δ, drift and leak with paired statistics, and its constraint
         values under the sweep's requirement (hpo.verdict.preservation)."""
+        if not rung.get("control_per_prompt"):
+            return {}  # nothing measured: no storage read on the driver for this rung
         base = self.searcher.study.user_attrs.get("baseline_control_per_prompt")
         figures = preservation.control_stats(rung, base)
         if figures and self.sweep.require is not None:
