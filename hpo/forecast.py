@@ -191,7 +191,13 @@ def describe_lines(sweep: Sweep, forecast: cost.Forecast, rate: cost.Throughput 
             lines.append(f"    {label:<14}{_split(f.passes(work), _count)}; "
                          f"{work.steps:,.0f} steps, {work.images / f.images_per_rung:,.0f} "
                          f"rungs ({note})")
-    lines.append("    racing        not built yet (issue 22, item 1)")
+    if f.racing is not None:
+        lines.append(f"    racing        {_split(f.passes(f.racing), _count)}: its bound, if "
+                     "it stopped every trial ASHA stops, at its first look; the sweep lies "
+                     "between this and the ASHA line")
+    elif sweep.racing is not None:
+        lines.append("    racing        stops only trials significantly worse than a rung's "
+                     "best: between no saving and stopping all but one")
     if rate is None:
         lines.append(f"  time           {why}")
         return lines

@@ -9,11 +9,11 @@ import shlex
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo import forecast
 from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
-from hpo.sweep.fidelity import StepsPlan
+from hpo.sweep.fidelity import StepsPlan, subset_rungs
 from hpo.sweep.holdout import held_out_split
 from hpo.sweep.spec import PreflightError, Sweep
 from hpo.verdict import preservation
@@ -81,6 +81,16 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
                      f"{et.reduction_factor}, max {sweep.max_steps} steps")
     else:
         lines.append("  early stop     none")
+    subset = subset_rungs(sweep, steps) if steps is not None else ()
+    if subset:
+        lines.append(f"  prompt subset  rung(s) {', '.join(map(str, subset))} (ASHA's alone) "
+                     f"score {sweep.early_terminate.rung_prompts} of {len(e.prompt_list)} "
+                     "prompts; every candidate step and the confirmation score all")
+    elif sweep.early_terminate and sweep.early_terminate.rung_prompts:
+        lines.append("  prompt subset  none: every rung compares candidate step counts "
+                     "(early_terminate.rung_prompts applies where steps are a fidelity)")
+    if sweep.racing is not None:
+        lines.append(f"  {sweep.racing.describe(len(e.prompt_list))}")
     lines += [
         f"  resources      {r.gpu_per_trial:g} GPU + {r.cpu_per_trial:g} CPU per trial, "
         f"max concurrent {r.max_concurrent or args.concurrency or 'all slots'}, "
@@ -384,6 +394,9 @@ def finished_line(study: optuna.Study, seconds: float, started: float | None) ->
     ran = f"{len(mine)} trial(s) finished ({_state_counts(mine)})" if mine \
         else "no trial finished"
     line = f"sweep {study.study_name}: {ran} in {seconds:.0f} s this run"
+    raced = sum(1 for t in mine if t.state == TrialState.PRUNED and t.user_attrs.get("raced"))
+    if raced:
+        line += f"; racing stopped {raced} of the PRUNED part-way through a rung"
     if len(mine) < len(trials):
         line += f"; {len(trials)} in the study ({_state_counts(trials)})"
     return line

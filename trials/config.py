@@ -67,7 +67,7 @@ _PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
 _ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
-    "early_terminate", "resources", "result", "select", "confirm", "preservation",
+    "early_terminate", "resources", "result", "select", "confirm", "preservation", "racing",
 )
 PRESERVATION_KEYS = ("trigger", "control_prompts", "method", "weight", "class_images",
                      "class_inference_steps", "require")
@@ -158,6 +158,20 @@ class EvalSpec:
     dino_model: str = "facebook/dinov2-base"  # hub id, local folder, or `tiny`
     width: int | None = None  # images drawn for scoring; None: data.resolution
     height: int | None = None
+    # Set by the sweep, never read from the eval section (hpo.sweep.racing, hpo.sweep.fidelity).
+    # Racing: a rung draws its prompts in chunks of this many, in the shared shuffled order
+    # (trials.eval.evaluator.prompt_order), asking the orchestrator after each; None: at once.
+    chunk_prompts: int | None = None
+    # Prompts as a fidelity: at these rungs (ASHA's alone) only the first ``subset_prompts`` of
+    # that order are scored; every other rung scores all the prompts.
+    subset_rungs: tuple[int, ...] = ()
+    subset_prompts: int | None = None
+
+    def prompt_budget(self, step: int) -> int:
+        """How many held-out prompts the rung at ``step`` scores."""
+        if step in self.subset_rungs and self.subset_prompts:
+            return min(self.subset_prompts, len(self.prompt_list))
+        return len(self.prompt_list)
 
 
 @dataclass(frozen=True)

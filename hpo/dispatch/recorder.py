@@ -4,8 +4,10 @@ Why the study is written by :class:`StudyRecorder` and not by ``OptunaSearch`` i
 OptunaSearch tells Optuna COMPLETE with the last (partial) score for trials ASHA stopped early,
 never sees the result at which ASHA stops a trial, and stores Ray's report counter as the
 step. The recorder reports each rung at its training step (with its preservation figures,
-:mod:`hpo.verdict.preservation`), tells PRUNED for early-stopped trials, FAIL with the reason
-for failed ones, and COMPLETE with the best (feasible) rung's score.
+:mod:`hpo.verdict.preservation`), tells PRUNED for early-stopped trials (by ASHA or by racing),
+FAIL with the reason for failed ones, and COMPLETE with the best (feasible) rung's score among
+the rungs that scored every prompt. In a racing sweep it also tells the referee
+(:mod:`hpo.dispatch.referee`) every rung a trial finishes.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from hpo.dispatch.chaos import ChaosPlan
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.spec import Sweep
 from hpo.verdict import preservation
-from hpo.verdict.paired import paired_or_none
+from hpo.verdict.paired import at_places, paired_or_none
 
 RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
-             "clip_i_holdout", "dino_holdout",
-             "per_prompt", "train_loss", "train_seconds", "eval_seconds", "setup_seconds",
+             "clip_i_holdout", "dino_holdout", "per_prompt", "prompt_indices", "images_drawn",
+             "train_loss",
+             "train_seconds", "eval_seconds", "setup_seconds",
              "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision",
              # preservation (trials.eval.preservation, trials.train.preserve)
              "control_score", "control_score_stderr", "control_per_prompt", "drift",
@@ -140,14 +143,16 @@ class StudyRecorder(tune.Callback):
     """Writes each trial's rungs, final state and user attrs into the Optuna study."""
 
     def __init__(self, searcher: StudySearch, sweep: Sweep, baseline: float | None,
-                 observers: Sequence[SweepObserver] = (), chaos: ChaosPlan | None = None
-                 ) -> None:
+                 observers: Sequence[SweepObserver] = (), chaos: ChaosPlan | None = None,
+                 referee: Any = None) -> None:
         self.searcher = searcher
         self.chaos = chaos
         self.sweep = sweep
         self.baseline = baseline
         self.observers = list(observers)
+        self.referee = referee  # racing: told every rung a trial finishes
         self.rungs: dict[str, list[dict[str, Any]]] = {}
+        self.raced: dict[str, dict[str, Any]] = {}  # trial -> the partial rung racing stopped
         self.checkpoints: dict[str, list[str]] = {}
         self.started: dict[str, float] = {}
         self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
@@ -169,6 +174,10 @@ class StudyRecorder(tune.Callback):
     @_held
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        if "raced" in result and "step" in result:  # racing stopped this rung part-way
+            self.raced[trial.trial_id] = {**{k: result[k] for k in RUNG_KEYS if k in result},
+                                          "raced": result["raced"]}
+            return
         if "clip_score" not in result or "step" not in result:
             return
         rung = {k: result[k] for k in RUNG_KEYS if k in result}
@@ -176,8 +185,15 @@ class StudyRecorder(tune.Callback):
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
+            # A rung of a prompt subset (ASHA's alone) too: every trial scores the same subset
+            # there, and TPE compares a pruned trial's value only with others at its step.
             set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
                              float(result[self.sweep.metric]))
+        if self.referee is not None:
+            usable = self.sweep.require is None or \
+                preservation.is_feasible(rung.get("constraints")) is True
+            self.referee.record.remote(int(rung["step"]), ot_trial.number, rung["per_prompt"],
+                                       rung.get("prompt_indices"), usable)
         node = result.get("node_id")
         if node and self.nodes.get(trial.trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
@@ -200,6 +216,7 @@ class StudyRecorder(tune.Callback):
         # The retried trial starts from step 0; its rungs are reported again, and everything
         # the study records for it must come from that one attempt.
         self.rungs.pop(trial.trial_id, None)
+        self.raced.pop(trial.trial_id, None)
         self.checkpoints.pop(trial.trial_id, None)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         clear_intermediate(self.searcher.study, ot_trial._trial_id)
@@ -235,6 +252,8 @@ class StudyRecorder(tune.Callback):
             return
         if "trial_error" in last:
             self._finish(trial, TrialState.FAIL, reason=str(last["trial_error"]))
+        elif trial.trial_id in self.raced:
+            self._finish(trial, TrialState.PRUNED)
         elif not rungs:
             self._finish(trial, TrialState.FAIL, reason="the trial ended without a scored rung")
         elif rungs[-1]["step"] < rungs[-1]["max_train_steps"]:
@@ -267,7 +286,8 @@ class StudyRecorder(tune.Callback):
         values under the sweep's requirement (hpo.verdict.preservation)."""
         if not rung.get("control_per_prompt"):
             return {}  # nothing measured: no storage read on the driver for this rung
-        base = self.searcher.study.user_attrs.get("baseline_control_per_prompt")
+        base = at_places(self.searcher.study.user_attrs.get("baseline_control_per_prompt"),
+                         rung.get("prompt_indices"))
         figures = preservation.control_stats(rung, base)
         if figures and self.sweep.require is not None:
             figures["constraints"] = preservation.constraint_values(self.sweep.require,
@@ -277,44 +297,19 @@ class StudyRecorder(tune.Callback):
     def _finish(self, trial: Any, state: TrialState, reason: str | None = None) -> None:
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         rungs = self.rungs.get(trial.trial_id, [])
+        raced = self.raced.get(trial.trial_id)
         attrs: dict[str, Any] = {"ray_trial_id": trial.trial_id,
                                  "wall_seconds": time.time() - self.started.get(
                                      trial.trial_id, time.time())}
         value = None
         values: list[float] | None = None
-        if rungs:
-            # The best rung by the first objective (ASHA's metric too); with several
-            # objectives the trial's values are all taken at that rung.
-            metric = self.sweep.metric
-            pick = max if self.sweep.goal == "maximize" else min
-            # With a preservation requirement, the best rung that meets it (its LoRA is the
-            # one exported); only when none does, the best rung, which is then infeasible.
-            feasible = [i for i, r in enumerate(rungs)
-                        if preservation.is_feasible(r.get("constraints"))]
-            best_i = pick(feasible or range(len(rungs)),
-                          key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
-            best, last = rungs[best_i], rungs[-1]
-            value = float(best.get(metric) if best.get(metric) is not None else math.nan)
-            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
-                      for o in self.sweep.objectives] or [value]
-            if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
-                state = TrialState.FAIL
-                reason = f"no finite value of every objective at step {best['step']}: {values}"
-            ckpts = self.checkpoints.get(trial.trial_id, [])
-            lora = ckpts[best_i] if best_i < len(ckpts) else None
+        # The trial's running totals are in its last report: a raced rung's, if it has one.
+        last = raced or (rungs[-1] if rungs else None)
+        if last is not None:
             busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
             res = self.sweep.resources
             attrs.update(
                 score_per_rung={str(r["step"]): r["clip_score"] for r in rungs},
-                best_step=best["step"],
-                clip_score_stderr=best["clip_score_stderr"],
-                clip_i=best.get("clip_i"),
-                clip_i_holdout=best.get("clip_i_holdout"),
-                dino_holdout=best.get("dino_holdout"),
-                per_prompt=best.get("per_prompt"),
-                delta_vs_baseline=None if self.baseline is None
-                else float(best["clip_score"]) - self.baseline,
-                **self._paired_vs_baseline(best.get("per_prompt")),
                 train_seconds=last["train_seconds"],
                 eval_seconds=last["eval_seconds"],
                 setup_seconds=last.get("setup_seconds"),
@@ -326,9 +321,54 @@ class StudyRecorder(tune.Callback):
                 samples_per_second=last.get("samples_per_second"),
                 last_step=last["step"],
                 precision=last.get("precision"),
+            )
+            subset = {str(r["step"]): len(r["prompt_indices"]) for r in rungs
+                      if r.get("prompt_indices")}
+            if subset:  # rungs that scored a prompt subset (ASHA's alone): prompts scored
+                attrs["subset_rungs"] = subset
+            if raced is not None:
+                attrs["raced"] = raced["raced"]
+            # Images the trial drew at its rungs (brand and control), a raced rung's too: its
+            # evaluation compute, whatever racing and prompt subsets spared.
+            attrs["images_drawn"] = sum(int(r.get("images_drawn") or 0) for r in rungs) + (
+                int(raced["raced"].get("n_images") or 0) if raced is not None else 0)
+        # Only rungs that scored every prompt can be the trial's result (a subset's score is
+        # not comparable with a full one).
+        full = [i for i, r in enumerate(rungs) if not r.get("prompt_indices")]
+        if full:
+            # The best rung by the first objective (ASHA's metric too); with several
+            # objectives the trial's values are all taken at that rung.
+            metric = self.sweep.metric
+            pick = max if self.sweep.goal == "maximize" else min
+            # With a preservation requirement, the best rung that meets it (its LoRA is the
+            # one exported); only when none does, the best rung, which is then infeasible.
+            feasible = [i for i in full if preservation.is_feasible(rungs[i].get("constraints"))]
+            best_i = pick(feasible or full,
+                          key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
+            best = rungs[best_i]
+            value = float(best.get(metric) if best.get(metric) is not None else math.nan)
+            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
+                      for o in self.sweep.objectives] or [value]
+            if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
+                state = TrialState.FAIL
+                reason = f"no finite value of every objective at step {best['step']}: {values}"
+            ckpts = self.checkpoints.get(trial.trial_id, [])
+            lora = ckpts[best_i] if best_i < len(ckpts) else None
+            attrs.update(
+                best_step=best["step"],
+                clip_score_stderr=best["clip_score_stderr"],
+                clip_i=best.get("clip_i"),
+                clip_i_holdout=best.get("clip_i_holdout"),
+                dino_holdout=best.get("dino_holdout"),
+                per_prompt=best.get("per_prompt"),
+                delta_vs_baseline=None if self.baseline is None
+                else float(best["clip_score"]) - self.baseline,
+                **self._paired_vs_baseline(best.get("per_prompt")),
                 lora_path=None if lora is None else str(Path(lora)),
                 **{k: best.get(k) for k in PRESERVATION_ATTRS if best.get(k) is not None},
             )
+        elif state == TrialState.COMPLETE:
+            state, reason = TrialState.FAIL, "no rung scored every prompt"
         if reason:
             attrs["fail_reason"] = reason
         if self.chaos:  # the same draw the trial made, so the soak can account for it

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import ray
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -26,6 +27,8 @@ from hpo.dispatch.chaos import ChaosPlan
 from hpo.dispatch.cluster import check_address
 from hpo.dispatch.ray_output import RayOutput
 from hpo.dispatch.recorder import StudyRecorder, StudySearch, SweepObserver
+from hpo.dispatch.referee import asker as referee_asker
+from hpo.dispatch.referee import start as referee_start
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
 from trials.config import TrialConfig
@@ -98,8 +101,9 @@ def concurrency(sweep: Sweep, cluster: dict[str, float], requested: int | None) 
 
 
 def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
-               chaos: ChaosPlan | None = None) -> None:
-    """The function trainable: one trial, reported to Tune rung by rung."""
+               chaos: ChaosPlan | None = None, referee: Any = None) -> None:
+    """The function trainable: one trial, reported to Tune rung by rung; with a ``referee``
+    (racing) it asks it part-way through each rung whether to go on."""
     from trials.train.loop import run_trial
 
     context = tune.get_context()
@@ -111,17 +115,37 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
         trial_config = replace(trial_config, extras={**trial_config.extras, "fault": fault})
 
     def report(step: int, metrics: dict[str, Any], checkpoint_dir: Path) -> bool:
-        # Tune copies the folder into its storage; the rung folder is then no longer needed.
-        tune.report({**metrics, "node_id": ray.get_runtime_context().get_node_id()},
-                    checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        node = ray.get_runtime_context().get_node_id()
+        if "raced" in metrics:
+            # A partial rung: no score for ASHA (it compares full rungs) and no checkpoint to
+            # export; the recorder keeps it in the study as the trial's `raced` record.
+            tune.report({**{k: v for k, v in metrics.items() if k in RACED_KEYS},
+                         "raced": raced_record(metrics), "node_id": node})
+        else:
+            # Tune copies the folder into its storage; the rung folder is then not needed.
+            tune.report({**metrics, "node_id": node},
+                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return False  # ASHA stops the trial from outside
 
     try:
-        run_trial(trial_config, report)
+        run_trial(trial_config, report, None if referee is None else referee_asker(referee))
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",
                      "sweep_error": is_sweep_wide(err)})
+
+
+# What a raced (partial) rung reports beside its `raced` record: the trial's running totals.
+RACED_KEYS = ("step", "max_train_steps", "train_seconds", "eval_seconds", "setup_seconds",
+              "samples_per_second", "peak_memory_mb", "device", "precision", "cache_hit")
+
+
+def raced_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The decision that stopped a rung, with what the trial did score: the prompts drawn
+    (their places in the held-out list), their means, the partial score."""
+    return {**metrics["raced"], "clip_score": metrics.get("clip_score"),
+            "per_prompt": metrics.get("per_prompt"),
+            "prompt_indices": metrics.get("prompt_indices"), "n_images": metrics.get("n_images")}
 
 
 def is_sweep_wide(err: Exception) -> bool:
@@ -205,7 +229,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
         space=define_by_run(sweep), metric=metrics, mode=modes,
         sampler=sampler or make_sampler(sweep),
         study_name=study_name, storage=storage)
-    recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos)
+    referee = start_referee(sweep, storage, study_name) if sweep.racing else None
+    recorder = StudyRecorder(searcher, sweep, baseline, observers, chaos, referee)
     mode = "max" if sweep.goal == "maximize" else "min"
     if sweep.early_terminate:
         scheduler: Any = ASHAScheduler(
@@ -215,7 +240,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     else:
         scheduler = FIFOScheduler()
     trainable = tune.with_resources(
-        tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir), chaos=chaos),
+        tune.with_parameters(_train_one, sweep=sweep, cache_dir=str(cache_dir), chaos=chaos,
+                             referee=referee),
         trial_resources(sweep, cluster))
     searched = [p.name for p in sweep.searched]
     reporter = (output or RayOutput(None)).reporter(
@@ -238,5 +264,27 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
                 num_to_keep=None if sweep.require is not None else 2,
                 checkpoint_score_attribute=sweep.metric, checkpoint_score_order=mode)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if referee is not None:
+            ray.kill(referee)
     return recorder
+
+
+def start_referee(sweep: Sweep, storage: optuna.storages.BaseStorage, study_name: str) -> Any:
+    """The racing referee of this run, holding what earlier runs of the study found: each
+    finished trial's best full rung (its per-prompt scores are in its user attrs), when it
+    may be a reference (feasible where the sweep requires preservation)."""
+    from hpo.verdict.preservation import trial_feasible
+
+    referee = referee_start(sweep.racing)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                           TrialState.PRUNED)):
+        attrs = trial.user_attrs
+        if attrs.get("per_prompt") and attrs.get("best_step") is not None:
+            usable = sweep.require is None or trial_feasible(trial) is True
+            referee.record.remote(int(attrs["best_step"]), trial.number, attrs["per_prompt"],
+                                  None, usable)
+    return referee

@@ -211,6 +211,11 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
             "trigger": sweep.preservation.trigger,
             "control_prompts": list(sweep.preservation.control_prompt_list),
             "require": None if sweep.require is None else sweep.require.as_dict()}
+    if sweep.racing is not None:  # the test, its level and the looks, as the sweep file says
+        attrs["racing"] = sweep.racing.as_dict()
+    if sweep.eval.subset_rungs:  # prompts as a fidelity: these rungs score that many prompts
+        attrs["subset_rungs"] = {"steps": list(sweep.eval.subset_rungs),
+                                 "prompts": sweep.eval.subset_prompts}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
 

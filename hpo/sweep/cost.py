@@ -21,8 +21,14 @@ its rungs. With ASHA the forecast is **ideal synchronous successive halving** (J
 Talwalkar 2016): all ``n`` trials reach the first milestone, ``ceil(n / r**k)`` reach milestone
 ``k``. Ray's asynchronous ASHA (Li et al. 2020) promotes a little more than that while its
 rungs fill (the demo trained 660 steps where the ideal is 600), so this is an estimate, said as
-such. With steps as a dimension the work is averaged over the candidate step counts. Racing
-(issue 22, item 1) does not exist yet: :attr:`Forecast.racing` is where its arm goes.
+such. With steps as a dimension the work is averaged over the candidate step counts.
+
+Prompts as a fidelity (``early_terminate.rung_prompts``) make an ASHA-only rung draw a prompt
+subset: :func:`rung_images` per step. Racing (``hpo.sweep.racing``) stops only trials found
+significantly worse part-way through a rung, which nothing before the sweep can count; the
+forecast gives its bound (:attr:`Forecast.racing`): every trial ASHA would stop at a milestone
+is stopped there at racing's first look instead (``min_prompts`` brand prompts, no control
+images). The sweep's real figure lies between that and the ASHA arm; the summary measures it.
 
 Seconds come from a :class:`Throughput` (UNet passes per second while training and while
 drawing), which the front end picks (``hpo.forecast``); the measured split of a finished sweep,
@@ -36,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hpo.sweep.fidelity import StepsPlan, apply, asha_rungs, fidelity_rungs
+from hpo.sweep.fidelity import StepsPlan, apply, asha_rungs, fidelity_rungs, subset_rungs
 from hpo.sweep.spec import INTEGRAL, Sweep
 
 TRAIN_PASSES_PER_SAMPLE = 3.0
@@ -58,13 +64,21 @@ class Work:
         return Work(self.steps * factor, self.images * factor, self.setups * factor)
 
 
+def _images(images_per_rung: int | Mapping[int, int], step: int) -> int:
+    """A rung's images: one count for every rung, or per step (prompt subsets)."""
+    return images_per_rung if isinstance(images_per_rung, int) else images_per_rung[step]
+
+
 def ideal_asha(n_trials: int, milestones: Sequence[int], max_steps: int,
-               eval_rungs: Sequence[int], images_per_rung: int, reduction_factor: int) -> Work:
+               eval_rungs: Sequence[int], images_per_rung: int | Mapping[int, int],
+               reduction_factor: int, raced_images: int | None = None) -> Work:
     """Work of synchronous successive halving over ``n_trials``.
 
     ``milestones`` are ASHA's decision steps (``grace * r**k`` below ``max_steps``); a trial
     stopped at a milestone trained that many steps and was scored at every evaluation rung up
-    to it; the survivors of the last milestone train to ``max_steps``.
+    to it; the survivors of the last milestone train to ``max_steps``. ``images_per_rung``: one
+    count, or a count per rung step. ``raced_images``: racing's bound, a stopped trial drew only
+    this many images at the rung where it stops.
     """
     stops = [m for m in sorted(milestones) if m < max_steps] + [max_steps]
     work = Work(0.0, 0.0, 0.0)
@@ -72,18 +86,22 @@ def ideal_asha(n_trials: int, milestones: Sequence[int], max_steps: int,
     for k, stop in enumerate(stops):
         survivors = 0 if k == len(stops) - 1 else math.ceil(n_trials / reduction_factor ** (k + 1))
         stopped_here = reached - survivors
-        rungs = sum(1 for r in eval_rungs if r <= stop)
-        work = work + Work(float(stopped_here * stop),
-                           float(stopped_here * rungs * images_per_rung), float(stopped_here))
+        scored = [r for r in eval_rungs if r <= stop]
+        drawn = sum(_images(images_per_rung, r) for r in scored)
+        if raced_images is not None and k < len(stops) - 1 and stop in scored:
+            drawn += min(raced_images, _images(images_per_rung, stop)) \
+                - _images(images_per_rung, stop)
+        work = work + Work(float(stopped_here * stop), float(stopped_here * drawn),
+                           float(stopped_here))
         reached = survivors
     return work
 
 
 def no_early_stopping(n_trials: int, max_steps: int, eval_rungs: Sequence[int],
-                      images_per_rung: int) -> Work:
+                      images_per_rung: int | Mapping[int, int]) -> Work:
     """Work of ``n_trials`` trained to ``max_steps`` and scored at ``eval_rungs``."""
-    return Work(float(n_trials * max_steps), float(n_trials * len(eval_rungs) * images_per_rung),
-                float(n_trials))
+    drawn = sum(_images(images_per_rung, r) for r in eval_rungs)
+    return Work(float(n_trials * max_steps), float(n_trials * drawn), float(n_trials))
 
 
 def typical_values(sweep: Sweep) -> dict[str, Any]:
@@ -116,9 +134,22 @@ def scored_prompts(sweep: Sweep) -> int:
     return len(sweep.eval.prompt_list) + len(sweep.preservation.control_prompt_list)
 
 
-def rung_images(sweep: Sweep) -> int:
-    """Images drawn and scored at one rung of one trial (and by the baseline)."""
-    return scored_prompts(sweep) * sweep.eval.images_per_prompt
+def rung_images(sweep: Sweep, prompts: int | None = None) -> int:
+    """Images drawn and scored at one rung of one trial (and by the baseline); ``prompts``:
+    a rung that scores that many of the held-out prompts (and as many control prompts)."""
+    if prompts is None:
+        return scored_prompts(sweep) * sweep.eval.images_per_prompt
+    control = prompts if sweep.preservation.measured else 0
+    return (prompts + control) * sweep.eval.images_per_prompt
+
+
+def racing_first_look(sweep: Sweep) -> int | None:
+    """Images a trial has drawn when racing can first stop it (``min_prompts`` rounded up to a
+    whole chunk, brand prompts only), or None without racing."""
+    r = sweep.racing
+    if r is None:
+        return None
+    return math.ceil(r.min_prompts / r.chunk) * r.chunk * sweep.eval.images_per_prompt
 
 
 def confirmation_images(sweep: Sweep) -> int:
@@ -184,12 +215,12 @@ class Forecast:
     confirmation_images: int
     full: Work  # no early stopping
     asha: Work | None  # ideal successive halving; None when the sweep has no early stopping
-    racing: Work | None = None  # issue 22, item 1: not built yet
+    racing: Work | None = None  # racing's bound (module docstring); None without racing
 
     @property
     def planned(self) -> Work:
-        """The work of the arm this sweep runs."""
-        return self.racing or self.asha or self.full
+        """The work of the arm this sweep runs (with racing: the ASHA arm, its upper bound)."""
+        return self.asha or self.full
 
     def passes(self, work: Work) -> Split:
         image = self.passes_per_image
@@ -204,8 +235,14 @@ def _trial_lengths(sweep: Sweep, steps: StepsPlan) -> list[int]:
     return [steps.candidates[-1]] if steps.fidelity else list(steps.candidates)
 
 
-def _arm(sweep: Sweep, steps: StepsPlan, trials: int, early_stop: bool) -> Work:
-    images = rung_images(sweep)
+def _arm(sweep: Sweep, steps: StepsPlan, trials: int, early_stop: bool,
+         raced: bool = False) -> Work:
+    subset = subset_rungs(sweep, steps) if early_stop else ()
+    budget = sweep.early_terminate.rung_prompts if sweep.early_terminate else None
+    images: int | dict[int, int] = rung_images(sweep)
+    if subset:
+        images = {r: rung_images(sweep, budget) if r in subset else rung_images(sweep)
+                  for r in {*steps.rungs, *steps.candidates}}
     lengths = _trial_lengths(sweep, steps)
     total = Work(0.0, 0.0, 0.0)
     for length in lengths:
@@ -219,7 +256,8 @@ def _arm(sweep: Sweep, steps: StepsPlan, trials: int, early_stop: bool) -> Work:
         if early_stop and et is not None:
             milestones = [m for m in asha_rungs(sweep, sweep.max_steps) if m < length]
             total = total + ideal_asha(trials, milestones, length, rungs, images,
-                                       et.reduction_factor)
+                                       et.reduction_factor,
+                                       racing_first_look(sweep) if raced else None)
         else:
             total = total + no_early_stopping(trials, length, rungs, images)
     return total.scaled(1 / len(lengths))
@@ -237,7 +275,9 @@ def forecast(sweep: Sweep, steps: StepsPlan, trials: int) -> Forecast:
         images_per_rung=rung_images(sweep), passes_per_image=passes_per_image(sweep),
         baseline_images=rung_images(sweep), confirmation_images=confirmation_images(sweep),
         full=_arm(sweep, steps, n, early_stop=False),
-        asha=_arm(sweep, steps, n, early_stop=True) if sweep.early_terminate else None)
+        asha=_arm(sweep, steps, n, early_stop=True) if sweep.early_terminate else None,
+        racing=_arm(sweep, steps, n, early_stop=True, raced=True)
+        if sweep.early_terminate and sweep.racing else None)
 
 
 @dataclass(frozen=True)

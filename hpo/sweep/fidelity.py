@@ -117,15 +117,31 @@ def plan_steps(sweep: Sweep, steps_as: str = "auto") -> StepsPlan:
     return StepsPlan(True, why, candidates, fidelity_rungs(sweep, candidates))
 
 
+def subset_rungs(sweep: Sweep, plan: StepsPlan) -> tuple[int, ...]:
+    """The rungs that only feed ASHA: its milestones that are no candidate step count (nor the
+    last step). With ``early_terminate.rung_prompts`` they score a subset of the prompts
+    (``hpo.sweep.racing``); every candidate is compared on all of them."""
+    if not plan.fidelity or sweep.early_terminate is None \
+            or not sweep.early_terminate.rung_prompts:
+        return ()
+    top = plan.candidates[-1]
+    return tuple(m for m in asha_rungs(sweep, top) if m not in plan.candidates and m != top)
+
+
 def apply(sweep: Sweep, plan: StepsPlan) -> Sweep:
     """The sweep a fidelity plan runs: ``max_train_steps`` fixed at the largest candidate, the
-    evaluation rungs given explicitly. A dimension plan returns ``sweep`` unchanged."""
+    evaluation rungs given explicitly, and ASHA-only rungs scoring ``rung_prompts`` prompts when
+    the sweep asks for it. A dimension plan returns ``sweep`` unchanged."""
     if not plan.fidelity:
         return sweep
     params = tuple(
         Parameter("max_train_steps", "value", value=plan.candidates[-1])
         if p.name == "max_train_steps" else p for p in sweep.parameters)
-    return replace(sweep, parameters=params, eval=replace(sweep.eval, rungs=plan.rungs))
+    subset = subset_rungs(sweep, plan)
+    return replace(sweep, parameters=params, eval=replace(
+        sweep.eval, rungs=plan.rungs, subset_rungs=subset,
+        subset_prompts=sweep.early_terminate.rung_prompts if subset and sweep.early_terminate
+        else None))
 
 
 def exported_steps(sweep: Sweep, trained_steps: int, best_step: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from hpo.sweep.objectives import (
     parse_select,
 )
 from hpo.sweep.preservation import Require, parse_require
+from hpo.sweep.racing import Racing, parse_racing, parse_rung_prompts
 from trials.config import (
     OPTIONAL_PARAMETERS,
     PARAMETER_NAMES,
@@ -131,6 +132,8 @@ class EarlyTerminate:
     type: str = "asha"
     grace_steps: int = 100
     reduction_factor: int = 2
+    # Prompts as a fidelity: ASHA-only rungs score this many prompts (hpo.sweep.racing).
+    rung_prompts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ class Sweep:
     # must keep (hpo.sweep.preservation; None: measured, not required).
     preservation: PreservationSpec = field(default_factory=PreservationSpec)
     require: Require | None = None
+    # Evaluation that races (hpo.sweep.racing); None: every rung draws all its prompts.
+    racing: Racing | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -382,14 +387,21 @@ def load_sweep(path: str | Path) -> Sweep:
         method_name = root.string("method", "tpe", METHODS)
         seed = None
 
+    train = parse_train(root.sub("train"))
+    eval_spec = parse_eval(root.sub("eval"), base)
+    racing = parse_racing(root, len(eval_spec.prompt_list), objectives[0].name,
+                          len(objectives) > 1)
+    if racing is not None:  # the trials draw their rungs in chunks and ask after each
+        eval_spec = replace(eval_spec, chunk_prompts=racing.chunk)
     early = None
     if root.has("early_terminate"):
         et = root.sub("early_terminate")
-        et.allow_only(("type", "grace_steps", "reduction_factor"))
+        et.allow_only(("type", "grace_steps", "reduction_factor", "rung_prompts"))
         early = EarlyTerminate(
             type=et.string("type", "asha", ("asha",)),
             grace_steps=et.integer("grace_steps", minimum=1),
             reduction_factor=et.integer("reduction_factor", 2, minimum=2),
+            rung_prompts=parse_rung_prompts(et, len(eval_spec.prompt_list)),
         )
 
     res = root.sub("resources")
@@ -405,8 +417,6 @@ def load_sweep(path: str | Path) -> Sweep:
             f"above 1 must be a whole number of GPUs (got {resources.gpu_per_trial:g})",
             "gpu_per_trial")
 
-    train = parse_train(root.sub("train"))
-    eval_spec = parse_eval(root.sub("eval"), base)
     preservation = parse_preservation(root.sub("preservation"), eval_spec, base)
     sweep = Sweep(
         source=file.resolve(),
@@ -427,6 +437,7 @@ def load_sweep(path: str | Path) -> Sweep:
         confirm=parse_confirm(root, eval_spec.seed, eval_spec.images_per_prompt),
         preservation=preservation,
         require=parse_require(root, preservation.measured),
+        racing=racing,
     )
     _check_preservation(sweep, root)
     kept = [o.name for o in objectives if o.name in PRESERVATION_METRICS]

@@ -88,3 +88,14 @@ def paired_or_none(a: Sequence[float] | None, b: Sequence[float] | None
     if any(v is None for v in (*a, *b)):
         return None
     return paired_difference(a, b)
+
+
+def at_places(values: Sequence[float] | None, places: Sequence[int] | None
+              ) -> list[float] | None:
+    """``values`` (one per held-out prompt) at ``places`` (a rung that scored a subset), in
+    that order; all of them when ``places`` is None."""
+    if values is None or places is None:
+        return None if values is None else list(values)
+    if any(not 0 <= p < len(values) for p in places):
+        return None
+    return [values[p] for p in places]

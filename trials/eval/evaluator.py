@@ -4,11 +4,19 @@ One :class:`Evaluator` lives for the whole trial, so the pipeline and the CLIP m
 once (the reference script reloads a whole pipeline from disk at every validation). The frozen
 parts of the work (prompt embeddings) are kept per worker, and the LoRA is merged into the
 weights while drawing (:mod:`trials.eval.fast_eval`).
+
+A racing sweep (``hpo.sweep.racing``) draws a rung's prompts in chunks, in one shuffled order
+every trial shares (:func:`prompt_order`), and after each chunk asks a ``race`` callback, which
+the orchestrator answers: a trial significantly worse than the rung's reference stops drawing.
+The images do not depend on the chunking (each image's seed follows its prompt's place in the
+whole list), so a rung drawn in chunks scores what a rung drawn at once does.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,13 +27,27 @@ from PIL import Image
 from trials.config import TrialConfig
 from trials.data.folder import Example, load_rgb
 from trials.eval import fast_eval, preservation, subject_fidelity
-from trials.eval.score import ClipScorer, generate_images, grid_image
+from trials.eval.score import ClipScorer, generate_images, grid_image, prompt_stderr
 from trials.models.components import SDComponents, make_pipeline
 
 # CLIP-I compares generated images with at most this many training images (a fixed subset).
 MAX_REFERENCE_IMAGES = 64
 SAMPLES_NAME = "samples.png"
 log = logging.getLogger(__name__)
+
+# race(prompt_indices, per_prompt_scores) -> a decision to stop drawing (a mapping the trial
+# reports as it is), or None to go on. The indices are places in the held-out list, in the order
+# drawn; the scores are their prompt means. Answered by the orchestrator (hpo.dispatch.referee).
+Race = Callable[[list[int], list[float]], Mapping[str, object] | None]
+
+
+def prompt_order(n_prompts: int, seed: int) -> list[int]:
+    """The order in which racing chunks and prompt subsets draw the held-out prompts: a shuffle
+    of ``range(n_prompts)`` fixed by ``eval.seed``, the same in every trial (still paired), so a
+    subset is a random sample of the prompts rather than the file's first lines."""
+    order = list(range(n_prompts))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def scorer_precision(config: TrialConfig, device: torch.device) -> str:
@@ -75,7 +97,9 @@ class Evaluator:
         self.preservation = config.preservation
         self.base_control: torch.Tensor | None = None
 
-    def _draw(self, prompts: list[str]) -> list[list[Image.Image]]:
+    def _draw(self, prompts: list[str], places: Sequence[int] | None = None
+              ) -> list[list[Image.Image]]:
+        """Images ``[prompt][image]``; ``places``: the prompts' indices in the whole list."""
         cfg = self.config
         merged = fast_eval.merged_lora(self.pipe.unet) if cfg.merge_lora else nullcontext()
         with merged, fast_eval.cuda_speedups(self.pipe, cfg.channels_last, cfg.compile_unet):
@@ -83,7 +107,7 @@ class Evaluator:
                 self.pipe, prompts, cfg.images_per_prompt, cfg.inference_steps,
                 cfg.guidance_scale, cfg.seed, self.resolution, batch_size=cfg.batch_size,
                 width=self.size[0], height=self.size[1],
-                prompt_embeddings=self.prompt_embeddings)
+                prompt_embeddings=self.prompt_embeddings, prompt_indices=places)
 
     def control_features(self) -> torch.Tensor:
         """CLIP image features of the control images the UNet draws *now*, shape
@@ -96,29 +120,105 @@ class Evaluator:
         """The base model's control-image features, for drift and leak at every rung."""
         self.base_control = features
 
-    def score(self, out_dir: Path) -> dict[str, Any]:
-        """Generate, score, and save the labelled image grid as ``out_dir/samples.png``."""
-        images = self._draw(self.prompts)
-        result = self.scorer.score(self.prompts, images, self.train_embeds)
+    def score(self, out_dir: Path, step: int | None = None, race: Race | None = None
+              ) -> dict[str, Any]:
+        """Draw, score, and save the labelled image grid as ``out_dir/samples.png``.
+
+        ``step``: the rung's training step, which sets how many prompts it scores
+        (:meth:`trials.config.EvalSpec.prompt_budget`; None: all). With ``eval.chunk_prompts``
+        or a subset the prompts are drawn in :func:`prompt_order`, and ``race`` is asked after
+        every chunk but the last. Returns the scores (``per_prompt`` in held-out order); a rung
+        that scored fewer than all prompts adds ``prompt_indices`` (the places scored, in
+        order; every per-prompt list follows them); a raced one adds ``raced`` (the decision),
+        and draws no control images.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        grid_image(images, labels=self.prompts).save(out_dir / SAMPLES_NAME)
-        extra = self.fidelity.score(images) if self.fidelity is not None else {}
-        if self.preservation.measured:
-            # Same seeds as the base model's control images: each image has a paired twin.
-            controls = list(self.preservation.control_prompt_list)
-            control_images = self._draw(controls)
-            grid_image(control_images, labels=controls).save(
-                out_dir / preservation.CONTROL_NAME)
-            extra.update(preservation.control_metrics(
-                self.scorer, controls, self.preservation.brand_prompt_list, control_images,
-                self.base_control))
-        return {
-            **extra,
-            "clip_score": float(result.clip_score),
-            "clip_score_stderr": float(result.clip_score_stderr),
-            "clip_i": None if result.clip_i is None else float(result.clip_i),
-            "per_prompt": [float(x) for x in result.per_prompt],
-            "n_images": int(result.n_images),
+        n = len(self.prompts)
+        budget = n if step is None else self.config.prompt_budget(step)
+        if self.config.chunk_prompts is None and budget == n:
+            places = list(range(n))
+            images = self._draw(self.prompts)
+            result = self.scorer.score(self.prompts, images, self.train_embeds)
+            per_prompt, clip_i, decision = list(result.per_prompt), result.clip_i, None
+            score, stderr = float(result.clip_score), float(result.clip_score_stderr)
+        else:
+            order = prompt_order(n, self.config.seed)[:budget]
+            drawn, decision, clip_i = self._draw_racing(order, race)
+            places = sorted(drawn)
+            images = [drawn[i][0] for i in places]
+            per_prompt = [drawn[i][1] for i in places]
+            # Every prompt has images_per_prompt images: the mean of prompt means is the mean.
+            score, stderr = sum(per_prompt) / len(per_prompt), prompt_stderr(per_prompt)
+        texts = [self.prompts[i] for i in places]
+        grid_image(images, labels=texts).save(out_dir / SAMPLES_NAME)
+        n_images = sum(len(group) for group in images)
+        out: dict[str, Any] = {
+            "clip_score": score,
+            "clip_score_stderr": stderr,
+            "clip_i": None if clip_i is None else float(clip_i),
+            "per_prompt": [float(x) for x in per_prompt],
+            "n_images": n_images,
             "samples": str(out_dir / SAMPLES_NAME),
         }
+        if len(places) < n:
+            out["prompt_indices"] = places
+        out["images_drawn"] = n_images  # the rung's compute: with control images, below
+        if decision is not None:
+            out["raced"] = {**decision, "prompts_scored": len(places), "prompts_total": n}
+            return out
+        if self.fidelity is not None:
+            out.update(self.fidelity.score(images))
+        if self.preservation.measured:
+            control, drawn = self._control(places, out_dir)
+            out.update(control)
+            out["images_drawn"] += drawn
+        return out
+
+    def _draw_racing(self, order: list[int], race: Race | None
+                     ) -> tuple[dict[int, tuple[list[Image.Image], float]],
+                                Mapping[str, object] | None, float | None]:
+        """Draw ``order``'s prompts chunk by chunk; after each chunk but the last, ask ``race``.
+
+        Returns ``{place: (images, prompt mean)}``, the decision that stopped drawing (None:
+        all of ``order`` drawn) and CLIP-I over the images drawn."""
+        chunk = self.config.chunk_prompts or len(order)
+        drawn: dict[int, tuple[list[Image.Image], float]] = {}
+        clip_i_sum, clip_i_images = 0.0, 0
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            texts = [self.prompts[i] for i in part]
+            images = self._draw(texts, part)
+            result = self.scorer.score(texts, images, self.train_embeds)
+            for place, group, value in zip(part, images, result.per_prompt, strict=True):
+                drawn[place] = (group, float(value))
+            if result.clip_i is not None:
+                clip_i_sum += result.clip_i * result.n_images
+                clip_i_images += result.n_images
+            so_far = order[:start + len(part)]
+            if race is not None and len(so_far) < len(order):
+                decision = race(so_far, [drawn[i][1] for i in so_far])
+                if decision:
+                    return drawn, decision, None
+        return drawn, None, clip_i_sum / clip_i_images if clip_i_images else None
+
+    def _control(self, places: list[int], out_dir: Path) -> tuple[dict[str, Any], int]:
+        """Control score, drift and leak on the control prompts at ``places`` (all of them when
+        the rung scored every prompt; same seeds as the base model's control images, so each
+        image has a paired twin), and the number of images drawn."""
+        pres = self.preservation
+        controls, brands = list(pres.control_prompt_list), list(pres.brand_prompt_list)
+        base = self.base_control
+        if len(places) < len(self.prompts) and len(controls) == len(self.prompts):
+            per = self.config.images_per_prompt
+            controls = [controls[i] for i in places]
+            brands = [brands[i] for i in places]
+            if base is not None:  # rows [place * per, (place + 1) * per) of the base features
+                base = base[[i * per + j for i in places for j in range(per)]]
+        else:
+            places = list(range(len(controls)))
+        control_images = self._draw(controls, places)
+        grid_image(control_images, labels=controls).save(out_dir / preservation.CONTROL_NAME)
+        return (preservation.control_metrics(self.scorer, controls, brands, control_images, base),
+                sum(len(group) for group in control_images))
+

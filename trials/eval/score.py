@@ -101,21 +101,29 @@ def generate_images(
     prompt_embeddings: PromptEmbeddings | None = None,
     width: int | None = None,
     height: int | None = None,
+    prompt_indices: Sequence[int] | None = None,
 ) -> list[list[Image.Image]]:
     """Generate ``images_per_prompt`` PIL images for each prompt; returns ``[prompt][image]``.
 
     Images are ``resolution`` square unless ``width``/``height`` (pixels) say otherwise.
+    ``prompt_indices[p]`` is prompt ``p``'s place in the whole held-out list (default: ``p``):
+    its seeds follow it, so a prompt drawn in a chunk of a racing rung gets the same images as
+    in a whole rung.
 
     Each image gets its own CPU ``torch.Generator`` seeded by ``image_seed``, so an image does
     not depend on batch size, batch composition or accelerator type. ``prompt_embeddings``
     keeps the text encoder's output per batch for the next call (the same images).
     """
+    if prompt_indices is not None and len(prompt_indices) != len(prompts):
+        raise ValueError(f"{len(prompt_indices)} prompt indices for {len(prompts)} prompts")
+    place = list(prompt_indices) if prompt_indices is not None else list(range(len(prompts)))
     jobs = [(p, i) for p in range(len(prompts)) for i in range(images_per_prompt)]
     out: list[list[Image.Image]] = [[] for _ in prompts]
     for start in range(0, len(jobs), max(1, batch_size)):
         batch = jobs[start : start + max(1, batch_size)]
         generators = [
-            torch.Generator(device="cpu").manual_seed(image_seed(seed, p, i)) for p, i in batch
+            torch.Generator(device="cpu").manual_seed(image_seed(seed, place[p], i))
+            for p, i in batch
         ]
         texts = [prompts[p] for p, _ in batch]
         prompt_kwargs: dict[str, object] = {"prompt": texts} if prompt_embeddings is None \
@@ -147,7 +155,8 @@ def clip_score_from_embeddings(
     return 100.0 * cos.clamp(min=0.0)
 
 
-def _stderr(values: Sequence[float]) -> float:
+def prompt_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean of ``values`` (n - 1 in the variance); NaN below two."""
     n = len(values)
     if n < 2:
         return math.nan
@@ -307,7 +316,7 @@ class ClipScorer:
             clip_i = float(100.0 * (image @ train.T).mean())
         return ScoreResult(
             clip_score=float(per_image.mean()),
-            clip_score_stderr=_stderr(units),
+            clip_score_stderr=prompt_stderr(units),
             per_prompt=per_prompt,
             clip_i=clip_i,
             n_images=len(flat),

@@ -6,7 +6,8 @@ Read :func:`run_trial` top to bottom: it is the reference script's training loop
 1. the frozen VAE and text-encoder work is read from a cache shared by all trials;
 2. gradient clipping clips (the reference passes a consumed iterator, so it never does);
 3. at each rung the in-memory pipeline draws the same seeded images for every trial and they
-   are CLIP-scored against held-out prompts, then ``report`` decides whether to go on;
+   are CLIP-scored against held-out prompts, then ``report`` decides whether to go on (in a
+   racing sweep ``race`` may stop the drawing itself, part-way through a rung);
 4. the micro-batches of one optimizer step run as one batch where memory allows (the same
    draws and gradients; see :mod:`trials.train.accumulate`).
 
@@ -15,12 +16,13 @@ Run one trial by hand with ``python -m trials.train FILE.yaml`` (see :mod:`trial
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ from trials.train import accumulate, cache, faults, preserve, warm
 
 # report(step, metrics, checkpoint_dir) -> True to stop the trial (early stopping).
 Report = Callable[[int, dict[str, Any], Path], bool | None]
+# race(step, prompt_indices, per_prompt_scores) -> a decision to stop drawing, or None: asked
+# after each chunk of a rung's prompts (trials.eval.evaluator.Race, with the rung's step).
+RungRace = Callable[[int, list[int], list[float]], Mapping[str, object] | None]
 
 
 class TrialDiverged(RuntimeError):
@@ -78,10 +83,13 @@ class TrialResult:
 
     rungs: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    raced: dict[str, Any] | None = None  # the rung where racing stopped it: not in ``rungs``
 
     @property
     def best(self) -> dict[str, Any] | None:
-        return max(self.rungs, key=lambda r: r["clip_score"], default=None)
+        """The best rung that scored every prompt (a prompt subset is not comparable)."""
+        return max((r for r in self.rungs if "prompt_indices" not in r),
+                   key=lambda r: r["clip_score"], default=None)
 
 
 def pick_device() -> torch.device:
@@ -202,8 +210,11 @@ def load_frozen(config: TrialConfig, device: torch.device, dtype: torch.dtype
     return components, encode_training_set(config, components, examples, device, dtype)
 
 
-def run_trial(config: TrialConfig, report: Report) -> TrialResult:
-    """Train one LoRA, scoring and reporting at each rung; stops when ``report`` says so.
+def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None
+              ) -> TrialResult:
+    """Train one LoRA, scoring and reporting at each rung; stops when ``report`` says so, or
+    when ``race`` stops a rung's drawing (that rung is reported with ``raced``, then the trial
+    ends).
 
     The frozen model is loaded once per process and lent to each trial (see
     :mod:`trials.train.warm`).
@@ -217,11 +228,12 @@ def run_trial(config: TrialConfig, report: Report) -> TrialResult:
             "fp32" if dtype == torch.float32 else precision_name(dtype))
     setup_start = time.perf_counter()
     with warm.kept_components(config, device, dtype) as components:
-        return fine_tune(config, components, report, device, dtype, setup_start)
+        return fine_tune(config, components, report, device, dtype, setup_start, race)
 
 
 def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
-              device: torch.device, dtype: torch.dtype, setup_start: float) -> TrialResult:
+              device: torch.device, dtype: torch.dtype, setup_start: float,
+              race: RungRace | None = None) -> TrialResult:
     """The training loop of :func:`run_trial`, on a frozen model already loaded."""
     train_cfg, params = config.train, config.params
     fault = faults.FaultPlan.from_extras(config.extras)
@@ -315,7 +327,8 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
             started = time.perf_counter()
             checkpoint = Path(config.output_dir) / f"step-{step:06d}"
             save_lora(unet, checkpoint)
-            scores = evaluator.score(checkpoint)
+            scores = evaluator.score(checkpoint, step,
+                                     None if race is None else functools.partial(race, step))
             eval_seconds += time.perf_counter() - started
             unet.train()
             metrics = {
@@ -342,6 +355,11 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
             }
             losses.clear()
             preservation_losses.clear()
+            if "raced" in scores:  # a partial rung: reported, never a candidate; the trial ends
+                result.raced = metrics
+                result.stopped_early = True
+                report(step, metrics, checkpoint)
+                break
             result.rungs.append(metrics)
             if report(step, metrics, checkpoint) and step < params.max_train_steps:
                 result.stopped_early = True
@@ -369,7 +387,7 @@ def run_baseline(config: TrialConfig) -> dict[str, Any]:
     """
     evaluator, data = base_evaluator(config)
     started = time.perf_counter()  # the rung's scoring alone, as a trial's eval_seconds
-    scores = evaluator.score(Path(config.output_dir))
+    scores = evaluator.score(Path(config.output_dir))  # every prompt, as a trial's full rung
     scores["eval_seconds"] = time.perf_counter() - started
     scores["cache_file"] = str(data.cache_file)
     return scores

@@ -155,3 +155,19 @@ def test_driver_log_takes_ray_and_optuna_records_off_the_console(
     with driver_log(path, verbose, "again"):  # a rerun appends
         pass
     assert path.read_text(encoding="utf-8").startswith(text)
+
+
+def test_a_subset_rung_and_a_raced_trial_say_what_they_scored() -> None:
+    from hpo.outputs.console import finished_line
+
+    subset = {**rung(15, 57.5, [60.0, 55.0]), "prompt_indices": [3, 1]}
+    line = rung_line(subset, ["clip_score"], BASE)
+    # paired with the base model on those two prompts only
+    paired = paired_difference([60.0, 55.0], [BASE[3], BASE[1]])
+    assert line.startswith("step 15/60 (2 prompts): clip_score 57.50")
+    assert f"Δ {paired.delta:+.2f} ± {paired.stderr:.2f} vs base" in line
+    raced = {"step": 30, "n": 16, "prompts_total": 48, "delta": -9.124, "stderr": 2.4,
+             "p_value": 0.00081, "test": "t", "level": 0.01, "reference_trial": 3}
+    assert finished_line(TrialState.PRUNED, {"raced": raced}, "clip_score") == (
+        "stopped by racing at step 30 after 16 of 48 prompts: Δ -9.12 ± 2.40 vs trial 3's "
+        "rung (one-sided t, p 0.00081 < 0.01)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from hpo.sweep import cost
 from hpo.sweep.fidelity import plan_steps
+from hpo.sweep.racing import Racing
 from hpo.sweep.spec import load_sweep
 from tests.sweep_files import DELETE, REPO, apply, tiny_doc
 
@@ -116,3 +118,22 @@ def test_typical_values_take_each_parameters_middle(tmp_path: Path) -> None:
     assert values["rank"] == 6 and isinstance(values["rank"], int)  # round(5.5), banker's
     assert values["target_modules"] == "attn"  # the upper middle of two, as listed
     demo.trial_config(cost.typical_values(demo), output_dir=tmp_path, cache_dir=tmp_path)
+
+
+def test_prompt_subsets_and_racing_bound_the_forecast(tmp_path: Path) -> None:
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    raced = replace(demo, racing=Racing(chunk=8, min_prompts=12),
+                    early_terminate=replace(demo.early_terminate, rung_prompts=16))
+    f = cost.forecast(raced, plan_steps(raced), trials=20)
+    # rung 15 is ASHA's alone: 16 prompts and their 16 control twins, 2 images each
+    subset, full = (16 + 16) * 2, 192
+    assert f.asha == cost.Work(600, 10 * subset + 5 * (subset + full)
+                               + 5 * (subset + 3 * full), 20)
+    # racing's bound: a trial ASHA stops at 15 or 30 drew 16 brand prompts there (12 rounded
+    # up to whole chunks of 8), 2 images each, and no control images
+    first_look = 16 * 2
+    assert cost.racing_first_look(raced) == first_look
+    assert f.racing == cost.Work(600, 10 * first_look + 5 * (subset + first_look)
+                                 + 5 * (subset + 3 * full), 20)
+    assert f.planned == f.asha  # the sweep plans for the upper end
+    assert cost.forecast(demo, plan_steps(demo), trials=20).racing is None

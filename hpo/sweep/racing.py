@@ -1,0 +1,108 @@
+"""Evaluation that races, and prompts as a fidelity: the sweep file's ``racing`` section and
+``early_terminate.rung_prompts``.
+
+Drawing images is most of a sweep's compute (``hpo.sweep.cost``), and a rung draws every
+held-out prompt for every trial, even one that is clearly worse after a handful of prompts.
+
+```yaml
+racing:                # optional; without it every rung draws all its prompts at once
+  chunk: 8             # prompts drawn between two decisions
+  min_prompts: 16      # no decision before this many prompts
+  test: t              # one-sided paired test against the rung's reference: t | wilcoxon
+  level: 0.01          # each decision's significance level
+
+early_terminate:
+  type: asha
+  grace_steps: 15
+  rung_prompts: 16     # optional: ASHA-only rungs score this many prompts (prompts as a fidelity)
+```
+
+With ``racing`` a rung draws its prompts ``chunk`` at a time, in one shuffled order every trial
+shares (``trials.eval.evaluator.prompt_order``), and after each chunk the orchestrator compares
+the trial, paired over the prompts drawn so far, with the rung's reference
+(:mod:`hpo.verdict.racing`): a trial significantly worse stops drawing and is stopped early
+(PRUNED), its partial score kept in the study as ``raced``.
+
+``rung_prompts``: the rungs that only feed ASHA's decisions (its milestones before the step
+counts a sweep may export, ``hpo.sweep.fidelity``) score the first ``rung_prompts`` prompts of
+that order; the rungs where step counts are compared, and the confirmation, score all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trials.validation import Section
+
+TESTS = ("t", "wilcoxon")
+DEFAULT_CHUNK = 8
+DEFAULT_MIN_PROMPTS = 16
+# One look's false-stop probability for a trial exactly as good as the reference; a rung of
+# 48 prompts in chunks of 8 from 16 has 4 looks (hpo.verdict.racing).
+DEFAULT_LEVEL = 0.01
+MIN_DECISION_PROMPTS = 4  # a paired test over fewer prompts says little
+
+
+@dataclass(frozen=True)
+class Racing:
+    """The ``racing`` section (see the module docstring)."""
+
+    chunk: int = DEFAULT_CHUNK
+    min_prompts: int = DEFAULT_MIN_PROMPTS
+    test: str = "t"
+    level: float = DEFAULT_LEVEL
+
+    def as_dict(self) -> dict[str, object]:
+        return {"chunk": self.chunk, "min_prompts": self.min_prompts, "test": self.test,
+                "level": self.level}
+
+    def looks(self, n_prompts: int) -> int:
+        """Decisions a rung of ``n_prompts`` prompts can take (after each chunk but the last,
+        from ``min_prompts`` on)."""
+        ends = range(self.chunk, n_prompts, self.chunk)
+        return sum(1 for end in ends if end >= self.min_prompts)
+
+    def describe(self, n_prompts: int) -> str:
+        """One line for the dry run and the study."""
+        name = "paired t-test" if self.test == "t" else "Wilcoxon signed-rank test"
+        return (f"racing: prompts in chunks of {self.chunk}; from {self.min_prompts} prompts "
+                f"on, a trial whose one-sided {name} against the rung's best says worse at "
+                f"level {self.level:g} stops drawing ({self.looks(n_prompts)} look(s) per "
+                f"rung of {n_prompts} prompts)")
+
+
+def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bool
+                 ) -> Racing | None:
+    """``racing``, or None without it. Raises ``ConfigError`` naming the key: racing needs
+    the single objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of
+    at least 4 and below the number of held-out prompts (else it never decides)."""
+    if not root.has("racing"):
+        return None
+    section = root.sub("racing")
+    section.allow_only(("chunk", "min_prompts", "test", "level"))
+    if multi_objective or metric != "clip_score":
+        raise root.error(f"races on the held-out prompts' CLIP-T, so it needs the single "
+                         f"objective clip_score (the metric is {metric}"
+                         f"{' among several' if multi_objective else ''}); drop racing",
+                         "racing")
+    racing = Racing(
+        chunk=section.integer("chunk", DEFAULT_CHUNK, minimum=1),
+        min_prompts=section.integer("min_prompts", DEFAULT_MIN_PROMPTS,
+                                    minimum=MIN_DECISION_PROMPTS),
+        test=section.string("test", "t", TESTS),
+        level=section.number("level", DEFAULT_LEVEL, above=0, maximum=0.5),
+    )
+    if racing.min_prompts >= n_prompts:
+        raise section.error(f"must be below the number of held-out prompts ({n_prompts}), or "
+                            f"racing never decides (got {racing.min_prompts})", "min_prompts")
+    return racing
+
+
+def parse_rung_prompts(section: Section, n_prompts: int) -> int | None:
+    """``early_terminate.rung_prompts``: None, or a number of prompts from 4 to below the
+    number of held-out prompts (at ASHA-only rungs; ``ConfigError`` naming the key else)."""
+    value = section.integer("rung_prompts", None, minimum=MIN_DECISION_PROMPTS)
+    if value is not None and value >= n_prompts:
+        raise section.error(f"must be below the number of held-out prompts ({n_prompts}); "
+                            f"leave it out to score them all (got {value})", "rung_prompts")
+    return value
