@@ -184,13 +184,12 @@ def describe_lines(sweep: Sweep, forecast: cost.Forecast, rate: cost.Throughput 
              f"{sweep.data.resolution} px: a training sample = {cost.TRAIN_PASSES_PER_SAMPLE:g} "
              f"(forward + backward), an image = {e.inference_steps} sampler steps{guided} = "
              f"{f.passes_per_image:g}; {f.images_per_rung} images a rung"]
-    arms = [("with ASHA", f.asha, "ideal successive halving: an estimate"),
-            ("no early stop", f.full, "every trial to its last step")]
-    for label, work, note in arms:
+    arms = [("with ASHA", f.asha, f.rungs[1], "ideal successive halving: an estimate"),
+            ("no early stop", f.full, f.rungs[0], "every trial to its last step")]
+    for label, work, rungs, note in arms:
         if work is not None:
             lines.append(f"    {label:<14}{_split(f.passes(work), _count)}; "
-                         f"{work.steps:,.0f} steps, {work.images / f.images_per_rung:,.0f} "
-                         f"rungs ({note})")
+                         f"{work.steps:,.0f} steps, {rungs or 0:,.0f} rungs ({note})")
     if f.racing is not None:
         lines.append(f"    racing        {_split(f.passes(f.racing), _count)}: its bound, if "
                      "it stopped every trial ASHA stops, at its first look; the sweep lies "
@@ -219,7 +218,7 @@ def record(study: optuna.Study, sweep: Sweep, forecast: cost.Forecast,
     seconds = None if rate is None else rate.seconds(passes)
     study.set_user_attr(RECORD_KEY, {
         "trials": f.trials, "steps": f.planned.steps,
-        "rungs": f.planned.images / f.images_per_rung,
+        "rungs": f.rungs[1] if f.asha is not None else f.rungs[0],
         "arm": "ideal successive halving" if f.asha is not None else "no early stopping",
         "samples_per_step": f.samples_per_step, "passes_per_image": f.passes_per_image,
         "passes": vars(passes), "seconds": None if seconds is None else vars(seconds),

@@ -127,9 +127,19 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
                   for k, v in params.items()]
         lines.append("")
     rungs = attrs.get("score_per_rung") or {}
+    subset = attrs.get("subset_rungs") or {}  # ASHA-only rungs that scored a prompt subset
     if rungs:
-        lines += ["Score per rung: " + ", ".join(f"step {s}: {_fmt(v, '.2f')}"
-                                                 for s, v in rungs.items()), ""]
+        lines += ["Score per rung: " + ", ".join(
+            f"step {s}: {_fmt(v, '.2f')}" + (f" ({subset[s]} prompts)" if s in subset else "")
+            for s, v in rungs.items()), ""]
+    raced = attrs.get("raced")
+    if raced:
+        lines += [f"**Stopped by racing** at step {raced.get('step')} after "
+                  f"{raced.get('n')} of {raced.get('prompts_total')} prompts: Δ "
+                  f"{_fmt(raced.get('delta'), '+.4f')} ± {_fmt(raced.get('stderr'))} against "
+                  f"trial {raced.get('reference_trial')}'s rung on the same prompts (one-sided "
+                  f"{raced.get('test')}, p {_fmt(raced.get('p_value'), '.3g')} < "
+                  f"{raced.get('level')}); partial score {_fmt(raced.get('clip_score'))}.", ""]
     if attrs.get("control_score") is not None:
         feasible = attrs.get("constraints")
         verdict = "" if not feasible else (

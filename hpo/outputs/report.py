@@ -57,6 +57,10 @@ def trial_score(study: optuna.Study, trial: FrozenTrial) -> float | None:
     if trial.values:  # with several objectives: the first (the one ASHA stops on)
         return float(trial.values[0])
     values = [v for v in trial.intermediate_values.values() if v is not None and math.isfinite(v)]
+    subset = {int(s) for s in trial.user_attrs.get("subset_rungs") or {}}
+    full = [v for s, v in trial.intermediate_values.items()
+            if s not in subset and v is not None and math.isfinite(v)]
+    values = full or values  # a prompt subset's score only when the trial has nothing else
     if not values:
         return None
     return max(values) if _maximize(study) else min(values)
@@ -226,7 +230,8 @@ FIGURES: list[tuple[str, str, Callable[[optuna.Study], go.Figure]]] = [
     ("Parallel coordinates", "Parameters of every COMPLETE trial, coloured by score.",
      parallel_figure),
     ("Score vs step", "Every trial's score at each rung (intermediate values); PRUNED trials "
-     "were stopped early by ASHA.", steps_figure),
+     "were stopped early by ASHA or by racing (a raced rung's partial score is not shown).",
+     steps_figure),
     ("Score vs cost", "Each trial's best score against its compute cost.", cost_figure),
     ("Per-prompt score vs baseline", "Which held-out prompts each LoRA helps (blue) or hurts "
      "(red) against the base model without LoRA, same seeds.", heatmap_figure),

@@ -4,6 +4,7 @@
 :mod:`~hpo.sweep.objectives` reads objectives and the winner rule; :mod:`~hpo.sweep.space` turns
 parameters into Optuna's define-by-run space and samplers; :mod:`~hpo.sweep.fidelity` decides
 whether steps are a fidelity; :mod:`~hpo.sweep.holdout` records the held-out images;
-:mod:`~hpo.sweep.cost` counts what the sweep will spend, in UNet sample-passes. Imports only
+:mod:`~hpo.sweep.cost` counts what the sweep will spend, in UNet sample-passes;
+:mod:`~hpo.sweep.racing` reads racing and prompts as a fidelity. Imports only
 ``trials.config``, ``trials.validation`` and ``trials.data`` (pure data, no Ray).
 """

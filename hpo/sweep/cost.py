@@ -216,6 +216,8 @@ class Forecast:
     full: Work  # no early stopping
     asha: Work | None  # ideal successive halving; None when the sweep has no early stopping
     racing: Work | None = None  # racing's bound (module docstring); None without racing
+    # Rungs scored (a prompt-subset rung counts as one), per arm: full, asha
+    rungs: tuple[float, float | None] = (0.0, None)
 
     @property
     def planned(self) -> Work:
@@ -277,7 +279,19 @@ def forecast(sweep: Sweep, steps: StepsPlan, trials: int) -> Forecast:
         full=_arm(sweep, steps, n, early_stop=False),
         asha=_arm(sweep, steps, n, early_stop=True) if sweep.early_terminate else None,
         racing=_arm(sweep, steps, n, early_stop=True, raced=True)
-        if sweep.early_terminate and sweep.racing else None)
+        if sweep.early_terminate and sweep.racing else None,
+        rungs=_rung_counts(sweep, steps, n))
+
+
+def _rung_counts(sweep: Sweep, steps: StepsPlan, trials: int) -> tuple[float, float | None]:
+    """Rungs scored without early stopping and with ASHA, each counted once (the image count
+    of an arm with a prompt subset is no multiple of a full rung's)."""
+    et = sweep.early_terminate
+    whole = replace(sweep, early_terminate=None if et is None else replace(et, rung_prompts=None))
+    per_rung = rung_images(sweep)
+    full = _arm(whole, steps, trials, early_stop=False).images / per_rung
+    asha = _arm(whole, steps, trials, early_stop=True).images / per_rung if et else None
+    return full, asha
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,13 @@ def test_dry_run_lines_for_the_hyundai_sweep_at_a_stated_rate(tmp_path: Path) ->
     assert lines[0].startswith("  cost           20 trials, in UNet sample-passes at 512 px: a "
                                "training sample = 3 (forward + backward), an image = 30 sampler "
                                "steps x 2 (guidance 7.5) = 60; 208 images a rung")
-    assert "with ASHA     training 103 k, evaluation 599 k" in text  # control prompts too
+    # control prompts too; rung 200 (ASHA's alone) on 13 prompts and their 13 control twins
+    assert "with ASHA     training 103 k, evaluation 474 k" in text
     assert "8,600 steps, 43 rungs (ideal successive halving: an estimate)" in text
-    assert "racing" not in text  # hyundai.yaml as shipped here does not race
-    # (103,200 + 599,040 passes) / 92.8 per second = 2.10 GPU-hours, 85 % evaluation
-    assert "  time           about 2.1 GPU-hours (3.89 GPU-hours without early stopping), " \
-           "85 % of it drawing images" in text
+    assert "racing        training 103 k, evaluation 365 k" in text and "its bound" in text
+    # (103,200 + 473,520 passes) / 92.8 per second = 1.73 GPU-hours, 82 % evaluation
+    assert "  time           about 1.73 GPU-hours (3.89 GPU-hours without early stopping), " \
+           "82 % of it drawing images" in text
 
 
 def test_the_cpu_dry_run_times_this_machine_and_writes_nothing(offline_sweep, capsys) -> None:

@@ -234,3 +234,14 @@ def test_study_note_names_the_confirmed_winner_not_the_search_best() -> None:
     assert note.startswith(f"## {study.study_name}")
     assert "**Winner: trial 2**, confirmed on fresh seeds (seed 7)" in note
     assert "Baseline (base model without LoRA)" in note
+
+
+def test_a_raced_trials_note_says_what_stopped_it() -> None:
+    attrs = {"score_per_rung": {"15": 52.0, "30": 55.5}, "subset_rungs": {"15": 16},
+             "raced": {"step": 45, "n": 24, "prompts_total": 48, "delta": -6.5,
+                       "stderr": 1.9, "p_value": 0.0011, "test": "t", "level": 0.01,
+                       "reference_trial": 4, "clip_score": 49.0}}
+    note = trial_note(7, TrialState.PRUNED, {"rank": 4}, attrs, [])
+    assert "step 15: 52.00 (16 prompts), step 30: 55.50" in note
+    assert ("**Stopped by racing** at step 45 after 24 of 48 prompts: Δ -6.5000 ± 1.9000 "
+            "against trial 4's rung on the same prompts (one-sided t, p 0.0011 < 0.01)") in note
