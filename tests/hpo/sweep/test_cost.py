@@ -56,15 +56,19 @@ def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
     # milestones 200, 400, 800: 10 stop at 200, 5 at 400, 2 at 800 (ceil(20/8) = 3 go on)
     assert f.asha.steps == 10 * 200 + 5 * 400 + 2 * 800 + 3 * 1000
     assert f.rungs[1] == 10 * 1 + 5 * 2 + 2 * 4 + 3 * 5
-    assert f.passes_per_image == 60 and f.images_per_rung == (26 + 26) * 4  # with control
-    # rung 200 is ASHA's alone: 13 of the 26 prompts (early_terminate.rung_prompts), with
-    # their 13 control twins; every other rung draws all 208 images
-    subset = (13 + 13) * 4
-    # 20 trials at 200, 10 at 400, 5 at 600 and 800, 3 at 1000
-    assert f.asha.images == 20 * subset + 10 * 208 + 5 * 2 * 208 + 3 * 208
+    assert f.asha.images / f.images_per_rung == f.rungs[1]
     p = f.passes(f.asha)
+    assert f.passes_per_image == 60 and f.images_per_rung == (26 + 26) * 4  # with control
     assert p.training == 8600 * 4 * 3
-    assert p.eval_share == pytest.approx(p.evaluation / (p.evaluation + 103_200))
+    assert p.eval_share == pytest.approx(0.853, abs=0.001)  # control prompts double the images
+    # rung 200 is ASHA's alone: with rung_prompts 13 it draws 13 of the 26 prompts and their
+    # 13 control twins; every other rung draws all 208 images; the rungs count the same
+    subset = (13 + 13) * 4
+    half = replace(sweep, early_terminate=replace(sweep.early_terminate, rung_prompts=13))
+    g = cost.forecast(half, plan_steps(half), trials=20)
+    # 20 trials at 200, 10 at 400, 5 at 600 and 800, 3 at 1000
+    assert g.asha.images == 20 * subset + 10 * 208 + 5 * 2 * 208 + 3 * 208
+    assert g.rungs == f.rungs
 
 
 def test_steps_as_a_dimension_average_over_the_candidates(tmp_path: Path) -> None:
