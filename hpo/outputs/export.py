@@ -26,6 +26,11 @@ from trials.models.lora import WEIGHTS_NAME
 log = logging.getLogger("hpo")
 
 
+# EvalSpec fields that are no eval keys of a file: the prompts' text (the file names them) and
+# what a racing sweep sets on its trials (hpo.sweep.racing); best.yaml reruns one LoRA at once.
+SWEEP_ONLY_EVAL = ("prompt_list", "chunk_prompts", "subset_rungs", "subset_prompts")
+
+
 class _Dumper(yaml.SafeDumper):
     """Writes multi-line strings (the reference command) as readable ``|`` blocks."""
 
@@ -156,7 +161,7 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
         "model": _plain(asdict(sweep.model)),
         "data": {k: v for k, v in _plain(asdict(sweep.data)).items() if v is not None},
         "train": _plain(asdict(sweep.train)),
-        "eval": {k: v for k, v in _plain(asdict(sweep.eval)).items() if k != "prompt_list"},
+        "eval": {k: v for k, v in _plain(asdict(sweep.eval)).items() if k not in SWEEP_ONLY_EVAL},
         "metric": {"name": sweep.metric, "goal": sweep.goal},
         "parameters": {name: {"value": value} for name, value in values.items()},
         "result": {

@@ -18,6 +18,7 @@ from hpo.run import main as run_main
 from hpo.sweep.spec import load_sweep
 from hpo.verdict.winner import best_trial
 from tests.sweep_files import TEST_PROMPTS, write_sweep
+from trials.config import load_trial_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,11 @@ def test_raced_trials_are_pruned_with_their_partial_rung(racing_sweep) -> None:
             assert t.user_attrs["subset_rungs"] == {"4": 6}
     doc = yaml.safe_load((out / "best.yaml").read_text())
     assert doc["result"]["trial"] == winner.number
+    # best.yaml reruns the LoRA without racing: no sweep-only eval keys, and it loads
+    assert not {"chunk_prompts", "subset_rungs", "subset_prompts"} & set(doc["eval"])
+    config = load_trial_config(out / "best.yaml", {}, output_dir=out / "rerun",
+                               cache_dir=out / "cache")
+    assert config.eval.chunk_prompts is None and config.eval.subset_rungs == ()
     # the dry run states the test, the level and the looks
     sweep = load_sweep(sweep_file)
     assert "level 0.45" in sweep.racing.describe(TEST_PROMPTS)

@@ -55,7 +55,7 @@ def test_wandb_offline_run_holds_params_rungs_images_and_state(tmp_path, monkeyp
     observer.trial_finished(trial, TrialState.PRUNED, {"best_step": 8, "cpu_seconds": 3.5})
     assert not observer.broken
     [run_dir] = list((tmp_path / "study" / "wandb").glob("offline-run-*"))
-    records = _wandb_records(next(run_dir.glob("run-*.wandb")))
+    records = _settled_records(next(run_dir.glob("run-*.wandb")))
 
     def items(updates) -> dict:
         return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in updates}
@@ -72,6 +72,23 @@ def test_wandb_offline_run_holds_params_rungs_images_and_state(tmp_path, monkeyp
             summary.update(items(r.summary.update))
     assert summary["state"] == "PRUNED" and summary["cpu_seconds"] == 3.5
     assert len(list((run_dir / "files" / "media" / "images").glob("samples_*.png"))) == 2
+
+
+def _settled_records(path: Path, timeout: float = 30.0) -> list:
+    """The offline file's records once its run and final summary are in it: W&B's service
+    process writes the file, and under load it has been seen to lag ``run.finish()`` (the
+    run record missing when read at once, present when the test ran alone)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        has_run = any(r.HasField("run") for r in records)
+        has_state = any(r.HasField("summary") and any(i.key == "state" for i in r.summary.update)
+                        for r in records)
+        if (has_run and has_state) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def _wandb_records(path: Path) -> list:
