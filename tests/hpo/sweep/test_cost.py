@@ -28,7 +28,7 @@ def test_image_counts_and_passes_come_from_the_eval_settings(tmp_path: Path) -> 
     # 48 held-out prompts and their 48 control prompts (preservation), 2 images each
     assert cost.rung_images(demo) == (48 + 48) * 2
     assert cost.passes_per_image(demo) == 4 * 2  # guidance 5: the UNet runs twice a step
-    assert cost.confirmation_images(demo) == (3 + 1) * 96 * 2  # top 3 and the base model
+    assert cost.confirmation_images(demo) == (3 + 1) * 96 * 4  # top 3 and the base, 4 each
     plain = _sweep(tmp_path, **{"eval.guidance_scale": 1.0, "eval.width": 64,
                                 "eval.height": 32, "confirm.top_k": 0})
     assert cost.passes_per_image(plain) == 4 * 2  # no guidance, but twice the pixels of 32x32
@@ -46,7 +46,7 @@ def test_the_demo_forecast_is_ideal_halving_against_every_trial_to_60_steps() ->
     passes = f.passes(f.planned)
     assert passes.training == 600 * 2 * 3  # batch 2 x accumulation 1, 3 passes a sample
     assert passes.rungs == 40 * 192 * 8
-    assert passes.baseline == 192 * 8 and passes.confirmation == 4 * 192 * 8
+    assert passes.baseline == 192 * 8 and passes.confirmation == 4 * 384 * 8
     assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 3600))
 
 
