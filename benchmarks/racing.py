@@ -55,18 +55,25 @@ from benchmarks.common import (
     write_sweep,
 )
 
-ARMS = ("fixed", "racing")
 # The racing arm's sweep-file changes (hpo.sweep.racing): a decision after every 8 prompts
 # from 16 on (4 looks on the demo's 48 prompts) at level 0.01 each, and ASHA's rung 15 (its
 # alone: 30, 45 and 60 are candidate step counts) on 16 prompts.
 RACING = {"racing": {"chunk": 8, "min_prompts": 16, "test": "t", "level": 0.01},
           "early_terminate": {"rung_prompts": 16}}
+# Every arm the benchmark knows (--arms), by its sweep-file changes to sweeps/tiny.yaml; the
+# first two are the issue's comparison, the others take racing apart (which half costs what).
+ARM_CHANGES: dict[str, dict[str, Any]] = {
+    "fixed": {},
+    "racing": RACING,
+    "racing-only": {"racing": RACING["racing"]},
+    "subset-only": {"early_terminate": RACING["early_terminate"]},
+}
+ARMS = ("fixed", "racing")
 TABLE = REPO / "benchmarks" / "search_pipeline_table.json"
 
 
 def overrides(arm: str, seed: int) -> dict[str, Any]:
-    changes: dict[str, Any] = {"method": {"type": "tpe", "seed": seed}}
-    return {**changes, **RACING} if arm == "racing" else changes
+    return {"method": {"type": "tpe", "seed": seed}, **ARM_CHANGES[arm]}
 
 
 def sweep_compute(study: optuna.Study, sweep_file: Path) -> dict[str, Any]:
@@ -134,24 +141,35 @@ def winner(study: optuna.Study, runs: Path, name: str) -> dict[str, Any]:
             "delta_vs_baseline": (result.get("confirmation") or {}).get("delta_vs_baseline")}
 
 
-def run_arms(seeds: list[int], trials: int) -> list[dict[str, Any]]:
+def run_arm(arm: str, seed: int, trials: int, folder: Path) -> dict[str, Any]:
+    """One sweep of ``arm`` with TPE seed ``seed``, run in ``folder``; its row."""
+    file = write_sweep(folder, TINY_SWEEP, overrides(arm, seed))
+    run = run_sweep(file, trials, folder / "runs")
+    name = "tiny-demo"
+    study = optuna.load_study(
+        study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
+    row = {"arm": arm, "seed": seed, "wall_seconds": run.wall_seconds,
+           **sweep_compute(study, file), "winner": winner(study, folder / "runs", name)}
+    print(f"{arm} seed {seed}: passes {row['passes']['total']:,.0f}, eval share "
+          f"{row['eval_share']:.2f}, raced {row['raced']}, winner "
+          f"{row['winner'].get('trial')} {row['winner'].get('confirmed')}", flush=True)
+    return row
+
+
+def run_arms(seeds: list[int], trials: int, arms: tuple[str, ...] = ARMS,
+             keep: Path | None = None) -> list[dict[str, Any]]:
+    """Every arm for every seed, one after the other; ``keep``: the folder to keep each
+    sweep's files in (``<arm>-seed<seed>/``; a temporary folder each, deleted, without it)."""
     rows = []
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
+            if keep is not None:
+                folder = keep / f"{arm}-seed{seed}"
+                folder.mkdir(parents=True, exist_ok=False)
+                rows.append(run_arm(arm, seed, trials, folder))
+                continue
             with tempfile.TemporaryDirectory(prefix=f"racing-{arm}-") as tmp:
-                file = write_sweep(Path(tmp), TINY_SWEEP, overrides(arm, seed))
-                run = run_sweep(file, trials, Path(tmp) / "runs")
-                name = "tiny-demo"
-                study = optuna.load_study(
-                    study_name=name, storage=f"sqlite:///{Path(tmp) / 'runs' / name / 'optuna.db'}")
-                row = {"arm": arm, "seed": seed, "wall_seconds": run.wall_seconds,
-                       **sweep_compute(study, file),
-                       "winner": winner(study, Path(tmp) / "runs", name)}
-                rows.append(row)
-                print(f"{arm} seed {seed}: passes {row['passes']['total']:,.0f}, eval share "
-                      f"{row['eval_share']:.2f}, raced {row['raced']}, winner "
-                      f"{row['winner'].get('trial')} {row['winner'].get('confirmed')}",
-                      flush=True)
+                rows.append(run_arm(arm, seed, trials, Path(tmp)))
     return rows
 
 
@@ -161,8 +179,10 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     for seed in sorted({r["seed"] for r in rows}):
-        fixed = next(r for r in rows if r["seed"] == seed and r["arm"] == "fixed")
-        raced = next(r for r in rows if r["seed"] == seed and r["arm"] == "racing")
+        fixed = next((r for r in rows if r["seed"] == seed and r["arm"] == "fixed"), None)
+        raced = next((r for r in rows if r["seed"] == seed and r["arm"] == "racing"), None)
+        if fixed is None or raced is None:
+            continue
         paired = paired_or_none(raced["winner"].get("per_prompt"),
                                 fixed["winner"].get("per_prompt"))
         out.append({
@@ -273,12 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--sims", type=int, default=5000, help="simulated sweeps on the table")
     p.add_argument("--sim-trials", type=int, default=20)
+    p.add_argument("--arms", nargs="+", choices=sorted(ARM_CHANGES), default=list(ARMS),
+                   help="the arms to run (--record needs fixed and racing)")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep each sweep's files in DIR/<arm>-seed<seed>/ (a new folder)")
     p.add_argument("--record", action="store_true",
                    help="write benchmarks/results.json and BENCHMARKS.md")
     args = p.parse_args(argv)
+    if args.record and not {"fixed", "racing"} <= set(args.arms):
+        p.error("--record compares the fixed and racing arms: keep both in --arms")
     load = os.getloadavg()
     sim = simulate_table(args.sims, args.sim_trials)
-    rows = run_arms(args.seeds, args.trials) if args.seeds else []
+    rows = run_arms(args.seeds, args.trials, tuple(args.arms), args.keep) if args.seeds else []
     pairs = compare(rows)
     text = tables(rows, pairs, sim)
     print(text)
