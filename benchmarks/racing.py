@@ -67,6 +67,8 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "racing": RACING,
     "racing-only": {"racing": RACING["racing"]},
     "subset-only": {"early_terminate": RACING["early_terminate"]},
+    "racing-cutoff": {"racing": {**RACING["racing"], "against": "cutoff"},
+                      "early_terminate": RACING["early_terminate"]},
 }
 ARMS = ("fixed", "racing")
 TABLE = REPO / "benchmarks" / "search_pipeline_table.json"
@@ -84,11 +86,16 @@ def sweep_compute(study: optuna.Study, sweep_file: Path) -> dict[str, Any]:
     sweep = load_sweep(sweep_file)
     per_image = cost.passes_per_image(sweep)
     t = sweep.train
-    per_step = t.train_batch_size * t.gradient_accumulation_steps * cost.TRAIN_PASSES_PER_SAMPLE
+    samples = t.train_batch_size * t.gradient_accumulation_steps
     trials = study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
         optuna.trial.TrialState.FAIL))
     steps = sum(int(tr.user_attrs.get("last_step") or 0) for tr in trials)
+    # each trial's own remedy: preservation's passes (hpo.sweep.cost.PRESERVATION_PASSES)
+    train_passes = sum(int(tr.user_attrs.get("last_step") or 0) * samples
+                       * cost.train_passes_per_sample(tr.params.get("preservation",
+                                                                    sweep.preservation.method))
+                       for tr in trials)
     images = sum(int(tr.user_attrs.get("images_drawn") or 0) for tr in trials)
     attrs = study.user_attrs
     confirm_images = 0
@@ -98,7 +105,7 @@ def sweep_compute(study: optuna.Study, sweep_file: Path) -> dict[str, Any]:
             confirm_images += int(record["n_images"]) + len(control) * int(
                 record.get("images_per_prompt") or sweep.confirm.images_per_prompt)
     baseline_images = cost.rung_images(sweep)
-    passes = {"training": steps * per_step, "rungs": images * per_image,
+    passes = {"training": train_passes, "rungs": images * per_image,
               "baseline": baseline_images * per_image, "confirmation": confirm_images * per_image}
     passes["evaluation"] = passes["rungs"] + passes["baseline"] + passes["confirmation"]
     passes["total"] = passes["training"] + passes["evaluation"]
@@ -110,19 +117,30 @@ def sweep_compute(study: optuna.Study, sweep_file: Path) -> dict[str, Any]:
             "seconds": seconds, "steps": steps, "rung_images": images,
             "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
             "raced": sum(1 for tr in trials if tr.user_attrs.get("raced")),
-            "forecast_error": forecast_error(attrs.get("cost_forecast"), got)}
+            "forecast_error": forecast_error(attrs.get("cost_forecast"), got, passes)}
 
 
-def forecast_error(plan: dict[str, Any] | None, got: Any) -> dict[str, float] | None:
-    """``|forecast - measured| / measured`` of training and evaluation seconds."""
+def forecast_error(plan: dict[str, Any] | None, got: Any, passes: dict[str, float]
+                   ) -> dict[str, float] | None:
+    """``|forecast - measured| / measured`` of training and evaluation seconds, and of the
+    work counted in passes (what the forecast got wrong in counting, apart from timing); the
+    rate's error is the rest: the seconds each measured pass took against the forecast's."""
     if not plan or not plan.get("seconds"):
         return None
-    ahead = plan["seconds"]
+    ahead, counted = plan["seconds"], plan["passes"]
     f_eval = ahead["rungs"] + ahead["baseline"] + ahead["confirmation"]
+    c_eval = counted["rungs"] + counted["baseline"] + counted["confirmation"]
     m = got.seconds
     return {"training": abs(ahead["training"] - m.training) / m.training,
             "evaluation": abs(f_eval - m.evaluation) / m.evaluation,
-            "eval_share": abs(f_eval / (f_eval + ahead["training"]) - m.eval_share)}
+            "eval_share": abs(f_eval / (f_eval + ahead["training"]) - m.eval_share),
+            "passes_training": abs(counted["training"] - passes["training"])
+            / passes["training"],
+            "passes_evaluation": abs(c_eval - passes["evaluation"]) / passes["evaluation"],
+            # forecast seconds per pass / measured seconds per pass, minus 1
+            "rate_training": (ahead["training"] / counted["training"])
+            / (m.training / passes["training"]) - 1,
+            "rate_evaluation": (f_eval / c_eval) / (m.evaluation / passes["evaluation"]) - 1}
 
 
 def winner(study: optuna.Study, runs: Path, name: str) -> dict[str, Any]:
@@ -150,6 +168,13 @@ def run_arm(arm: str, seed: int, trials: int, folder: Path) -> dict[str, Any]:
         study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
     row = {"arm": arm, "seed": seed, "wall_seconds": run.wall_seconds,
            **sweep_compute(study, file), "winner": winner(study, folder / "runs", name)}
+    if arm == "fixed":  # racing's decisions on this sweep's own path, by each reference
+        from hpo.sweep.spec import load_sweep
+
+        seed_eval = load_sweep(file).eval.seed
+        row["replay"] = {against: replay(study, folder / "runs" / name, against,
+                                         row["winner"].get("trial"), seed_eval)
+                         for against in ("best", "cutoff")}
     print(f"{arm} seed {seed}: passes {row['passes']['total']:,.0f}, eval share "
           f"{row['eval_share']:.2f}, raced {row['raced']}, winner "
           f"{row['winner'].get('trial')} {row['winner'].get('confirmed')}", flush=True)
@@ -173,35 +198,96 @@ def run_arms(seeds: list[int], trials: int, arms: tuple[str, ...] = ARMS,
     return rows
 
 
+def replay(study: optuna.Study, run_dir: Path, against: str, winner_trial: int | None,
+           eval_seed: int) -> dict[str, Any]:
+    """Racing replayed on a fixed-evaluation sweep's own rungs (module docstring, part 1b).
+
+    Every rung the trials reported to Ray (``result.json``: per-prompt scores, constraints) is
+    taken in the order it was reported; the referee (:class:`~hpo.verdict.racing.
+    RungReferences`, :data:`RACING`'s test, ``against`` the rung's best or ASHA's cutoff at
+    the demo's factor 2) decides at each look whether it would have stopped that trial there,
+    and then records the full rung either way, so the sweep's path stays the fixed one: what
+    racing's decisions alone would have done, apart from the different path TPE and ASHA take
+    once a trial is stopped. Returns the stops, whether one was the fixed sweep's confirmed
+    winner (before its best rung), and the share of the rungs' prompts racing would have
+    drawn."""
+    from hpo.sweep.racing import Racing
+    from hpo.verdict.preservation import is_feasible
+    from hpo.verdict.racing import RungReferences
+    from trials.eval.evaluator import prompt_order
+
+    by_id = {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
+    events = []
+    for file in sorted((run_dir / "ray").glob("**/result.json")):
+        for line in file.read_text().splitlines():
+            r = json.loads(line)
+            trial = by_id.get(r.get("trial_id"))
+            if trial is not None and r.get("per_prompt"):
+                events.append((r["timestamp"], trial.number, int(r["step"]), r["per_prompt"],
+                               is_feasible(r.get("constraints")) is not False))
+    events.sort(key=lambda e: (e[0], e[1]))
+    settings = RACING["racing"]
+    racing = Racing(**settings, against=against, keep_fraction=0.5 if against == "cutoff"
+                    else None)
+    refs = RungReferences(racing)
+    n = len(events[0][3]) if events else 0
+    order = prompt_order(n, eval_seed)  # the order the trials draw in (same eval.seed)
+    stops, drawn, total = [], 0, 0
+    best_step = (study.trials[winner_trial].user_attrs.get("best_step")
+                 if winner_trial is not None else None)
+    winner_stopped = False
+    for _, number, step, per_prompt, usable in events:
+        used = len(per_prompt)
+        for end in range(racing.chunk, len(per_prompt), racing.chunk):
+            places = order[:end]
+            decision = refs.decide(step, places, [per_prompt[i] for i in places])
+            if decision is not None:
+                used = end
+                stops.append({"trial": number, "step": step, "prompts": end,
+                              "delta": decision["delta"],
+                              "reference": decision["reference_trial"]})
+                if number == winner_trial and best_step is not None and step <= best_step:
+                    winner_stopped = True
+                break
+        drawn += used
+        total += len(per_prompt)
+        refs.record(step, number, per_prompt, None, usable)
+    return {"against": against, "stops": stops, "winner_stopped": winner_stopped,
+            "prompts_drawn_fraction": drawn / total if total else None}
+
+
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per seed: racing's compute as a fraction of fixed, and the paired winner difference."""
+    """Per seed and arm: its compute as a fraction of the fixed arm's, and the paired
+    difference of the two arms' confirmed winners."""
     from hpo.verdict.paired import paired_or_none
 
     out = []
     for seed in sorted({r["seed"] for r in rows}):
         fixed = next((r for r in rows if r["seed"] == seed and r["arm"] == "fixed"), None)
-        raced = next((r for r in rows if r["seed"] == seed and r["arm"] == "racing"), None)
-        if fixed is None or raced is None:
-            continue
-        paired = paired_or_none(raced["winner"].get("per_prompt"),
-                                fixed["winner"].get("per_prompt"))
-        out.append({
-            "seed": seed,
-            "compute_fraction": raced["passes"]["total"] / fixed["passes"]["total"],
-            "eval_fraction": raced["passes"]["evaluation"] / fixed["passes"]["evaluation"],
-            "seconds_fraction": raced["seconds"]["total"] / fixed["seconds"]["total"],
-            "eval_share_fixed": fixed["eval_share"], "eval_share_racing": raced["eval_share"],
-            "winners": [fixed["winner"].get("trial"), raced["winner"].get("trial")],
-            "winner_delta": None if paired is None else paired.delta,
-            "winner_stderr": None if paired is None else paired.stderr,
-            "winner_p": None if paired is None else paired.p_value,
-            "same_winner": None if paired is None else not paired.distinguishable(),
-        })
+        for raced in (r for r in rows if r["seed"] == seed and r["arm"] != "fixed"):
+            if fixed is None:
+                continue
+            paired = paired_or_none(raced["winner"].get("per_prompt"),
+                                    fixed["winner"].get("per_prompt"))
+            out.append({
+                "seed": seed, "arm": raced["arm"],
+                "compute_fraction": raced["passes"]["total"] / fixed["passes"]["total"],
+                "eval_fraction": raced["passes"]["evaluation"] / fixed["passes"]["evaluation"],
+                "seconds_fraction": raced["seconds"]["total"] / fixed["seconds"]["total"],
+                "eval_share_fixed": fixed["eval_share"], "eval_share_racing": raced["eval_share"],
+                "winners": [fixed["winner"].get("trial"), raced["winner"].get("trial")],
+                "winner_delta": None if paired is None else paired.delta,
+                "winner_stderr": None if paired is None else paired.stderr,
+                "winner_p": None if paired is None else paired.p_value,
+                "same_winner": None if paired is None else not paired.distinguishable(),
+            })
     return out
 
 
-def simulate_table(n_sims: int, sweep_trials: int, seed: int = 0) -> dict[str, Any]:
-    """Racing replayed on the 72-configuration table (module docstring, part 2)."""
+def simulate_table(n_sims: int, sweep_trials: int, seed: int = 0,
+                   settings: dict[str, Any] = RACING["racing"]) -> dict[str, Any]:
+    """Racing replayed on the 72-configuration table (module docstring, part 2); ``against:
+    cutoff`` takes ASHA's reduction factor 2 (the demo's)."""
     from hpo.sweep.racing import Racing
     from hpo.verdict.racing import RungReferences
 
@@ -209,7 +295,8 @@ def simulate_table(n_sims: int, sweep_trials: int, seed: int = 0) -> dict[str, A
     configs = [(key, row["per_prompt"]) for key, row in rows.items() if row.get("per_prompt")]
     ranked = sorted(configs, key=lambda kv: -sum(kv[1]) / len(kv[1]))
     top3 = {key for key, _ in ranked[:3]}
-    racing = Racing(**RACING["racing"])
+    racing = Racing(**settings, keep_fraction=0.5 if settings.get("against") == "cutoff"
+                    else None)
     rng = random.Random(seed)
     n_prompts = len(configs[0][1])
     sweeps_with_top3 = sweeps_stopping_top3 = stopped = drawn = total = 0
@@ -266,12 +353,13 @@ def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[st
             f"{p['evaluation']:,.0f} / {p['total']:,.0f} | {r['eval_share']:.2f} | "
             f"{r['seconds']['total']:.0f} | {_f(fe.get('training'))} / "
             f"{_f(fe.get('evaluation'))} | {w.get('trial')} ({_f(w.get('confirmed'))}) |")
-    lines += ["", "| seed | racing / fixed: compute (passes) | evaluation | trial seconds | "
-              "winners fixed, racing | racing winner - fixed winner, fresh seeds (p) | same "
+    lines += ["", "| seed | arm / fixed: compute (passes) | evaluation | trial seconds | "
+              "winners fixed, arm | arm's winner - fixed winner, fresh seeds (p) | same "
               "winner |", "|---|---|---|---|---|---|---|"]
     for c in pairs:
         lines.append(
-            f"| {c['seed']} | {c['compute_fraction']:.2f} | {c['eval_fraction']:.2f} | "
+            f"| {c['seed']} | {c['arm']}: {c['compute_fraction']:.2f} | "
+            f"{c['eval_fraction']:.2f} | "
             f"{c['seconds_fraction']:.2f} | {c['winners'][0]}, {c['winners'][1]} | "
             f"{_f(c['winner_delta'], '+.2f')} ± {_f(c['winner_stderr'])} "
             f"(p {_f(c['winner_p'], '.3f')}) | "
@@ -311,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.record:
         return 0
     commit = git_commit()
-    fractions = [c["compute_fraction"] for c in pairs]
+    fractions = [c["compute_fraction"] for c in pairs if c["arm"] == "racing"]
     shares = [r["eval_share"] for r in rows if r["arm"] == "racing"]
     errors = [max(r["forecast_error"]["training"], r["forecast_error"]["evaluation"])
               for r in rows if r["arm"] == "fixed" and r["forecast_error"]]

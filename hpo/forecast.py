@@ -105,6 +105,8 @@ def _cpu_rate(sweep: Sweep, forecast: cost.Forecast, cache_dir: Path
         times = probe.measure(config, torch.device("cpu"), threads)
     except Exception as err:  # a forecast must never stop a sweep; the trials would say more
         return None, f"no seconds: timing a step and an image failed ({type(err).__name__}: {err})"
+    # The probe times a step without preservation's extra passes: its rate is per plain pass,
+    # and the forecast counts preservation's passes (hpo.sweep.cost) at that rate.
     train = forecast.samples_per_step * cost.TRAIN_PASSES_PER_SAMPLE / times.seconds_per_step
     p = config.params
     source = (f"measured here just now ({times.seconds:.1f} s, {threads} thread(s), rank "
@@ -175,14 +177,22 @@ def _split(split: cost.Split, show) -> str:
             f"{show(split.confirmation)}): {100 * split.eval_share:.0f} % drawing images")
 
 
+def _sample(f: cost.Forecast) -> str:
+    plain = cost.TRAIN_PASSES_PER_SAMPLE
+    if f.train_passes_per_sample == plain:
+        return f"{plain:g} (forward + backward)"
+    return (f"{f.train_passes_per_sample:g} (forward + backward {plain:g}, + preservation's "
+            "remedy: prior 3, dop 4; a searched one averaged)")
+
+
 def describe_lines(sweep: Sweep, forecast: cost.Forecast, rate: cost.Throughput | None,
                    why: str) -> list[str]:
     """The dry run's cost lines."""
     f, e = forecast, sweep.eval
     guided = f" x 2 (guidance {e.guidance_scale:g})" if e.guidance_scale > 1 else ""
     lines = [f"  cost           {f.trials} trials, in UNet sample-passes at "
-             f"{sweep.data.resolution} px: a training sample = {cost.TRAIN_PASSES_PER_SAMPLE:g} "
-             f"(forward + backward), an image = {e.inference_steps} sampler steps{guided} = "
+             f"{sweep.data.resolution} px: a training sample = {_sample(f)}, an image = "
+             f"{e.inference_steps} sampler steps{guided} = "
              f"{f.passes_per_image:g}; {f.images_per_rung} images a rung"]
     arms = [("with ASHA", f.asha, f.rungs[1], "ideal successive halving: an estimate"),
             ("no early stop", f.full, f.rungs[0], "every trial to its last step")]
@@ -221,6 +231,7 @@ def record(study: optuna.Study, sweep: Sweep, forecast: cost.Forecast,
         "rungs": f.rungs[1] if f.asha is not None else f.rungs[0],
         "arm": "ideal successive halving" if f.asha is not None else "no early stopping",
         "samples_per_step": f.samples_per_step, "passes_per_image": f.passes_per_image,
+        "train_passes_per_sample": f.train_passes_per_sample,
         "passes": vars(passes), "seconds": None if seconds is None else vars(seconds),
         "device": None if rate is None else rate.device,
         "source": None if rate is None else rate.source,

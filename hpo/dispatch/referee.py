@@ -36,7 +36,8 @@ class Referee:
 
     def references_held(self) -> dict[int, int]:
         """Rung step -> the reference's trial number (for tests and the curious)."""
-        return {step: ref.trial for step, ref in self.references.best.items()}
+        held = {step: self.references.reference(step) for step in self.references.records}
+        return {step: ref.trial for step, ref in held.items() if ref is not None}
 
 
 def start(racing: Racing) -> Any:

@@ -105,6 +105,11 @@ def per_prompt_table(prompts: Sequence[str], scores: Sequence[float] | None,
     return rows
 
 
+def _cutoff(raced: dict[str, Any]) -> str:
+    """Said of a racing stop whose reference was ASHA's cutoff, not the rung's best."""
+    return " (ASHA's cutoff)" if raced.get("against") == "cutoff" else ""
+
+
 def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
                attrs: Mapping[str, Any], prompts: Sequence[str] = (),
                baseline_score: float | None = None,
@@ -137,7 +142,8 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
         lines += [f"**Stopped by racing** at step {raced.get('step')} after "
                   f"{raced.get('n')} of {raced.get('prompts_total')} prompts: Δ "
                   f"{_fmt(raced.get('delta'), '+.4f')} ± {_fmt(raced.get('stderr'))} against "
-                  f"trial {raced.get('reference_trial')}'s rung on the same prompts (one-sided "
+                  f"trial {raced.get('reference_trial')}'s rung{_cutoff(raced)} on the same "
+                  f"prompts (one-sided "
                   f"{raced.get('test')}, p {_fmt(raced.get('p_value'), '.3g')} < "
                   f"{raced.get('level')}); partial score {_fmt(raced.get('clip_score'))}.", ""]
     if attrs.get("control_score") is not None:

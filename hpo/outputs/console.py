@@ -135,7 +135,9 @@ def raced_line(raced: Mapping[str, Any]) -> str:
     return (f"stopped by racing at step {raced.get('step')} after {raced.get('n')} of "
             f"{raced.get('prompts_total')} prompts: Δ {_number(raced.get('delta'), '+.2f')}"
             + (f" ± {stderr}" if stderr else "")
-            + f" vs trial {raced.get('reference_trial')}'s rung (one-sided {raced.get('test')}, "
+            + f" vs trial {raced.get('reference_trial')}'s rung"
+            + (" (ASHA's cutoff)" if raced.get("against") == "cutoff" else "")
+            + f" (one-sided {raced.get('test')}, "
             f"p {_number(raced.get('p_value'), '.2g')} < {raced.get('level')})")
 
 

@@ -8,7 +8,11 @@ A sweep's compute is almost all UNet passes, and their count follows from the sw
   training takes ~6N FLOPs per token against ~2N for the forward pass). With the base weights
   frozen their weight gradients are skipped, so for a LoRA the true ratio lies between 2 and 3;
   ``python -m benchmarks.gpu`` measures it on a GPU. An optimizer step trains
-  ``train_batch_size x gradient_accumulation_steps`` samples;
+  ``train_batch_size x gradient_accumulation_steps`` samples. Preservation's training remedies
+  (``trials.train.preserve``) add to each sample (:data:`PRESERVATION_PASSES`): ``prior``
+  trains a class sample beside it (3 more), ``dop`` runs the base model on the trigger-less
+  caption without gradient (1) and trains that twin (3 more); a searched remedy counts the mean
+  of its listed values;
 - an **evaluation image** counts ``eval.inference_steps`` passes, twice that with
   classifier-free guidance (``guidance_scale > 1``: the pipeline runs the UNet on the prompt
   and on the empty prompt), scaled by its area when ``eval.width x height`` differs from the
@@ -46,6 +50,8 @@ from hpo.sweep.fidelity import StepsPlan, apply, asha_rungs, fidelity_rungs, sub
 from hpo.sweep.spec import INTEGRAL, Sweep
 
 TRAIN_PASSES_PER_SAMPLE = 3.0
+# Passes a preservation remedy adds to each training sample (module docstring).
+PRESERVATION_PASSES = {"none": 0.0, "prior": 3.0, "dop": 4.0}
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,22 @@ def typical_values(sweep: Sweep) -> dict[str, Any]:
                 else (p.low + p.high) / 2
             values[p.name] = round(mid) if p.name in INTEGRAL else mid
     return values
+
+
+def train_passes_per_sample(method: str | None) -> float:
+    """UNet passes of one training sample with preservation remedy ``method`` (None or
+    ``none``: without one). Raises ``KeyError`` for an unknown method."""
+    return TRAIN_PASSES_PER_SAMPLE + PRESERVATION_PASSES[method or "none"]
+
+
+def sweep_train_passes_per_sample(sweep: Sweep) -> float:
+    """A sweep's passes per training sample: its fixed remedy's, or the mean over the values
+    of ``parameters.preservation`` when it is searched (taken as equally likely)."""
+    param = sweep.parameter("preservation")
+    methods = list(param.grid() or ()) if param is not None else []
+    if not methods:
+        methods = [sweep.preservation.method]
+    return sum(train_passes_per_sample(m) for m in methods) / len(methods)
 
 
 def scored_prompts(sweep: Sweep) -> int:
@@ -218,6 +240,8 @@ class Forecast:
     racing: Work | None = None  # racing's bound (module docstring); None without racing
     # Rungs scored (a prompt-subset rung counts as one), per arm: full, asha
     rungs: tuple[float, float | None] = (0.0, None)
+    # UNet passes per training sample, preservation's included (sweep_train_passes_per_sample)
+    train_passes_per_sample: float = TRAIN_PASSES_PER_SAMPLE
 
     @property
     def planned(self) -> Work:
@@ -226,7 +250,7 @@ class Forecast:
 
     def passes(self, work: Work) -> Split:
         image = self.passes_per_image
-        return Split(work.steps * self.samples_per_step * TRAIN_PASSES_PER_SAMPLE,
+        return Split(work.steps * self.samples_per_step * self.train_passes_per_sample,
                      work.images * image, self.baseline_images * image,
                      self.confirmation_images * image)
 
@@ -280,7 +304,8 @@ def forecast(sweep: Sweep, steps: StepsPlan, trials: int) -> Forecast:
         asha=_arm(sweep, steps, n, early_stop=True) if sweep.early_terminate else None,
         racing=_arm(sweep, steps, n, early_stop=True, raced=True)
         if sweep.early_terminate and sweep.racing else None,
-        rungs=_rung_counts(sweep, steps, n))
+        rungs=_rung_counts(sweep, steps, n),
+        train_passes_per_sample=sweep_train_passes_per_sample(sweep))
 
 
 def _rung_counts(sweep: Sweep, steps: StepsPlan, trials: int) -> tuple[float, float | None]:

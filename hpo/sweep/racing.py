@@ -10,6 +10,7 @@ racing:                # optional; without it every rung draws all its prompts a
   min_prompts: 16      # no decision before this many prompts
   test: t              # one-sided paired test against the rung's reference: t | wilcoxon
   level: 0.01          # each decision's significance level
+  against: best        # the reference: the rung's best trial, or ASHA's cutoff there
 
 early_terminate:
   type: asha
@@ -23,6 +24,12 @@ the trial, paired over the prompts drawn so far, with the rung's reference
 (:mod:`hpo.verdict.racing`): a trial significantly worse stops drawing and is stopped early
 (PRUNED), its partial score kept in the study as ``raced``.
 
+``against``: ``best`` (the default) races against the best trial that finished the rung, so it
+also stops trials ASHA would keep (above its cutoff but below the best); ``cutoff`` races
+against the trial at ASHA's cutoff there (the one a ``1 / reduction_factor`` share of the rung's
+trials score above), so it only stops, sooner, what ASHA would stop at the rung's end anyway:
+it saves fewer images and changes the search less. ``cutoff`` needs ``early_terminate``.
+
 ``rung_prompts``: the rungs that only feed ASHA's decisions (its milestones before the step
 counts a sweep may export, ``hpo.sweep.fidelity``) score the first ``rung_prompts`` prompts of
 that order; the rungs where step counts are compared, and the confirmation, score all of them.
@@ -30,11 +37,12 @@ that order; the rungs where step counts are compared, and the confirmation, scor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trials.validation import Section
 
 TESTS = ("t", "wilcoxon")
+AGAINST = ("best", "cutoff")
 DEFAULT_CHUNK = 8
 DEFAULT_MIN_PROMPTS = 16
 # One look's false-stop probability for a trial exactly as good as the reference; a rung of
@@ -51,10 +59,16 @@ class Racing:
     min_prompts: int = DEFAULT_MIN_PROMPTS
     test: str = "t"
     level: float = DEFAULT_LEVEL
+    against: str = "best"
+    # With against=cutoff: the share of a rung's trials ASHA lets go on (1 / reduction_factor).
+    keep_fraction: float | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"chunk": self.chunk, "min_prompts": self.min_prompts, "test": self.test,
-                "level": self.level}
+        out: dict[str, object] = {"chunk": self.chunk, "min_prompts": self.min_prompts,
+                                  "test": self.test, "level": self.level}
+        if self.against != "best":
+            out["against"] = self.against
+        return out
 
     def looks(self, n_prompts: int) -> int:
         """Decisions a rung of ``n_prompts`` prompts can take (after each chunk but the last,
@@ -65,21 +79,24 @@ class Racing:
     def describe(self, n_prompts: int) -> str:
         """One line for the dry run and the study."""
         name = "paired t-test" if self.test == "t" else "Wilcoxon signed-rank test"
+        against = "the rung's best" if self.against == "best" else "ASHA's cutoff at the rung"
         return (f"racing: prompts in chunks of {self.chunk}; from {self.min_prompts} prompts "
-                f"on, a trial whose one-sided {name} against the rung's best says worse at "
+                f"on, a trial whose one-sided {name} against {against} says worse at "
                 f"level {self.level:g} stops drawing ({self.looks(n_prompts)} look(s) per "
                 f"rung of {n_prompts} prompts)")
 
 
-def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bool
-                 ) -> Racing | None:
-    """``racing``, or None without it. Raises ``ConfigError`` naming the key: racing needs
-    the single objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of
-    at least 4 and below the number of held-out prompts (else it never decides)."""
+def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bool,
+                 reduction_factor: int | None = None) -> Racing | None:
+    """``racing``, or None without it. ``reduction_factor``: ASHA's, None without
+    ``early_terminate``. Raises ``ConfigError`` naming the key: racing needs the single
+    objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of at least 4
+    and below the number of held-out prompts (else it never decides), and ``against: cutoff``
+    needs ASHA."""
     if not root.has("racing"):
         return None
     section = root.sub("racing")
-    section.allow_only(("chunk", "min_prompts", "test", "level"))
+    section.allow_only(("chunk", "min_prompts", "test", "level", "against"))
     if multi_objective or metric != "clip_score":
         raise root.error(f"races on the held-out prompts' CLIP-T, so it needs the single "
                          f"objective clip_score (the metric is {metric}"
@@ -91,7 +108,13 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
                                     minimum=MIN_DECISION_PROMPTS),
         test=section.string("test", "t", TESTS),
         level=section.number("level", DEFAULT_LEVEL, above=0, maximum=0.5),
+        against=section.string("against", "best", AGAINST),
     )
+    if racing.against == "cutoff":
+        if reduction_factor is None:
+            raise section.error("cutoff races against ASHA's cutoff, and this sweep has no "
+                                "early_terminate: use best, or add early_terminate", "against")
+        racing = replace(racing, keep_fraction=1.0 / reduction_factor)
     if racing.min_prompts >= n_prompts:
         raise section.error(f"must be below the number of held-out prompts ({n_prompts}), or "
                             f"racing never decides (got {racing.min_prompts})", "min_prompts")

@@ -389,10 +389,6 @@ def load_sweep(path: str | Path) -> Sweep:
 
     train = parse_train(root.sub("train"))
     eval_spec = parse_eval(root.sub("eval"), base)
-    racing = parse_racing(root, len(eval_spec.prompt_list), objectives[0].name,
-                          len(objectives) > 1)
-    if racing is not None:  # the trials draw their rungs in chunks and ask after each
-        eval_spec = replace(eval_spec, chunk_prompts=racing.chunk)
     early = None
     if root.has("early_terminate"):
         et = root.sub("early_terminate")
@@ -403,6 +399,11 @@ def load_sweep(path: str | Path) -> Sweep:
             reduction_factor=et.integer("reduction_factor", 2, minimum=2),
             rung_prompts=parse_rung_prompts(et, len(eval_spec.prompt_list)),
         )
+    racing = parse_racing(root, len(eval_spec.prompt_list), objectives[0].name,
+                          len(objectives) > 1,
+                          None if early is None else early.reduction_factor)
+    if racing is not None:  # the trials draw their rungs in chunks and ask after each
+        eval_spec = replace(eval_spec, chunk_prompts=racing.chunk)
 
     res = root.sub("resources")
     res.allow_only(("gpu_per_trial", "cpu_per_trial", "max_concurrent", "max_retries"))

@@ -9,9 +9,17 @@ held-out prompts: every trial draws them in one shared shuffled order with the s
 (``trials.eval.evaluator.prompt_order``), so a trial's first ``n`` prompt means pair one to one
 with the reference's scores on the same prompts.
 
-**The reference** at a rung (the training step) is the best trial that has scored that rung in
-full (every prompt of its budget), by the mean score; with a preservation requirement, the best
-*feasible* one (a trial that keeps the base model must not be raced out by one that breaks it).
+**The reference** at a rung (the training step), among the trials that have scored that rung in
+full (every prompt of its budget), by the mean score:
+
+- ``against: best``: the best one; with a preservation requirement, the best *feasible* one (a
+  trial that keeps the base model must not be raced out by one that breaks it).
+- ``against: cutoff``: the one at ASHA's cutoff. Ray Tune's ``AsyncHyperBandScheduler`` lets a
+  trial go on from a rung when its score is at least the ``(1 - 1/reduction_factor)`` quantile
+  of the scores recorded there (``numpy.nanpercentile``, all trials, feasible or not: ASHA sees
+  the raw metric). The reference is the recorded trial at that quantile's place in the sorted
+  scores, rounded down (toward the worse trial: racing must not stop more than ASHA would).
+
 Until some trial has finished a rung, the rung has no reference and nobody is stopped there.
 
 **The decision**, after each chunk of at least ``min_prompts`` prompts: with ``d_i = trial_i -
@@ -59,11 +67,17 @@ def one_sided_p(differences: Sequence[float], test: str) -> float:
 
 @dataclass(frozen=True)
 class Reference:
-    """The best full record at one rung: its trial number, mean score and prompt scores."""
+    """One full record at one rung: its trial number, mean score and prompt scores."""
 
     trial: int
     score: float
     per_prompt: dict[int, float]  # prompt place -> prompt mean
+    usable: bool = True  # may be the best (feasible where preservation is required)
+
+
+def _best(records: Sequence[Reference]) -> Reference | None:
+    usable = [r for r in records if r.usable]
+    return max(usable, key=lambda r: r.score) if usable else None
 
 
 class RungReferences:
@@ -76,23 +90,37 @@ class RungReferences:
 
     def __init__(self, racing: Racing) -> None:
         self.racing = racing
-        self.best: dict[int, Reference] = {}
+        self.records: dict[int, list[Reference]] = {}
 
     def record(self, step: int, trial: int, per_prompt: Sequence[float],
                prompt_indices: Sequence[int] | None = None, usable: bool = True) -> None:
         """A rung trial ``trial`` scored in full at ``step`` (``prompt_indices``: the places
         of ``per_prompt``'s prompts, None: all in order). ``usable`` False (it broke a
-        preservation requirement, or could not be judged) keeps it from being the reference."""
-        if not usable or not per_prompt:
+        preservation requirement, or could not be judged) keeps it from being the best; it
+        still counts toward ASHA's cutoff, as it does for ASHA."""
+        if not per_prompt:
             return
         places = list(prompt_indices) if prompt_indices is not None else range(len(per_prompt))
         scores = {int(p): float(v) for p, v in zip(places, per_prompt, strict=True)}
         if not all(math.isfinite(v) for v in scores.values()):
             return
         score = sum(scores.values()) / len(scores)
-        held = self.best.get(step)
-        if held is None or score > held.score:
-            self.best[step] = Reference(trial, score, scores)
+        self.records.setdefault(step, []).append(Reference(trial, score, scores, usable))
+
+    @property
+    def best(self) -> dict[int, Reference]:
+        """Rung step -> its best usable record (the first of equals)."""
+        best = {step: _best(records) for step, records in self.records.items()}
+        return {step: ref for step, ref in best.items() if ref is not None}
+
+    def reference(self, step: int) -> Reference | None:
+        """The record a trial is raced against at ``step`` (module docstring), or None."""
+        records = self.records.get(step) or []
+        if self.racing.against == "best" or not records:
+            return _best(records)
+        ranked = sorted(records, key=lambda r: r.score)
+        keep = self.racing.keep_fraction or 0.5
+        return ranked[math.floor((1.0 - keep) * (len(ranked) - 1))]
 
     def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float]
                ) -> dict[str, Any] | None:
@@ -101,7 +129,7 @@ class RungReferences:
         there yet, or not significantly worse). The decision: the prompts compared, the mean
         difference and its paired stderr, the p-value, the test, level and reference."""
         racing = self.racing
-        ref = self.best.get(step)
+        ref = self.reference(step)
         if ref is None or len(prompt_indices) < racing.min_prompts:
             return None
         if any(int(p) not in ref.per_prompt for p in prompt_indices):
@@ -114,5 +142,5 @@ class RungReferences:
         stderr = float(stats.sem(d, ddof=1)) if d.size > 1 else math.nan
         return {"step": step, "n": int(d.size), "delta": float(d.mean()),
                 "stderr": stderr if math.isfinite(stderr) else None, "p_value": p_value,
-                "test": racing.test, "level": racing.level, "reference_trial": ref.trial,
-                "reference_score": ref.score}
+                "test": racing.test, "level": racing.level, "against": racing.against,
+                "reference_trial": ref.trial, "reference_score": ref.score}

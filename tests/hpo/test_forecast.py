@@ -80,23 +80,25 @@ def test_dry_run_lines_for_the_hyundai_sweep_at_a_stated_rate(tmp_path: Path) ->
     lines = forecast.dry_run_lines(sweep, None, _args(tmp_path, gpu_throughput=92.8))
     text = "\n".join(lines)
     assert lines[0].startswith("  cost           20 trials, in UNet sample-passes at 512 px: a "
-                               "training sample = 3 (forward + backward), an image = 30 sampler "
-                               "steps x 2 (guidance 7.5) = 60; 208 images a rung")
-    assert "with ASHA     training 103 k, evaluation 599 k" in text  # control prompts too
+                               "training sample = 6.5 (forward + backward 3, + preservation's "
+                               "remedy: prior 3, dop 4; a searched one averaged), an image = 30 "
+                               "sampler steps x 2 (guidance 7.5) = 60; 208 images a rung")
+    # training: 8,600 steps x batch 4 x (3 + the mean of prior's 3 and dop's 4) passes
+    assert "with ASHA     training 224 k, evaluation 599 k" in text  # control prompts too
     assert "8,600 steps, 43 rungs (ideal successive halving: an estimate)" in text
     assert "racing" not in text  # hyundai.yaml as shipped does not race
-    # (103,200 + 599,040 passes) / 92.8 per second = 2.10 GPU-hours, 85 % evaluation
-    assert "  time           about 2.1 GPU-hours (3.89 GPU-hours without early stopping), " \
-           "85 % of it drawing images" in text
+    # (223,600 + 599,040 passes) / 92.8 per second = 2.46 GPU-hours, 73 % evaluation
+    assert "  time           about 2.46 GPU-hours (4.73 GPU-hours without early stopping), " \
+           "73 % of it drawing images" in text
     # with racing and rung 200 (ASHA's alone) on 13 prompts and their 13 control twins
     raced = replace(sweep, racing=Racing(chunk=5, min_prompts=10),
                     early_terminate=replace(sweep.early_terminate, rung_prompts=13))
     text = "\n".join(forecast.dry_run_lines(raced, None, _args(tmp_path, gpu_throughput=92.8)))
-    assert "with ASHA     training 103 k, evaluation 474 k" in text
+    assert "with ASHA     training 224 k, evaluation 474 k" in text
     assert "8,600 steps, 43 rungs (ideal successive halving: an estimate)" in text
-    assert "racing        training 103 k, evaluation 365 k" in text and "its bound" in text
-    # the time is the ASHA line's, racing's upper end: (103,200 + 473,520) / 92.8 per second
-    assert "  time           about 1.73 GPU-hours" in text
+    assert "racing        training 224 k, evaluation 365 k" in text and "its bound" in text
+    # the time is the ASHA line's, racing's upper end: (223,600 + 473,520) / 92.8 per second
+    assert "  time           about 2.09 GPU-hours" in text
 
 
 def test_the_cpu_dry_run_times_this_machine_and_writes_nothing(offline_sweep, capsys) -> None:

@@ -13,8 +13,9 @@ times, with the trial's own code, at the config's shapes:
   embeddings kept, CLIP scoring and the image grid) on the first prompts.
 
 Each is run once to warm up (lazy initialisation, the prompts' embeddings), then timed until
-``budget / 2`` seconds have passed (at least once). Nothing is written outside a temporary
-folder, and nothing is kept: the caller drops the model with the result.
+``budget / 2`` seconds have passed (at least once); the median run counts. Nothing is
+written outside a temporary folder, and nothing is kept: the caller drops the model with the
+result.
 
 What it leaves out: reading the latent cache (``batch_inputs``, a gather), saving the LoRA at a
 rung, a rung's last partial batch, and held-out fidelity scoring (DINOv2), which only add.
@@ -23,6 +24,7 @@ rung, a rung's last partial batch, and held-out fidelity scoring (DINOv2), which
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -72,17 +74,19 @@ def not_local(config: TrialConfig) -> str | None:
 
 def timed(run: Callable[[], object], budget: float, device: torch.device
           ) -> tuple[float, int]:
-    """Mean seconds of ``run`` over as many runs as fit ``budget`` seconds (at least one),
-    waiting for the GPU's queued work at the end of each run; and how many runs."""
-    spent, count = 0.0, 0
-    while count == 0 or spent < budget:
+    """Median seconds of ``run`` over as many runs as fit ``budget`` seconds (at least one),
+    waiting for the GPU's queued work at the end of each run; and how many runs. The median,
+    not the mean: one run slowed by something else on the machine (a page fault, another
+    process's burst) must not move a forecast that multiplies it by thousands."""
+    spent, times = 0.0, []
+    while not times or spent < budget:
         started = time.perf_counter()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        spent += time.perf_counter() - started
-        count += 1
-    return spent / count, count
+        times.append(time.perf_counter() - started)
+        spent += times[-1]
+    return statistics.median(times), len(times)
 
 
 class TrainStep:

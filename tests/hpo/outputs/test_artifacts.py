@@ -245,3 +245,6 @@ def test_a_raced_trials_note_says_what_stopped_it() -> None:
     assert "step 15: 52.00 (16 prompts), step 30: 55.50" in note
     assert ("**Stopped by racing** at step 45 after 24 of 48 prompts: Δ -6.5000 ± 1.9000 "
             "against trial 4's rung on the same prompts (one-sided t, p 0.0011 < 0.01)") in note
+    attrs["raced"]["against"] = "cutoff"
+    note = trial_note(7, TrialState.PRUNED, {"rank": 4}, attrs, [])
+    assert "against trial 4's rung (ASHA's cutoff) on the same prompts" in note

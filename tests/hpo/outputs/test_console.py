@@ -171,3 +171,6 @@ def test_a_subset_rung_and_a_raced_trial_say_what_they_scored() -> None:
     assert finished_line(TrialState.PRUNED, {"raced": raced}, "clip_score") == (
         "stopped by racing at step 30 after 16 of 48 prompts: Δ -9.12 ± 2.40 vs trial 3's "
         "rung (one-sided t, p 0.00081 < 0.01)")
+    cutoff = finished_line(TrialState.PRUNED, {"raced": {**raced, "against": "cutoff"}},
+                           "clip_score")
+    assert "vs trial 3's rung (ASHA's cutoff) (one-sided t" in cutoff

@@ -44,10 +44,11 @@ def test_the_demo_forecast_is_ideal_halving_against_every_trial_to_60_steps() ->
     assert f.full == cost.Work(20 * 60, 20 * 3 * 192, 20)
     assert f.planned == f.asha and f.racing is None
     passes = f.passes(f.planned)
-    assert passes.training == 600 * 2 * 3  # batch 2 x accumulation 1, 3 passes a sample
+    # batch 2 x accumulation 1; 3 passes a sample, + the mean of prior's 3 and dop's 4
+    assert passes.training == 600 * 2 * 6.5
     assert passes.rungs == 40 * 192 * 8
     assert passes.baseline == 192 * 8 and passes.confirmation == 4 * 384 * 8
-    assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 3600))
+    assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 7800))
 
 
 def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
@@ -59,8 +60,8 @@ def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
     assert f.asha.images / f.images_per_rung == f.rungs[1]
     p = f.passes(f.asha)
     assert f.passes_per_image == 60 and f.images_per_rung == (26 + 26) * 4  # with control
-    assert p.training == 8600 * 4 * 3
-    assert p.eval_share == pytest.approx(0.853, abs=0.001)  # control prompts double the images
+    assert p.training == 8600 * 4 * 6.5  # searched prior / dop: 3 + (3 + 4) / 2 a sample
+    assert p.eval_share == pytest.approx(0.728, abs=0.001)  # control prompts double the images
     # rung 200 is ASHA's alone: with rung_prompts 13 it draws 13 of the 26 prompts and their
     # 13 control twins; every other rung draws all 208 images; the rungs count the same
     subset = (13 + 13) * 4
@@ -146,3 +147,19 @@ def test_prompt_subsets_and_racing_bound_the_forecast(tmp_path: Path) -> None:
                                  + 5 * (subset + 3 * full), 20)
     assert f.planned == f.asha  # the sweep plans for the upper end
     assert cost.forecast(demo, plan_steps(demo), trials=20).racing is None
+
+
+def test_preservation_remedies_add_their_passes_to_a_training_sample(tmp_path) -> None:
+    assert cost.train_passes_per_sample(None) == cost.train_passes_per_sample("none") == 3
+    assert cost.train_passes_per_sample("prior") == 6  # a class sample trained beside it
+    assert cost.train_passes_per_sample("dop") == 7  # the base model's forward, the twin trained
+    with pytest.raises(KeyError):
+        cost.train_passes_per_sample("ema")
+    demo = load_sweep(REPO / "sweeps" / "tiny.yaml")  # searches [dop, prior]
+    assert cost.sweep_train_passes_per_sample(demo) == 6.5
+    fixed = replace(demo, parameters=[p for p in demo.parameters if p.name != "preservation"],
+                    preservation=replace(demo.preservation, method="dop"))
+    assert cost.sweep_train_passes_per_sample(fixed) == 7
+    plain = replace(fixed, preservation=replace(fixed.preservation, method="none"))
+    f = cost.forecast(plain, plan_steps(plain), trials=20)
+    assert f.passes(f.planned).training == 600 * 2 * 3

@@ -65,6 +65,9 @@ def test_steps_as_a_dimension_score_every_prompt_at_every_rung(tmp_path) -> None
     ({"racing": {}, "metric": {"name": "clip_i_holdout", "goal": "maximize"},
       "data.holdout": 2}, "racing", "clip_score"),
     ({"early_terminate.rung_prompts": 500}, "early_terminate.rung_prompts", "leave it out"),
+    ({"racing": {"against": "median"}}, "racing.against", "cutoff"),
+    ({"racing": {"against": "cutoff"}, "early_terminate": DELETE}, "racing.against",
+     "no early_terminate"),
 ])
 def test_bad_racing_settings_name_the_file_and_key(tmp_path, changes, key, words) -> None:
     with pytest.raises(ConfigError) as err:
@@ -77,3 +80,12 @@ def test_bad_racing_settings_name_the_file_and_key(tmp_path, changes, key, words
 def test_a_sweep_without_early_terminate_may_race(tmp_path) -> None:
     sweep = _sweep(tmp_path, racing={"min_prompts": 4}, early_terminate=DELETE)
     assert sweep.racing is not None and sweep.early_terminate is None
+
+
+def test_racing_against_ashas_cutoff_takes_its_reduction_factor(tmp_path) -> None:
+    sweep = _sweep(tmp_path, racing={"min_prompts": 4, "against": "cutoff"})
+    assert sweep.racing is not None and sweep.racing.against == "cutoff"
+    assert sweep.racing.keep_fraction == pytest.approx(1 / 3)  # the test sweeps' factor 3
+    assert sweep.racing.as_dict()["against"] == "cutoff"
+    assert "ASHA's cutoff" in sweep.racing.describe(10)
+    assert _sweep(tmp_path / "best", racing={"min_prompts": 4}).racing.against == "best"

@@ -84,6 +84,37 @@ def test_the_reference_is_the_best_usable_full_record() -> None:
     assert decision is not None and decision["reference_trial"] == 4
 
 
+def test_the_cutoff_reference_is_ashas_quantile_rounded_toward_the_worse_trial() -> None:
+    rng = np.random.default_rng(3)
+    cutoff = Racing(chunk=4, min_prompts=8, against="cutoff", keep_fraction=0.5)
+    refs = RungReferences(cutoff)
+    shifts = {0: 0.0, 1: 6.0, 2: 3.0, 3: 9.0, 4: -2.0}
+    for trial, shift in shifts.items():
+        # trial 3 breaks the base model: never the best, but ASHA counts it
+        refs.record(30, trial, _scores(rng, shift), usable=trial != 3)
+    scores = sorted(ref.score for ref in refs.records[30])
+    quantile = np.nanpercentile(scores, 50)  # ASHA's cutoff with reduction factor 2
+    ref = refs.reference(30)
+    assert ref is not None and ref.trial == 2 and ref.score == pytest.approx(quantile)
+    assert refs.best[30].trial == 1  # the best usable one: what against=best races with
+    # a trial between the cutoff and the best goes on against the cutoff ...
+    mid = _scores(rng, 4.0)
+    assert refs.decide(30, list(range(12)), mid[:12]) is None
+    # ... and is raced out against the best
+    best = RungReferences(RACING)
+    for record in refs.records[30]:
+        best.record(30, record.trial, list(record.per_prompt.values()), usable=record.usable)
+    assert best.decide(30, list(range(12)), mid[:12])["reference_trial"] == 1
+    # below the cutoff it stops, naming the cutoff trial and the rule
+    low = _scores(rng, -3.0)
+    decision = refs.decide(30, list(range(12)), low[:12])
+    assert decision is not None and decision["reference_trial"] == 2
+    assert decision["against"] == "cutoff"
+    # an even count: the quantile lies between two trials; the worse one is the reference
+    refs.record(30, 5, _scores(rng, 4.5))
+    assert refs.reference(30).trial == 2  # sorted: 4, 0, 2, 5, 1, 3 -> place floor(2.5)
+
+
 def test_a_subset_reference_pairs_only_its_own_prompts() -> None:
     refs = RungReferences(RACING)
     refs.record(15, trial=0, per_prompt=[50.0] * 8, prompt_indices=[3, 1, 4, 15, 9, 2, 6, 5])
