@@ -67,8 +67,7 @@ ARM_CHANGES: dict[str, dict[str, Any]] = {
     "racing": RACING,
     "racing-only": {"racing": RACING["racing"]},
     "subset-only": {"early_terminate": RACING["early_terminate"]},
-    "racing-cutoff": {"racing": {**RACING["racing"], "against": "cutoff"},
-                      "early_terminate": RACING["early_terminate"]},
+    "racing-cutoff": {"racing": {**RACING["racing"], "against": "cutoff"}},
 }
 ARMS = ("fixed", "racing")
 TABLE = REPO / "benchmarks" / "search_pipeline_table.json"
@@ -341,7 +340,8 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[str, Any]) -> str:
+def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[str, Any],
+           sim_cutoff: dict[str, Any] | None = None) -> str:
     lines = ["| seed | arm | COMPLETE / PRUNED (raced) | steps | rung images | UNet passes: "
              "training / evaluation / total | eval share | trial seconds | forecast error "
              "train / eval | winner (confirmed) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -364,6 +364,18 @@ def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[st
             f"{_f(c['winner_delta'], '+.2f')} ± {_f(c['winner_stderr'])} "
             f"(p {_f(c['winner_p'], '.3f')}) | "
             f"{ {True: 'yes', False: 'no', None: '-'}[c['same_winner']] } |")
+    replays = [(r["seed"], r["replay"]) for r in rows if r.get("replay")]
+    if replays:
+        lines += ["", "Racing's decisions replayed on each fixed sweep's own rungs (its path "
+                  "kept: no TPE or ASHA divergence):", "",
+                  "| seed | against | trials stopped (stops) | prompts drawn | fixed winner "
+                  "stopped |", "|---|---|---|---|---|"]
+        for seed, replay_ in replays:
+            for against, r in replay_.items():
+                trials = len({s["trial"] for s in r["stops"]})
+                lines.append(f"| {seed} | {against} | {trials} ({len(r['stops'])}) | "
+                             f"{_f(r['prompts_drawn_fraction'])} | "
+                             f"{'yes' if r['winner_stopped'] else 'no'} |")
     lines += ["", f"Racing replayed on the 72-configuration table: {sim['simulated_sweeps']} "
               f"simulated sweeps of {sim['configurations_per_sweep']} configurations; one of "
               f"the top 3 was stopped in {100 * (sim['rate'] or 0):.1f} % of the "
@@ -371,6 +383,12 @@ def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[st
               f"configuration: {100 * (sim['top3_stop_rate_per_draw'] or 0):.1f} %); racing "
               f"stopped {100 * sim['configurations_stopped']:.0f} % of all configurations and "
               f"drew {100 * sim['prompts_drawn_fraction']:.0f} % of their prompts."]
+    if sim_cutoff is not None:
+        lines += ["", f"The same against ASHA's cutoff (factor 2): a top-3 configuration stopped "
+                  f"in {100 * (sim_cutoff['rate'] or 0):.1f} % of the sweeps; "
+                  f"{100 * sim_cutoff['configurations_stopped']:.0f} % of all configurations "
+                  f"stopped, {100 * sim_cutoff['prompts_drawn_fraction']:.0f} % of their prompts "
+                  "drawn."]
     return "\n".join(lines)
 
 
@@ -392,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--record compares the fixed and racing arms: keep both in --arms")
     load = os.getloadavg()
     sim = simulate_table(args.sims, args.sim_trials)
+    sim_cutoff = simulate_table(args.sims, args.sim_trials,
+                                settings=ARM_CHANGES["racing-cutoff"]["racing"])
     rows = run_arms(args.seeds, args.trials, tuple(args.arms), args.keep) if args.seeds else []
     pairs = compare(rows)
-    text = tables(rows, pairs, sim)
+    text = tables(rows, pairs, sim, sim_cutoff)
     print(text)
     if not args.record:
         return 0
@@ -409,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": commit}
     merge_results({
         "racing": {"seeds": args.seeds, "trials": args.trials, "settings": RACING, "arms": rows,
-                   "pairs": pairs, "table": sim, **run},
+                   "pairs": pairs, "table": sim, "table_cutoff": sim_cutoff, **run},
         "sweep_compute_fraction": {"value": max(fractions) if fractions else None,
                                    "per_seed": fractions, "target": 0.5, **run},
         "sweep_eval_share": {"value": max(shares) if shares else None, "per_seed": shares,
