@@ -322,6 +322,8 @@ def simulate_table(n_sims: int, sweep_trials: int, seed: int = 0,
                 if key in top3:
                     top3_stopped += 1
                     hit = True
+                drew = order[:n_drawn]  # a partial record, as the recorder keeps it
+                refs.record(0, number, [per_prompt[p] for p in drew], drew, False, True)
             else:
                 refs.record(0, number, per_prompt)
         if top3 & {key for key, _ in picked}:

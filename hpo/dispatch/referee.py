@@ -27,8 +27,9 @@ class Referee:
         self.references = RungReferences(racing)
 
     def record(self, step: int, trial: int, per_prompt: Sequence[float],
-               prompt_indices: Sequence[int] | None, usable: bool) -> None:
-        self.references.record(step, trial, per_prompt, prompt_indices, usable)
+               prompt_indices: Sequence[int] | None, usable: bool,
+               partial: bool = False) -> None:
+        self.references.record(step, trial, per_prompt, prompt_indices, usable, partial)
 
     def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float]
                ) -> dict[str, Any] | None:

@@ -19,6 +19,12 @@ full (every prompt of its budget), by the mean score:
   of the scores recorded there (``numpy.nanpercentile``, all trials, feasible or not: ASHA sees
   the raw metric). The reference is the recorded trial at that quantile's place in the sorted
   scores, rounded down (toward the worse trial: racing must not stop more than ASHA would).
+  ASHA records every trial that reaches a milestone, the ones it then stops too, so its cutoff
+  falls as poor trials arrive; a trial racing stops never finishes the rung, so it is recorded
+  with the prompts it did draw (a *partial* record: its mean over those prompts, an unbiased
+  estimate of its full score). Without that, one early trial far above the rest stays the
+  cutoff, every later trial is raced out against it, and the rung never fills. A partial
+  record may be the cutoff; a trial is then paired with it on the prompts both drew.
 
 Until some trial has finished a rung, the rung has no reference and nobody is stopped there.
 
@@ -73,6 +79,7 @@ class Reference:
     score: float
     per_prompt: dict[int, float]  # prompt place -> prompt mean
     usable: bool = True  # may be the best (feasible where preservation is required)
+    partial: bool = False  # stopped by racing part-way: per_prompt holds the prompts it drew
 
 
 def _best(records: Sequence[Reference]) -> Reference | None:
@@ -93,11 +100,13 @@ class RungReferences:
         self.records: dict[int, list[Reference]] = {}
 
     def record(self, step: int, trial: int, per_prompt: Sequence[float],
-               prompt_indices: Sequence[int] | None = None, usable: bool = True) -> None:
-        """A rung trial ``trial`` scored in full at ``step`` (``prompt_indices``: the places
-        of ``per_prompt``'s prompts, None: all in order). ``usable`` False (it broke a
-        preservation requirement, or could not be judged) keeps it from being the best; it
-        still counts toward ASHA's cutoff, as it does for ASHA."""
+               prompt_indices: Sequence[int] | None = None, usable: bool = True,
+               partial: bool = False) -> None:
+        """A rung trial ``trial`` scored at ``step`` (``prompt_indices``: the places of
+        ``per_prompt``'s prompts, None: all in order): in full, or ``partial`` (racing stopped
+        it there). ``usable`` False (it broke a preservation requirement, or could not be
+        judged) and ``partial`` keep it from being the best; both still count toward ASHA's
+        cutoff, as they do for ASHA."""
         if not per_prompt:
             return
         places = list(prompt_indices) if prompt_indices is not None else range(len(per_prompt))
@@ -105,7 +114,8 @@ class RungReferences:
         if not all(math.isfinite(v) for v in scores.values()):
             return
         score = sum(scores.values()) / len(scores)
-        self.records.setdefault(step, []).append(Reference(trial, score, scores, usable))
+        self.records.setdefault(step, []).append(
+            Reference(trial, score, scores, usable and not partial, partial))
 
     @property
     def best(self) -> dict[int, Reference]:
@@ -132,10 +142,13 @@ class RungReferences:
         ref = self.reference(step)
         if ref is None or len(prompt_indices) < racing.min_prompts:
             return None
-        if any(int(p) not in ref.per_prompt for p in prompt_indices):
-            return None  # the reference scored other prompts (a subset of another size)
-        d = np.array([float(v) - ref.per_prompt[int(p)]
-                      for p, v in zip(prompt_indices, per_prompt, strict=True)])
+        # Paired on the prompts both drew: all of this trial's against a full record; fewer
+        # against a partial one, or a subset rung's record of another size.
+        shared = [(int(p), float(v)) for p, v in zip(prompt_indices, per_prompt, strict=True)
+                  if int(p) in ref.per_prompt]
+        if len(shared) < racing.min_prompts:
+            return None
+        d = np.array([v - ref.per_prompt[p] for p, v in shared])
         p_value = one_sided_p(d, racing.test)
         if p_value >= racing.level:
             return None

@@ -130,3 +130,26 @@ def test_racing_counts_its_looks() -> None:
     assert Racing(chunk=8, min_prompts=16).looks(48) == 4  # after 16, 24, 32, 40
     assert Racing(chunk=8, min_prompts=16).looks(16) == 0  # a rung of 16: done at once
     assert Racing(chunk=4, min_prompts=8).looks(10) == 1
+
+
+def test_raced_trials_count_toward_the_cutoff_as_partial_records() -> None:
+    # One early trial far above the rest must not stay the cutoff for ever: ASHA records the
+    # trials it stops, so racing records the ones it stops too, with the prompts they drew.
+    rng = np.random.default_rng(4)
+    cutoff = Racing(chunk=4, min_prompts=8, against="cutoff", keep_fraction=0.5)
+    refs = RungReferences(cutoff)
+    refs.record(30, 1, _scores(rng, 10.0))  # the early outlier
+    low = _scores(rng, -1.0)
+    decision = refs.decide(30, list(range(8)), low[:8])  # raced out against it after 8
+    assert decision is not None and decision["reference_trial"] == 1
+    refs.record(30, 2, low[:8], list(range(8)), usable=False, partial=True)
+    ref = refs.reference(30)  # the lower of two records: the raced trial's
+    assert ref is not None and ref.partial and ref.trial == 2
+    assert refs.best[30].trial == 1  # a partial record is never the best
+    # a trial as good as the raced one goes on, paired with it on the 8 prompts both drew
+    same = _scores(rng, -1.0)
+    assert refs.decide(30, list(range(16)), same[:16]) is None
+    # one clearly below it stops, paired on those 8 prompts only
+    bad = _scores(rng, -6.0)
+    decision = refs.decide(30, list(range(16)), bad[:16])
+    assert decision is not None and decision["n"] == 8 and decision["reference_trial"] == 2
