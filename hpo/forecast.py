@@ -105,12 +105,14 @@ def _cpu_rate(sweep: Sweep, forecast: cost.Forecast, cache_dir: Path
         times = probe.measure(config, torch.device("cpu"), threads)
     except Exception as err:  # a forecast must never stop a sweep; the trials would say more
         return None, f"no seconds: timing a step and an image failed ({type(err).__name__}: {err})"
-    # The probe times a step without preservation's extra passes: its rate is per plain pass,
-    # and the forecast counts preservation's passes (hpo.sweep.cost) at that rate.
-    train = forecast.samples_per_step * cost.TRAIN_PASSES_PER_SAMPLE / times.seconds_per_step
+    # The probe times a step with the typical configuration's preservation remedy: its passes
+    # (hpo.sweep.cost) over its seconds are the rate the forecast counts every remedy's at.
+    passes = cost.train_passes_per_sample(config.preservation_method)
+    train = forecast.samples_per_step * passes / times.seconds_per_step
     p = config.params
+    remedy = "" if config.preservation_method == "none" else f" {config.preservation_method}"
     source = (f"measured here just now ({times.seconds:.1f} s, {threads} thread(s), rank "
-              f"{p.rank} {p.target_modules}): {times.seconds_per_step:.3g} s per optimizer "
+              f"{p.rank} {p.target_modules}{remedy}): {times.seconds_per_step:.3g} s per optimizer "
               f"step, {times.seconds_per_image:.3g} s per image with CLIP scoring")
     return cost.Throughput(train, forecast.passes_per_image / times.seconds_per_image, "cpu",
                            source), ""

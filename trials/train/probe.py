@@ -5,9 +5,11 @@ seconds on a CPU needs this machine's rate, and no published figure fits a CPU. 
 times, with the trial's own code, at the config's shapes:
 
 - **an optimizer step**: ``gradient_accumulation_steps`` micro-batches of ``train_batch_size``
-  random latents and caption embeddings (the shapes the cache would give) through the
-  :class:`~trials.train.accumulate.Accumulator` (fused or not, as the config says), the LoRA
-  of ``config.params`` attached, then clipping and the fused AdamW update;
+  random latents and caption embeddings (the shapes the cache would give), each with the twin
+  the config's preservation remedy adds (``prior``: a class batch; ``dop``: the base model's
+  prediction on other captions), through the :class:`~trials.train.accumulate.Accumulator`
+  (fused or not, as the config says), the LoRA of ``config.params`` attached, then clipping
+  and the fused AdamW update;
 - **a rung image**: one batch of ``eval.batch_size`` images drawn by the trial's
   :class:`~trials.eval.evaluator.Evaluator` (its pipeline, sampler steps, guidance, prompt
   embeddings kept, CLIP scoring and the image grid) on the first prompts.
@@ -38,7 +40,7 @@ from trials.eval import evaluator as evaluation
 from trials.eval.score import TINY_CLIP, TINY_CLIP_ARCH, TOYWORLD, ClipScorer
 from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora
-from trials.train import accumulate
+from trials.train import accumulate, preserve
 from trials.train.loop import clip_gradients, make_optimizer, weight_dtype_for
 
 
@@ -107,6 +109,8 @@ class TrainStep:
                                                   dtype, self.scaler.scale, t.fused_accumulation)
         side = config.data.resolution // 2 ** (len(parts.vae.config.block_out_channels) - 1)
         self.latent = (t.train_batch_size, parts.unet.config.in_channels, side, side)
+        # The remedy the forecast's typical configuration trains with (its passes are timed).
+        self.method, self.weight = config.preservation_method, config.preservation_weight
         self.text = (t.train_batch_size, parts.tokenizer.model_max_length,
                      parts.text_encoder.config.hidden_size)
 
@@ -114,13 +118,26 @@ class TrainStep:
     def samples(self) -> int:
         return self.train.train_batch_size * self.train.gradient_accumulation_steps
 
+    def _noised(self) -> accumulate.NoisedBatch:
+        return accumulate.add_noise(torch.randn(self.latent, device=self.device, dtype=self.dtype),
+                                    torch.randn(self.text, device=self.device, dtype=self.dtype),
+                                    self.parts.noise_scheduler, self.train)
+
     def batches(self) -> list[accumulate.NoisedBatch]:
-        """The step's micro-batches, noised as the trial noises them."""
-        return [accumulate.add_noise(torch.randn(self.latent, device=self.device,
-                                                 dtype=self.dtype),
-                                     torch.randn(self.text, device=self.device, dtype=self.dtype),
-                                     self.parts.noise_scheduler, self.train)
-                for _ in range(self.train.gradient_accumulation_steps)]
+        """The step's micro-batches, noised as the trial noises them, each with the twin its
+        preservation remedy adds (``trials.train.loop``): ``dop``, the base model's prediction
+        on other captions (``preserve.dop_batch``, run here); ``prior``, a class batch of the
+        same shapes (random here: its cost does not depend on what the class images show)."""
+        out = []
+        for _ in range(self.train.gradient_accumulation_steps):
+            batch = self._noised()
+            out.append(batch)
+            if self.method == "dop":
+                text = torch.randn(self.text, device=self.device, dtype=self.dtype)
+                out.append(preserve.dop_batch(batch, text, self.parts.unet, self.weight))
+            elif self.method == "prior":
+                out.append(replace(self._noised(), weight=self.weight, preservation=True))
+        return out
 
     def __call__(self) -> None:
         self.parts.unet.train()

@@ -53,3 +53,28 @@ def test_measure_times_a_step_and_an_image_and_leaves_the_process_as_it_was(
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
     assert transformers_logging.is_progress_bar_enabled()
     assert not (tmp_path / "trial").exists()  # wrote nothing of its own
+
+
+def test_the_timed_step_carries_its_preservation_remedys_twins(make_trial_config,
+                                                                 tmp_path: Path) -> None:
+    from trials.models.components import load_components
+
+    config = make_trial_config(output_dir=tmp_path / "trial",
+                               train={"gradient_accumulation_steps": 2})
+    def parts():  # a fresh model each: a step attaches its LoRA
+        return load_components(config.model.name, cache_dir=config.cache_dir,
+                               device=torch.device("cpu"), weight_dtype=torch.float32)
+
+    plain = probe.TrainStep(parts(), config, torch.device("cpu"), torch.float32).batches()
+    assert len(plain) == 2 and not any(b.preservation for b in plain)
+    for method in ("dop", "prior"):
+        remedied = replace(config, params=replace(config.params, preservation=method,
+                                                  preservation_weight=3.0))
+        step = probe.TrainStep(parts(), remedied, torch.device("cpu"), torch.float32)
+        batches = step.batches()  # each instance micro-batch and its twin, as the loop adds
+        assert [b.preservation for b in batches] == [False, True, False, True]
+        assert all(b.weight == 3.0 for b in batches[1::2])
+        assert batches[1].noisy.shape == batches[0].noisy.shape
+        if method == "dop":  # the same noisy latents, the base model's prediction as target
+            assert torch.equal(batches[1].noisy, batches[0].noisy)
+        step()  # a whole optimizer step with the twins
