@@ -223,7 +223,8 @@ def replay(study: optuna.Study, run_dir: Path, against: str, winner_trial: int |
             trial = by_id.get(r.get("trial_id"))
             if trial is not None and r.get("per_prompt"):
                 events.append((r["timestamp"], trial.number, int(r["step"]), r["per_prompt"],
-                               is_feasible(r.get("constraints")) is not False))
+                               is_feasible(r.get("constraints")) is not False,
+                               int(r["step"]) >= int(r["max_train_steps"])))
     events.sort(key=lambda e: (e[0], e[1]))
     settings = RACING["racing"]
     racing = Racing(**settings, against=against, keep_fraction=0.5 if against == "cutoff"
@@ -235,11 +236,11 @@ def replay(study: optuna.Study, run_dir: Path, against: str, winner_trial: int |
     best_step = (study.trials[winner_trial].user_attrs.get("best_step")
                  if winner_trial is not None else None)
     winner_stopped = False
-    for _, number, step, per_prompt, usable in events:
+    for _, number, step, per_prompt, usable, final in events:
         used = len(per_prompt)
         for end in range(racing.chunk, len(per_prompt), racing.chunk):
             places = order[:end]
-            decision = refs.decide(step, places, [per_prompt[i] for i in places])
+            decision = refs.decide(step, places, [per_prompt[i] for i in places], final)
             if decision is not None:
                 used = end
                 stops.append({"trial": number, "step": step, "prompts": end,
@@ -445,11 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     write_section(begin, end, "\n".join([
         begin, "## Racing and prompts as a fidelity (issue 22): "
         "`python -m benchmarks.racing --record`", "",
-        f"{len(args.seeds)} TPE search seed(s) x 2 arms of `sweeps/tiny.yaml` ({args.trials} "
-        f"trials each, run one after the other), measured {run['date']} on {run['machine']}, "
-        f"commit {short_commit(commit, 10)} (load {run['load_at_start']} at the start, "
-        f"{run['load_at_end']} at the end). *fixed*: every rung draws every prompt; *racing*: "
-        f"`{json.dumps(RACING)}`. Compute in UNet sample-passes from what the trials did (load "
+        f"{len(args.seeds)} TPE search seed(s) x {len(args.arms)} arms of `sweeps/tiny.yaml` "
+        f"({args.trials} trials each, run one after the other), measured {run['date']} on "
+        f"{run['machine']}, commit {short_commit(commit, 10)} (load {run['load_at_start']} at "
+        f"the start, {run['load_at_end']} at the end). *fixed*: every rung draws every prompt; "
+        + "; ".join(f"*{arm}*: `{json.dumps(ARM_CHANGES[arm])}`" for arm in args.arms
+                    if arm != "fixed")
+        + ". Compute in UNet sample-passes from what the trials did (load "
         "cannot move it); trial seconds and the forecast error do depend on the load.", "",
         text, end]) + "\n")
     return 0

@@ -31,9 +31,9 @@ class Referee:
                partial: bool = False) -> None:
         self.references.record(step, trial, per_prompt, prompt_indices, usable, partial)
 
-    def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float]
-               ) -> dict[str, Any] | None:
-        return self.references.decide(step, prompt_indices, per_prompt)
+    def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float],
+               final: bool = False) -> dict[str, Any] | None:
+        return self.references.decide(step, prompt_indices, per_prompt, final)
 
     def references_held(self) -> dict[int, int]:
         """Rung step -> the reference's trial number (for tests and the curious)."""
@@ -46,9 +46,11 @@ def start(racing: Racing) -> Any:
     return Referee.remote(racing)
 
 
-def asker(referee: Any):
-    """The ``race`` callable a trial is given (``trials.train.loop.RungRace``)."""
+def asker(referee: Any, last_step: int):
+    """The ``race`` callable a trial is given (``trials.train.loop.RungRace``);
+    ``last_step``: the trial's ``max_train_steps``, its last rung."""
     def race(step: int, prompt_indices: list[int], per_prompt: list[float]
              ) -> Mapping[str, Any] | None:
-        return ray.get(referee.decide.remote(step, prompt_indices, per_prompt))
+        return ray.get(referee.decide.remote(step, prompt_indices, per_prompt,
+                                             step >= last_step))
     return race

@@ -129,7 +129,8 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
         return False  # ASHA stops the trial from outside
 
     try:
-        run_trial(trial_config, report, None if referee is None else referee_asker(referee))
+        run_trial(trial_config, report, None if referee is None
+                  else referee_asker(referee, trial_config.params.max_train_steps))
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",
                      "sweep_error": is_sweep_wide(err)})

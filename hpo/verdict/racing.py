@@ -25,6 +25,11 @@ full (every prompt of its budget), by the mean score:
   estimate of its full score). Without that, one early trial far above the rest stays the
   cutoff, every later trial is raced out against it, and the rung never fills. A partial
   record may be the cutoff; a trial is then paired with it on the prompts both drew.
+  Nobody is raced against the cutoff at their *last* rung (the trial's ``max_train_steps``):
+  ASHA stops a trial to save its later steps, so a trial at its last step is kept, COMPLETE,
+  whatever its score; racing it there would shrink the pool the winner is chosen from (one
+  seed of the benchmark was left with a single, infeasible, COMPLETE trial and no winner).
+  ``against: best`` races there too: a trial significantly worse than the best cannot win.
 
 Until some trial has finished a rung, the rung has no reference and nobody is stopped there.
 
@@ -132,13 +137,16 @@ class RungReferences:
         keep = self.racing.keep_fraction or 0.5
         return ranked[math.floor((1.0 - keep) * (len(ranked) - 1))]
 
-    def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float]
-               ) -> dict[str, Any] | None:
+    def decide(self, step: int, prompt_indices: Sequence[int], per_prompt: Sequence[float],
+               final: bool = False) -> dict[str, Any] | None:
         """A stop decision for a trial with ``per_prompt`` scores on the prompts at
-        ``prompt_indices`` of rung ``step``, or None to go on (too few prompts, no reference
-        there yet, or not significantly worse). The decision: the prompts compared, the mean
-        difference and its paired stderr, the p-value, the test, level and reference."""
+        ``prompt_indices`` of rung ``step`` (``final``: the trial's last rung), or None to go
+        on (too few prompts, no reference there yet, a last rung against ASHA's cutoff, or not
+        significantly worse). The decision: the prompts compared, the mean difference and its
+        paired stderr, the p-value, the test, level and reference."""
         racing = self.racing
+        if final and racing.against == "cutoff":
+            return None
         ref = self.reference(step)
         if ref is None or len(prompt_indices) < racing.min_prompts:
             return None

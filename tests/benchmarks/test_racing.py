@@ -56,6 +56,7 @@ def test_replay_races_a_fixed_sweeps_own_rungs_without_changing_its_path(tmp_pat
         folder = tmp_path / "ray" / "run-1" / f"_train_one_t{number}"
         folder.mkdir(parents=True)
         rows = [{"trial_id": f"t{number}", "timestamp": 10 * number + step, "step": step,
+                 "max_train_steps": 30,
                  "per_prompt": [v + shift + (0.3 if i % 2 else -0.3) * (number + 1)
                                 for i, v in enumerate(base)], "constraints": None}
                 for step in (15, 30)]
@@ -74,3 +75,4 @@ def test_replay_races_a_fixed_sweeps_own_rungs_without_changing_its_path(tmp_pat
     cutoff = racing.replay(study, tmp_path, "cutoff", winner_trial=0, eval_seed=1234)
     assert {s["reference"] for s in best["stops"] if s["trial"] == 3} == {2}
     assert {s["reference"] for s in cutoff["stops"] if s["trial"] == 3} == {0}
+    assert {s["step"] for s in cutoff["stops"]} == {15}  # never at a trial's last rung

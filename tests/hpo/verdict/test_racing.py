@@ -153,3 +153,17 @@ def test_raced_trials_count_toward_the_cutoff_as_partial_records() -> None:
     bad = _scores(rng, -6.0)
     decision = refs.decide(30, list(range(16)), bad[:16])
     assert decision is not None and decision["n"] == 8 and decision["reference_trial"] == 2
+
+
+def test_against_the_cutoff_a_trials_last_rung_is_never_raced() -> None:
+    # ASHA keeps a trial at its last step whatever its score (stopping it saves nothing);
+    # racing it there would leave the winner's pool of COMPLETE trials to chance.
+    rng = np.random.default_rng(5)
+    low = _scores(rng, -5.0)
+    for against, keep in (("cutoff", 0.5), ("best", None)):
+        refs = RungReferences(Racing(chunk=4, min_prompts=8, against=against,
+                                     keep_fraction=keep))
+        refs.record(30, 1, _scores(rng, 10.0))
+        assert refs.decide(30, list(range(8)), low[:8]) is not None  # a rung before its last
+        at_last = refs.decide(30, list(range(8)), low[:8], final=True)
+        assert (at_last is None) == (against == "cutoff")  # best: it cannot win, so it stops
