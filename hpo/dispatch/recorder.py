@@ -177,12 +177,13 @@ class StudyRecorder(tune.Callback):
         if "raced" in result and "step" in result:  # racing stopped this rung part-way
             self.raced[trial.trial_id] = {**{k: result[k] for k in RUNG_KEYS if k in result},
                                           "raced": result["raced"]}
-            if self.referee is not None and result.get("per_prompt"):
+            partial = result["raced"]  # the trainable's raced_record: the prompts it drew
+            if self.referee is not None and partial.get("per_prompt"):
                 # ASHA's cutoff counts the trials it stops; racing's counts this one, partial
                 # (hpo.verdict.racing: never the best, possibly the cutoff)
                 number = self.searcher.optuna_trial(trial.trial_id).number
-                self.referee.record.remote(int(result["step"]), number, result["per_prompt"],
-                                           result.get("prompt_indices"), False, True)
+                self.referee.record.remote(int(result["step"]), number, partial["per_prompt"],
+                                           partial.get("prompt_indices"), False, True)
             return
         if "clip_score" not in result or "step" not in result:
             return

@@ -117,9 +117,15 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     def report(step: int, metrics: dict[str, Any], checkpoint_dir: Path) -> bool:
         node = ray.get_runtime_context().get_node_id()
         if "raced" in metrics:
-            # A partial rung: no score for ASHA (it compares full rungs) and no checkpoint to
-            # export; the recorder keeps it in the study as the trial's `raced` record.
-            tune.report({**{k: v for k, v in metrics.items() if k in RACED_KEYS},
+            # A partial rung: no checkpoint to export; the recorder keeps it in the study as the
+            # trial's `raced` record (never an intermediate value for TPE). ASHA does get its
+            # mean over the prompts drawn (an unbiased estimate of the full score, the shared
+            # order being a shuffle): ASHA records every trial that reaches a milestone, and a
+            # rung that only ever recorded the trials racing let through would keep its cutoff
+            # high and stop trials the fixed sweep keeps. The trial ends here either way.
+            partial = {sweep.metric: metrics[sweep.metric]} if isinstance(
+                metrics.get(sweep.metric), int | float) else {}
+            tune.report({**{k: v for k, v in metrics.items() if k in RACED_KEYS}, **partial,
                          "raced": raced_record(metrics), "node_id": node})
         else:
             # Tune copies the folder into its storage; the rung folder is then not needed.
