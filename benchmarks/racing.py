@@ -227,8 +227,9 @@ def replay(study: optuna.Study, run_dir: Path, against: str, winner_trial: int |
                                int(r["step"]) >= int(r["max_train_steps"])))
     events.sort(key=lambda e: (e[0], e[1]))
     settings = RACING["racing"]
-    racing = Racing(**settings, against=against, keep_fraction=0.5 if against == "cutoff"
-                    else None)
+    cutoff = against == "cutoff"  # tiny.yaml's ASHA: factor 2 from step 15
+    racing = Racing(**settings, against=against, keep_fraction=0.5 if cutoff else None,
+                    grace_steps=15 if cutoff else None)
     refs = RungReferences(racing)
     n = len(events[0][3]) if events else 0
     order = prompt_order(n, eval_seed)  # the order the trials draw in (same eval.seed)

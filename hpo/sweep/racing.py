@@ -28,7 +28,9 @@ the trial, paired over the prompts drawn so far, with the rung's reference
 also stops trials ASHA would keep (above its cutoff but below the best); ``cutoff`` races
 against the trial at ASHA's cutoff there (the one a ``1 / reduction_factor`` share of the rung's
 trials score above), so it only stops, sooner, what ASHA would stop at the rung's end anyway:
-it saves fewer images and changes the search less. ``cutoff`` needs ``early_terminate``.
+it saves fewer images and changes the search less. ``cutoff`` needs ``early_terminate``, and
+races only where ASHA decides: at its milestones (``grace_steps * reduction_factor**k``), never
+at a trial's last step.
 
 ``rung_prompts``: the rungs that only feed ASHA's decisions (its milestones before the step
 counts a sweep may export, ``hpo.sweep.fidelity``) score the first ``rung_prompts`` prompts of
@@ -60,8 +62,20 @@ class Racing:
     test: str = "t"
     level: float = DEFAULT_LEVEL
     against: str = "best"
-    # With against=cutoff: the share of a rung's trials ASHA lets go on (1 / reduction_factor).
+    # With against=cutoff: the share of a rung's trials ASHA lets go on (1 / reduction_factor)
+    # and its first milestone; None: every rung is one (a replay with a single rung).
     keep_fraction: float | None = None
+    grace_steps: int | None = None
+
+    def asha_decides_at(self, step: int) -> bool:
+        """Whether ``step`` is one of ASHA's milestones, ``grace_steps * r**k`` with ``r =
+        1 / keep_fraction`` (always True without ``grace_steps``)."""
+        if self.grace_steps is None or not self.keep_fraction:
+            return True
+        factor, milestone = round(1.0 / self.keep_fraction), self.grace_steps
+        while milestone < step:
+            milestone *= factor
+        return milestone == step
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"chunk": self.chunk, "min_prompts": self.min_prompts,
@@ -87,9 +101,10 @@ class Racing:
 
 
 def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bool,
-                 reduction_factor: int | None = None) -> Racing | None:
-    """``racing``, or None without it. ``reduction_factor``: ASHA's, None without
-    ``early_terminate``. Raises ``ConfigError`` naming the key: racing needs the single
+                 reduction_factor: int | None = None, grace_steps: int | None = None
+                 ) -> Racing | None:
+    """``racing``, or None without it. ``reduction_factor``, ``grace_steps``: ASHA's, None
+    without ``early_terminate``. Raises ``ConfigError`` naming the key: racing needs the single
     objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of at least 4
     and below the number of held-out prompts (else it never decides), and ``against: cutoff``
     needs ASHA."""
@@ -114,7 +129,7 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
         if reduction_factor is None:
             raise section.error("cutoff races against ASHA's cutoff, and this sweep has no "
                                 "early_terminate: use best, or add early_terminate", "against")
-        racing = replace(racing, keep_fraction=1.0 / reduction_factor)
+        racing = replace(racing, keep_fraction=1.0 / reduction_factor, grace_steps=grace_steps)
     if racing.min_prompts >= n_prompts:
         raise section.error(f"must be below the number of held-out prompts ({n_prompts}), or "
                             f"racing never decides (got {racing.min_prompts})", "min_prompts")

@@ -401,7 +401,8 @@ def load_sweep(path: str | Path) -> Sweep:
         )
     racing = parse_racing(root, len(eval_spec.prompt_list), objectives[0].name,
                           len(objectives) > 1,
-                          None if early is None else early.reduction_factor)
+                          None if early is None else early.reduction_factor,
+                          None if early is None else early.grace_steps)
     if racing is not None:  # the trials draw their rungs in chunks and ask after each
         eval_spec = replace(eval_spec, chunk_prompts=racing.chunk)
 

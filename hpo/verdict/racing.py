@@ -25,11 +25,12 @@ full (every prompt of its budget), by the mean score:
   estimate of its full score). Without that, one early trial far above the rest stays the
   cutoff, every later trial is raced out against it, and the rung never fills. A partial
   record may be the cutoff; a trial is then paired with it on the prompts both drew.
-  Nobody is raced against the cutoff at their *last* rung (the trial's ``max_train_steps``):
-  ASHA stops a trial to save its later steps, so a trial at its last step is kept, COMPLETE,
-  whatever its score; racing it there would shrink the pool the winner is chosen from (one
-  seed of the benchmark was left with a single, infeasible, COMPLETE trial and no winner).
-  ``against: best`` races there too: a trial significantly worse than the best cannot win.
+  Racing against the cutoff happens only where ASHA decides: at its milestones, and never at
+  a trial's *last* rung (its ``max_train_steps``): ASHA stops a trial to save its later
+  steps, so a trial at its last step is kept, COMPLETE, whatever its score. Racing it there,
+  or at a rung between milestones, would stop trials ASHA keeps and shrink the pool the winner
+  is chosen from. ``against: best`` races at every rung: a trial significantly worse than the
+  best cannot win.
 
 Until some trial has finished a rung, the rung has no reference and nobody is stopped there.
 
@@ -141,11 +142,12 @@ class RungReferences:
                final: bool = False) -> dict[str, Any] | None:
         """A stop decision for a trial with ``per_prompt`` scores on the prompts at
         ``prompt_indices`` of rung ``step`` (``final``: the trial's last rung), or None to go
-        on (too few prompts, no reference there yet, a last rung against ASHA's cutoff, or not
-        significantly worse). The decision: the prompts compared, the mean difference and its
-        paired stderr, the p-value, the test, level and reference."""
+        on (too few prompts, no reference there yet, against ASHA's cutoff a last rung or one
+        where ASHA decides nothing, or not significantly worse). The decision: the prompts
+        compared, the mean difference and its paired stderr, the p-value, the test, level and
+        reference."""
         racing = self.racing
-        if final and racing.against == "cutoff":
+        if racing.against == "cutoff" and (final or not racing.asha_decides_at(step)):
             return None
         ref = self.reference(step)
         if ref is None or len(prompt_indices) < racing.min_prompts:

@@ -82,10 +82,12 @@ def test_a_sweep_without_early_terminate_may_race(tmp_path) -> None:
     assert sweep.racing is not None and sweep.early_terminate is None
 
 
-def test_racing_against_ashas_cutoff_takes_its_reduction_factor(tmp_path) -> None:
+def test_racing_against_ashas_cutoff_takes_its_reduction_factor_and_milestones(tmp_path) -> None:
     sweep = _sweep(tmp_path, racing={"min_prompts": 4, "against": "cutoff"})
     assert sweep.racing is not None and sweep.racing.against == "cutoff"
     assert sweep.racing.keep_fraction == pytest.approx(1 / 3)  # the test sweeps' factor 3
+    assert sweep.racing.grace_steps == sweep.early_terminate.grace_steps == 4
+    assert sweep.racing.asha_decides_at(12) and not sweep.racing.asha_decides_at(8)
     assert sweep.racing.as_dict()["against"] == "cutoff"
     assert "ASHA's cutoff" in sweep.racing.describe(10)
     assert _sweep(tmp_path / "best", racing={"min_prompts": 4}).racing.against == "best"

@@ -167,3 +167,15 @@ def test_against_the_cutoff_a_trials_last_rung_is_never_raced() -> None:
         assert refs.decide(30, list(range(8)), low[:8]) is not None  # a rung before its last
         at_last = refs.decide(30, list(range(8)), low[:8], final=True)
         assert (at_last is None) == (against == "cutoff")  # best: it cannot win, so it stops
+
+
+def test_against_the_cutoff_only_asha_milestones_are_raced() -> None:
+    rng = np.random.default_rng(6)
+    cutoff = Racing(chunk=4, min_prompts=8, against="cutoff", keep_fraction=0.5, grace_steps=15)
+    assert [s for s in range(1, 130) if cutoff.asha_decides_at(s)] == [15, 30, 60, 120]
+    refs = RungReferences(cutoff)
+    low = _scores(rng, -5.0)
+    for step in (30, 45):
+        refs.record(step, 1, _scores(rng, 10.0))
+    assert refs.decide(30, list(range(8)), low[:8]) is not None
+    assert refs.decide(45, list(range(8)), low[:8]) is None  # ASHA decides nothing at 45
