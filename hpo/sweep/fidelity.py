@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hpo.sweep.racing import asha_milestones
 from hpo.sweep.spec import Parameter, Sweep
 
 STEPS_AS = ("auto", "fidelity", "dimension")
@@ -77,11 +78,7 @@ def asha_rungs(sweep: Sweep, max_steps: int) -> tuple[int, ...]:
     if sweep.early_terminate is None:
         return ()
     et = sweep.early_terminate
-    out, step = [], et.grace_steps
-    while step <= max_steps:
-        out.append(step)
-        step *= et.reduction_factor
-    return tuple(out)
+    return asha_milestones(et.grace_steps, et.reduction_factor, max_steps)
 
 
 def fidelity_rungs(sweep: Sweep, candidates: tuple[int, ...]) -> tuple[int, ...]:

@@ -53,6 +53,16 @@ DEFAULT_LEVEL = 0.01
 MIN_DECISION_PROMPTS = 4  # a paired test over fewer prompts says little
 
 
+def asha_milestones(grace_steps: int, reduction_factor: int, max_steps: int) -> tuple[int, ...]:
+    """ASHA's milestones up to ``max_steps``: ``grace_steps * reduction_factor**k`` (Li et al.
+    2020; Ray Tune's ``AsyncHyperBandScheduler`` rungs)."""
+    out, step = [], grace_steps
+    while step <= max_steps:
+        out.append(step)
+        step *= reduction_factor
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Racing:
     """The ``racing`` section (see the module docstring)."""
@@ -72,10 +82,7 @@ class Racing:
         1 / keep_fraction`` (always True without ``grace_steps``)."""
         if self.grace_steps is None or not self.keep_fraction:
             return True
-        factor, milestone = round(1.0 / self.keep_fraction), self.grace_steps
-        while milestone < step:
-            milestone *= factor
-        return milestone == step
+        return step in asha_milestones(self.grace_steps, round(1.0 / self.keep_fraction), step)
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"chunk": self.chunk, "min_prompts": self.min_prompts,
