@@ -180,8 +180,7 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         if name in {s.study_name for s in storage.get_all_studies()}:
             existing = optuna.load_study(study_name=name, storage=storage)
     if existing is not None and contents is not None:
-        fingerprint.check_existing(existing, fingerprint.compute(fidelity.apply(sweep, steps),
-                                                                 contents))
+        fingerprint.check_existing(existing, fidelity.apply(sweep, steps), contents)
     print(plan.describe(sweep, name, study_dir, args, steps))
     return 0
 
@@ -212,7 +211,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
             console.driver_log(study_dir / "driver.log", args.verbose, args.command) as record, \
             RayOutput(record, args.verbose) as ray_output:
         study = studies.open_study(storage, sweep, name)
-        fingerprint.check_or_record(study, fingerprint.compute(sweep, contents))
+        fingerprint.check_or_record(study, sweep, contents)
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))
         requeued = studies.recover_interrupted(study)
         if requeued:

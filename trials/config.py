@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trials import settings
+from trials.settings import resolve_path, setting
 from trials.trigger import control_prompts as strip_prompts
 from trials.validation import (
     ConfigError,
@@ -69,103 +71,201 @@ TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
     "early_terminate", "resources", "result", "select", "confirm", "preservation", "racing",
 )
-PRESERVATION_KEYS = ("trigger", "control_prompts", "method", "weight", "class_images",
-                     "class_inference_steps", "require")
+
+
+def _local_name(section: Section, key: str, default: str) -> str:
+    """A model id as written, or an absolute folder when it names a local one (a trial may run
+    in another working directory: a Ray worker, a pod)."""
+    name = section.string(key, default)
+    if name != TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).exists()):
+        name = str(resolve_path(name, Path.cwd()))
+    return name
+
+
+def _image_side(section: Section, key: str, default: int | None) -> int | None:
+    # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
+    value = section.raw(key, default)
+    if value is None:
+        return None
+    value = check_int(value, lambda message, k: section.error(
+        f"{message}; a side in pixels from {MIN_SIDE} to {MAX_SIDE}, a multiple of 8", k),
+        key, MIN_SIDE, MAX_SIDE)
+    if value % 8:
+        raise section.error(f"must be a multiple of 8 (got {value})", key)
+    return value
+
+
+_SIDE_SCHEMA = {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE, "multipleOf": 8}
+
+
+def _grad_norm(section: Section, key: str, default: float | None) -> float | None:
+    # 0 turns clipping off; the reference script clips at 1.0 (in name only: see the README).
+    return section.number(key, default, minimum=0) or None
+
+
+def _fused(section: Section, key: str, default: str) -> str:
+    """``train.fused_accumulation``: auto, on or off (YAML's bare true/false/on/off too)."""
+    value = section.raw(key, default)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return section.string(key, default, FUSED_MODES)
+
+
+def _rungs(section: Section, key: str, default: None) -> tuple[int, ...] | None:
+    if not section.has(key):
+        return default
+    raw = section.raw(key)
+    if not isinstance(raw, list) or not raw:
+        raise section.error(f"must be a non-empty list of steps (got {describe(raw)})", key)
+    return tuple(sorted({check_int(v, section.error, f"{key}[{i}]", 1, None)
+                         for i, v in enumerate(raw)}))
+
+
+def _clip_pretrained(section: Section, key: str, default: str | None) -> str | None:
+    # open_clip's tag of ViT-H-14's LAION-2B weights; the toy world's CLIP has none.
+    hub = section.data.get("clip_model", "ViT-H-14") not in (TINY_MODEL, "toyworld")
+    return section.string(key, DEFAULT_CLIP_PRETRAINED if hub else default)
+
+
+def _trigger(section: Section, key: str, default: None) -> str | None:
+    trigger = section.string(key, default)
+    return trigger.strip() if trigger else None
+
+
+DEFAULT_CLIP_PRETRAINED = "laion2b_s32b_b79k"
+_CONTENTS = "its contents count (data.contents)"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Which Stable Diffusion weights to fine-tune: a hub id, a local folder, or ``tiny``."""
 
-    name: str = TINY_MODEL
-    revision: str | None = None
-    variant: str | None = None
+    name: str = setting(TINY_MODEL, doc="A hub id (runwayml/stable-diffusion-v1-5), a local "
+                        "diffusers folder, `toyworld` (the committed pretrained toy world) or "
+                        "`tiny` (random weights)", reader=_local_name)
+    revision: str | None = setting(None, doc="The hub revision (a commit) of the weights")
+    variant: str | None = setting(None, doc="The weights' variant (e.g. fp16)")
 
 
 @dataclass(frozen=True)
 class SyntheticData:
     """Ask for a generated car dataset in ``train_dir`` (the CPU demo and tests)."""
 
-    n_images: int = 16
-    size: int = 64
-    seed: int = 0
+    n_images: int = setting(16, doc="Images to draw", minimum=1)
+    size: int = setting(64, doc="Their side in pixels", minimum=MIN_SIDE, maximum=MAX_SIDE)
+    seed: int = setting(0, doc="The drawing seed")
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """The training folder in the reference script's imagefolder format and its transforms."""
 
-    train_dir: Path
-    image_column: str = "image"
-    caption_column: str = "text"
-    resolution: int = 512
-    center_crop: bool = True
-    random_flip: bool = False
-    synthetic: SyntheticData | None = None
-    holdout: int = 0  # images of train_dir never trained on (trials.data.holdout)
-    holdout_seed: int = 0
-    image_interpolation_mode: str = DEFAULT_INTERPOLATION
-    # Aspect-ratio buckets (trials.data.buckets); off: the reference's square crop.
-    aspect_buckets: bool = False
-    bucket_max_aspect: float = DEFAULT_BUCKET_MAX_ASPECT
+    train_dir: Path = setting(doc="The training folder: images plus metadata.jsonl or "
+                              "metadata.csv (the reference script's --train_data_dir)",
+                              free=_CONTENTS)
+    image_column: str = setting("image", doc="The image column of the metadata")
+    caption_column: str = setting("text", doc="The caption column of the metadata")
+    resolution: int = setting(512, doc="Training side in pixels (SD v1.5: 512)",
+                              reader=_image_side, schema=_SIDE_SCHEMA)
+    center_crop: bool = setting(True, doc="Center crop (else random crop)")
+    random_flip: bool = setting(False, doc="Flip images horizontally at random")
+    synthetic: SyntheticData | None = setting(
+        None, doc="Draw a car dataset into train_dir when it is missing (CPU demo, tests)",
+        free="draws the folder only when it is missing; " + _CONTENTS)
+    holdout: int = setting(0, doc="Images of train_dir never trained on (scored by "
+                           "clip_i_holdout / dino_holdout)", minimum=0)
+    holdout_seed: int = setting(0, doc="The seed of the held-out split", minimum=0)
+    image_interpolation_mode: str = setting(
+        DEFAULT_INTERPOLATION, doc="Resize filter (the reference script's "
+        "--image_interpolation_mode)", choices=INTERPOLATION_MODES)
+    aspect_buckets: bool = setting(False, doc="Aspect-ratio buckets (off: the reference's "
+                                   "square crop)")
+    bucket_max_aspect: float = setting(DEFAULT_BUCKET_MAX_ASPECT, doc="Long side / short "
+                                       "side of the widest bucket", minimum=1)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """Settings every trial shares, named after the reference script's flags."""
 
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    mixed_precision: str = "no"
-    seed: int = 42
-    max_grad_norm: float | None = 1.0
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    gradient_checkpointing: bool = False
-    prediction_type: str | None = None
-    fused_accumulation: str = "auto"  # see trials.train.accumulate
-    # Probability of training a sample on the empty caption (for classifier-free guidance);
+    train_batch_size: int = setting(1, doc="Images per micro-batch", minimum=1)
+    gradient_accumulation_steps: int = setting(1, doc="Micro-batches per optimizer step",
+                                               minimum=1)
+    lr_scheduler: str = setting("constant", doc="diffusers' get_scheduler name",
+                                choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = setting(0, doc="Warm-up steps of the schedule", minimum=0)
+    mixed_precision: str = setting("no", doc="Precision of the frozen weights (quote \"no\")",
+                                   choices=MIXED_PRECISION)
+    seed: int = setting(42, doc="The training seed (noise, timesteps, data order)", minimum=0)
+    max_grad_norm: float | None = setting(
+        1.0, doc="Gradient clipping norm; 0 turns it off", minimum=0, reader=_grad_norm,
+        writer=lambda v: 0 if v is None else v)
+    snr_gamma: float | None = setting(None, doc="Min-SNR weighting gamma (Hang et al. 2023; "
+                                      "5.0 recommended)", above=0)
+    noise_offset: float = setting(0.0, doc="Noise offset", minimum=0)
+    gradient_checkpointing: bool = setting(False, doc="Recompute activations (less memory)")
+    prediction_type: str | None = setting(None, doc="Override the scheduler's prediction type",
+                                          choices=PREDICTION_TYPES)
+    fused_accumulation: str = setting(
+        "auto", doc="One batch per optimizer step (on), the reference's micro-batches one by "
+        "one (off), or fused with a fall-back on out-of-memory (auto)", reader=_fused,
+        schema={"anyOf": [{"enum": list(FUSED_MODES)}, {"type": "boolean"}]})
     # kohya sd-scripts' --caption_dropout_rate. A parameters.caption_dropout overrides it.
-    caption_dropout: float = 0.0
+    caption_dropout: float = setting(0.0, doc="Probability of training a sample on the empty "
+                                     "caption (for classifier-free guidance)", minimum=0,
+                                     maximum=1)
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     """How a LoRA is scored: images for held-out prompts, CLIP text-image similarity."""
 
-    prompts: Path
-    prompt_list: tuple[str, ...]
-    images_per_prompt: int = 2
-    inference_steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int = 1234
-    clip_model: str = "ViT-H-14"
-    clip_pretrained: str | None = "laion2b_s32b_b79k"
-    every_steps: int = 100
-    batch_size: int = 8
-    # Explicit evaluation steps (steps searched as a fidelity, see hpo.sweep.fidelity); None: every
-    # ``every_steps``.
-    rungs: tuple[int, ...] | None = None
-    # Opt-in speed-ups of the rung evaluation that change the numbers (see trials.eval.fast_eval):
-    # the LoRA merged into the weights while drawing (pixels can move by rounding), and CUDA's.
-    merge_lora: bool = False
-    clip_fp16: bool = False
-    channels_last: bool = False
-    compile_unet: bool = False
-    reference_dir: Path | None = None  # held-out real images, imagefolder format
-    dino_model: str = "facebook/dinov2-base"  # hub id, local folder, or `tiny`
-    width: int | None = None  # images drawn for scoring; None: data.resolution
-    height: int | None = None
-    # Set by the sweep, never read from the eval section (hpo.sweep.racing, hpo.sweep.fidelity).
-    # Racing: a rung draws its prompts in chunks of this many, in the shared shuffled order
+    prompts: Path = setting(doc="Held-out prompts, one a line (# comments)",
+                            free="its prompts count (eval.prompt_list)")
+    prompt_list: tuple[str, ...] = setting((), doc="The held-out prompts' text", derived=True,
+                                           digest=True, key="prompts")
+    images_per_prompt: int = setting(2, doc="Images drawn per prompt at each rung", minimum=1)
+    inference_steps: int = setting(25, doc="Sampler steps per image", minimum=1)
+    guidance_scale: float = setting(7.5, doc="Classifier-free guidance scale", minimum=0)
+    seed: int = setting(1234, doc="The first image seed (prompt i, image j: seed + ...)",
+                        minimum=0)
+    clip_model: str = setting("ViT-H-14", doc="open_clip model name, `toyworld` or `tiny`")
+    clip_pretrained: str | None = setting(
+        None, doc=f"open_clip pretrained tag or weights file (hub models: "
+        f"{DEFAULT_CLIP_PRETRAINED})", reader=_clip_pretrained)
+    every_steps: int = setting(100, doc="Evaluate every this many steps (the rungs)",
+                               minimum=1)
+    batch_size: int = setting(8, doc="Images drawn at once", minimum=1,
+                              free="draws the same images in other batches")
+    rungs: tuple[int, ...] | None = setting(
+        None, doc="Explicit evaluation steps (instead of every_steps)", reader=_rungs,
+        free="which steps are scored (a sweep adds ASHA's milestones, which are free); a "
+        "score at a step means the same",
+        schema={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1})
+    # Opt-in speed-ups of the rung evaluation that change the numbers (trials.eval.fast_eval).
+    merge_lora: bool = setting(False, doc="Merge the LoRA into the weights while drawing")
+    clip_fp16: bool = setting(False, doc="Score with CLIP in fp16 (CUDA)")
+    channels_last: bool = setting(False, doc="channels_last UNet (CUDA)")
+    compile_unet: bool = setting(False, doc="torch.compile the UNet (CUDA)")
+    reference_dir: Path | None = setting(None, doc="Held-out real images, imagefolder format")
+    dino_model: str = setting("facebook/dinov2-base", doc="DINO model: hub id, local folder "
+                              "or `tiny`", reader=_local_name)
+    width: int | None = setting(None, doc="Width of drawn images (default: data.resolution)",
+                                reader=_image_side, schema=_SIDE_SCHEMA)
+    height: int | None = setting(None, doc="Height of drawn images (default: "
+                                 "data.resolution)", reader=_image_side, schema=_SIDE_SCHEMA)
+    # Set by the sweep, never read from the eval section (hpo.sweep.racing): racing draws a
+    # rung's prompts in chunks of this many, in the shared shuffled order
     # (trials.eval.evaluator.prompt_order), asking the orchestrator after each; None: at once.
-    chunk_prompts: int | None = None
+    chunk_prompts: int | None = setting(None, doc="Racing's chunk", derived=True,
+                                        free="follows racing, which is free")
     # Prompts as a fidelity: at these rungs (ASHA's alone) only the first ``subset_prompts`` of
     # that order are scored; every other rung scores all the prompts.
-    subset_rungs: tuple[int, ...] = ()
-    subset_prompts: int | None = None
+    subset_rungs: tuple[int, ...] = setting((), doc="ASHA-only rungs", derived=True,
+                                            free="follows early_terminate, which is free")
+    subset_prompts: int | None = setting(None, doc="Prompts scored at subset_rungs",
+                                         derived=True,
+                                         free="follows early_terminate, which is free")
 
     def prompt_budget(self, step: int) -> int:
         """How many held-out prompts the rung at ``step`` scores."""
@@ -185,14 +285,26 @@ class PreservationSpec:
     ``require`` is read by the sweep (``hpo.sweep.preservation``), not by a trial.
     """
 
-    trigger: str | None = None
-    control_prompts: Path | None = None
-    control_prompt_list: tuple[str, ...] = ()
-    brand_prompt_list: tuple[str, ...] = ()
-    method: str = "none"  # PRESERVATION_METHODS; parameters.preservation overrides
-    weight: float = 1.0  # the preservation loss's weight; parameters.preservation_weight too
-    class_images: int = 0  # prior: images the base model draws once (0: one per caption)
-    class_inference_steps: int = 25
+    trigger: str | None = setting(None, doc="The brand phrase: control prompts are the "
+                                  "held-out prompts without it", reader=_trigger)
+    control_prompts: Path | None = setting(
+        None, doc="Control prompts file (default: the held-out prompts without the trigger)",
+        free="its prompts count (preservation.control_prompt_list)")
+    control_prompt_list: tuple[str, ...] = setting((), doc="The control prompts' text",
+                                                   derived=True, digest=True,
+                                                   key="control_prompts")
+    brand_prompt_list: tuple[str, ...] = setting(
+        (), doc="The control prompts' brand versions", derived=True,
+        free="follows from the prompts and the trigger")
+    method: str = setting("none", doc="Training remedy: none, prior (DreamBooth's prior "
+                          "preservation) or dop (differential output preservation)",
+                          choices=PRESERVATION_METHODS)
+    weight: float = setting(1.0, doc="The preservation loss's weight", minimum=0,
+                            maximum=10_000)
+    class_images: int = setting(0, doc="prior: class images the base model draws once (0: "
+                                "one per caption)", minimum=0, maximum=100_000)
+    class_inference_steps: int = setting(25, doc="prior: sampler steps of the class images",
+                                         minimum=1, maximum=1000)
 
     @property
     def measured(self) -> bool:
@@ -296,185 +408,50 @@ def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def resolve_path(value: str, base_dir: Path) -> Path:
-    """Paths in YAML are relative to the current directory, like the reference script's flags."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
+def read_model(section: Section) -> ModelSpec:
+    return settings.read(ModelSpec, section)
 
 
-def parse_model(section: Section) -> ModelSpec:
-    section.allow_only(("name", "revision", "variant"))
-    name = section.string("name", TINY_MODEL)
-    if name != TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).exists()):
-        name = str(resolve_path(name, Path.cwd()))  # a local folder: trials run elsewhere
-    return ModelSpec(
-        name=name,
-        revision=section.string("revision", None),
-        variant=section.string("variant", None),
-    )
+def read_data(section: Section, base_dir: Path) -> DataSpec:
+    return settings.read(DataSpec, section, base_dir)
 
 
-def parse_data(section: Section, base_dir: Path) -> DataSpec:
-    section.allow_only(
-        ("train_dir", "image_column", "caption_column", "resolution", "center_crop",
-         "random_flip", "synthetic", "holdout", "holdout_seed", "image_interpolation_mode",
-         "aspect_buckets", "bucket_max_aspect")
-    )
-    synthetic = None
-    if section.has("synthetic"):
-        gen = section.sub("synthetic")
-        gen.allow_only(("n_images", "size", "seed"))
-        synthetic = SyntheticData(
-            n_images=gen.integer("n_images", 16, minimum=1),
-            size=gen.integer("size", 64, minimum=MIN_SIDE, maximum=MAX_SIDE),
-            seed=gen.integer("seed", 0),
-        )
-    resolution = _image_side(section, "resolution", 512)
-    return DataSpec(
-        train_dir=resolve_path(section.string("train_dir"), base_dir),
-        image_column=section.string("image_column", "image"),
-        caption_column=section.string("caption_column", "text"),
-        resolution=resolution,
-        center_crop=section.boolean("center_crop", True),
-        random_flip=section.boolean("random_flip", False),
-        synthetic=synthetic,
-        holdout=section.integer("holdout", 0, minimum=0),
-        holdout_seed=section.integer("holdout_seed", 0, minimum=0),
-        image_interpolation_mode=section.string(
-            "image_interpolation_mode", DEFAULT_INTERPOLATION, INTERPOLATION_MODES),
-        aspect_buckets=section.boolean("aspect_buckets", False),
-        bucket_max_aspect=section.number("bucket_max_aspect", DEFAULT_BUCKET_MAX_ASPECT,
-                                         minimum=1),
-    )
-
-
-def parse_train(section: Section) -> TrainSpec:
+def read_train(section: Section) -> TrainSpec:
     # The reference script's --learning_rate, --rank and --max_train_steps are parameters here.
-    section.allow_only(TrainSpec.__dataclass_fields__, PARAMETER_PATHS)
-    snr = section.number("snr_gamma", None, above=0)
-    # 0 turns clipping off; the reference script clips at 1.0 (in name only: see DESIGN.md).
-    grad = section.number("max_grad_norm", 1.0, minimum=0)
-    return TrainSpec(
-        train_batch_size=section.integer("train_batch_size", 1, minimum=1),
-        gradient_accumulation_steps=section.integer("gradient_accumulation_steps", 1, minimum=1),
-        lr_scheduler=section.string("lr_scheduler", "constant", LR_SCHEDULERS),
-        lr_warmup_steps=section.integer("lr_warmup_steps", 0, minimum=0),
-        mixed_precision=section.string("mixed_precision", "no", MIXED_PRECISION),
-        seed=section.integer("seed", 42, minimum=0),
-        max_grad_norm=grad or None,
-        snr_gamma=snr,
-        noise_offset=section.number("noise_offset", 0.0, minimum=0),
-        gradient_checkpointing=section.boolean("gradient_checkpointing", False),
-        prediction_type=section.string("prediction_type", None, PREDICTION_TYPES),
-        fused_accumulation=parse_fused(section),
-        caption_dropout=section.number("caption_dropout", 0.0, minimum=0, maximum=1),
-    )
+    return settings.read(TrainSpec, section, elsewhere=PARAMETER_PATHS)
 
 
-def parse_fused(section: Section) -> str:
-    """``train.fused_accumulation``: auto, on or off (YAML's bare true/false/on/off too)."""
-    value = section.raw("fused_accumulation", "auto")
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return section.string("fused_accumulation", "auto", FUSED_MODES)
+def read_eval(section: Section, base_dir: Path) -> EvalSpec:
+    spec = settings.read(EvalSpec, section, base_dir)
+    return replace(spec, prompt_list=read_prompts(spec.prompts, section.file,
+                                                  section.key_path("prompts")))
 
 
-def parse_eval(section: Section, base_dir: Path) -> EvalSpec:
-    section.allow_only(
-        ("prompts", "images_per_prompt", "inference_steps", "guidance_scale", "seed",
-         "clip_model", "clip_pretrained", "every_steps", "batch_size", "reference_dir",
-         "dino_model", "width", "height", "merge_lora", "clip_fp16", "channels_last",
-         "compile_unet", "rungs")
-    )
-    reference_dir = resolve_path(section.string("reference_dir"), base_dir) \
-        if section.has("reference_dir") else None
-    dino_model = section.string("dino_model", "facebook/dinov2-base")
-    if dino_model != TINY_MODEL and (dino_model.startswith((".", "/", "~"))
-                                     or Path(dino_model).exists()):
-        dino_model = str(resolve_path(dino_model, Path.cwd()))  # a local folder
-    rungs = None
-    if section.has("rungs"):
-        raw = section.raw("rungs")
-        if not isinstance(raw, list) or not raw:
-            raise section.error(f"must be a non-empty list of steps (got {describe(raw)})",
-                                "rungs")
-        rungs = tuple(sorted({check_int(v, section.error, f"rungs[{i}]", 1, None)
-                              for i, v in enumerate(raw)}))
-    prompts = resolve_path(section.string("prompts"), base_dir)
-    clip_model = section.string("clip_model", "ViT-H-14")
-    default_tag = None if clip_model in (TINY_MODEL, "toyworld") else "laion2b_s32b_b79k"
-    return EvalSpec(
-        prompts=prompts,
-        prompt_list=read_prompts(prompts, section.file, section.key_path("prompts")),
-        images_per_prompt=section.integer("images_per_prompt", 2, minimum=1),
-        inference_steps=section.integer("inference_steps", 25, minimum=1),
-        guidance_scale=section.number("guidance_scale", 7.5, minimum=0),
-        seed=section.integer("seed", 1234, minimum=0),
-        clip_model=clip_model,
-        clip_pretrained=section.string("clip_pretrained", default_tag),
-        every_steps=section.integer("every_steps", 100, minimum=1),
-        batch_size=section.integer("batch_size", 8, minimum=1),
-        merge_lora=section.boolean("merge_lora", False),
-        clip_fp16=section.boolean("clip_fp16", False),
-        channels_last=section.boolean("channels_last", False),
-        compile_unet=section.boolean("compile_unet", False),
-        rungs=rungs,
-        reference_dir=reference_dir,
-        dino_model=dino_model,
-        width=_image_side(section, "width"),
-        height=_image_side(section, "height"),
-    )
-
-
-def parse_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
-                       ) -> PreservationSpec:
+def read_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
+                      ) -> PreservationSpec:
     """``preservation``: the trigger, control prompts and training remedy (all optional).
 
     Without ``trigger`` nothing is measured and ``method`` must stay ``none``. Raises
     :class:`ConfigError` naming the key: a held-out prompt without the trigger, a control
     prompts file that is missing or empty, or one with another number of lines than needed.
     """
-    section.allow_only(PRESERVATION_KEYS)
-    trigger = section.string("trigger", None)
-    method = section.string("method", "none", PRESERVATION_METHODS)
-    spec = PreservationSpec(
-        trigger=trigger.strip() if trigger else None,
-        method=method,
-        weight=section.number("weight", 1.0, minimum=0, maximum=10_000),
-        class_images=section.integer("class_images", 0, minimum=0, maximum=100_000),
-        class_inference_steps=section.integer("class_inference_steps", 25, minimum=1,
-                                              maximum=1000),
-    )
+    spec = settings.read(PreservationSpec, section, base_dir, also=("require",))
     if spec.trigger is None:
         for key in ("control_prompts", "method", "require"):
-            if section.has(key) and not (key == "method" and method == "none"):
+            if section.has(key) and not (key == "method" and spec.method == "none"):
                 raise section.error("needs preservation.trigger (the brand phrase the "
                                     "control prompts and captions are measured without)", key)
         return spec
-    if section.has("control_prompts"):
-        path = resolve_path(section.string("control_prompts"), base_dir)
-        controls = read_prompts(path, section.file, section.key_path("control_prompts"))
+    if spec.control_prompts is not None:
+        controls = read_prompts(spec.control_prompts, section.file,
+                                section.key_path("control_prompts"))
         brands = tuple(f"{c}, {spec.trigger}" for c in controls)
-        return replace(spec, control_prompts=path, control_prompt_list=controls,
-                       brand_prompt_list=brands)
+        return replace(spec, control_prompt_list=controls, brand_prompt_list=brands)
     try:
         controls = strip_prompts(eval_spec.prompt_list, spec.trigger, eval_spec.prompts)
     except ValueError as err:
         raise section.error(str(err), "trigger") from None
     return replace(spec, control_prompt_list=controls, brand_prompt_list=eval_spec.prompt_list)
-
-
-def _image_side(section: Section, key: str, default: int | None = None) -> int | None:
-    # The pipeline needs sides divisible by the VAE's factor (8 for SD v1.5).
-    value = section.raw(key, default)
-    if value is None:
-        return None
-    value = check_int(value, lambda message, k: section.error(
-        f"{message}; a side in pixels from {MIN_SIDE} to {MAX_SIDE}, a multiple of 8", k),
-        key, MIN_SIDE, MAX_SIDE)
-    if value % 8:
-        raise section.error(f"must be a multiple of 8 (got {value})", key)
-    return value
 
 
 def parse_target_modules(value: Any, error: Any, key: str) -> str:
@@ -632,14 +609,14 @@ def load_trial_config(
                 name, fixed[name], params_section.sub(name).error, "value")
         elif name not in OPTIONAL_PARAMETERS:  # alpha defaults to rank, adapter to lora
             raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
-    eval_spec = parse_eval(root.sub("eval"), base)
+    eval_spec = read_eval(root.sub("eval"), base)
     return TrialConfig(
-        model=parse_model(root.sub("model")),
-        data=parse_data(root.sub("data"), base),
-        train=parse_train(root.sub("train")),
+        model=read_model(root.sub("model")),
+        data=read_data(root.sub("data"), base),
+        train=read_train(root.sub("train")),
         eval=eval_spec,
         params=make_params(values),
         output_dir=output_dir,
         cache_dir=cache_dir,
-        preservation=parse_preservation(root.sub("preservation"), eval_spec, base),
+        preservation=read_preservation(root.sub("preservation"), eval_spec, base),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,11 @@ from hpo.study.storage import counted_trials
 from hpo.sweep.fidelity import exported_steps
 from hpo.sweep.spec import Sweep
 from hpo.verdict.winner import best_trial
+from trials import settings
 from trials.config import TARGET_PRESETS
 from trials.models.lora import WEIGHTS_NAME
 
 log = logging.getLogger("hpo")
-
-
-# EvalSpec fields that are no eval keys of a file: the prompts' text (the file names them) and
-# what a racing sweep sets on its trials (hpo.sweep.racing); best.yaml reruns one LoRA at once.
-SWEEP_ONLY_EVAL = ("prompt_list", "chunk_prompts", "subset_rungs", "subset_prompts")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -41,16 +36,6 @@ def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str_block)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def winning_values(sweep: Sweep, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -158,10 +143,12 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     best_lora = out_dir / "best_lora"
     doc = {
         "name": f"{study.study_name}-best",
-        "model": _plain(asdict(sweep.model)),
-        "data": {k: v for k, v in _plain(asdict(sweep.data)).items() if v is not None},
-        "train": _plain(asdict(sweep.train)),
-        "eval": {k: v for k, v in _plain(asdict(sweep.eval)).items() if k not in SWEEP_ONLY_EVAL},
+        # The sections as the sweep file's definition writes them (trials.settings.dump), so
+        # python -m trials.train reads them back as they were (tests/hpo/sweep/test_schema.py).
+        "model": settings.dump(sweep.model),
+        "data": settings.dump(sweep.data),
+        "train": settings.dump(sweep.train),
+        "eval": settings.dump(sweep.eval),
         "metric": {"name": sweep.metric, "goal": sweep.goal},
         "parameters": {name: {"value": value} for name, value in values.items()},
         "result": {
@@ -188,11 +175,7 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     }
     pres = sweep.preservation
     if pres.measured:
-        doc["preservation"] = {
-            "trigger": pres.trigger, "method": pres.method, "weight": pres.weight,
-            "class_images": pres.class_images,
-            "class_inference_steps": pres.class_inference_steps,
-            **({"control_prompts": str(pres.control_prompts)} if pres.control_prompts else {})}
+        doc["preservation"] = settings.dump(pres)
         # The exported rung's figures on the search seeds (hpo.verdict.preservation).
         doc["result"]["preservation"] = {
             k: attrs.get(k) for k in ("control_score", "control_delta", "control_delta_stderr",
@@ -207,8 +190,6 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
         confirmation = {**(confirmation or {"confirmed": False}), "missing": missing}
     if confirmation is not None:
         doc["result"]["confirmation"] = confirmation
-    if doc["train"].get("max_grad_norm") is None:
-        doc["train"]["max_grad_norm"] = 0
     path = path or out_dir / "best.yaml"
     kind = "Best" if is_winner else "Pareto-optimal"
     header = (

@@ -19,9 +19,11 @@ candidate by the same rule. ``top_k: 0`` turns it off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from trials import settings
+from trials.settings import setting
 from trials.validation import Section, describe
 
 GOALS = ("maximize", "minimize")
@@ -40,8 +42,8 @@ DEFAULT_TOP_K = 3
 class Objective:
     """One metric the search optimizes, and in which direction."""
 
-    name: str
-    goal: str = "maximize"
+    name: str = setting("clip_score", doc="The metric", choices=METRICS)
+    goal: str = setting("maximize", doc="Its direction", choices=GOALS)
 
     @property
     def sign(self) -> float:
@@ -52,8 +54,13 @@ class Objective:
 class Select:
     """The rule that picks the winner among the candidates (see the module docstring)."""
 
-    rule: str = "first"
-    weights: tuple[float, ...] = ()
+    rule: str = setting("first", doc="first: the best first objective; weighted: the largest "
+                        "weighted sum of the objectives", choices=RULES)
+    weights: tuple[float, ...] = setting(
+        (), doc="rule weighted: one weight >= 0 per objective",
+        # read by parse_select, which knows the objectives; rule first writes none
+        reader=lambda section, key, default: default, writer=lambda w: list(w) or None,
+        schema={"type": "array", "items": {"type": "number", "minimum": 0}})
 
     def score(self, objectives: tuple[Objective, ...], metrics: dict[str, Any]) -> float | None:
         """Higher is better; None when a metric the rule needs is missing."""
@@ -72,13 +79,20 @@ class Select:
         return {"rule": self.rule, "weights": list(self.weights)}
 
 
+
+
 @dataclass(frozen=True)
 class Confirm:
     """Re-scoring of the top candidates on fresh seeds after the search (0 = off)."""
 
-    top_k: int = DEFAULT_TOP_K
-    seed: int = 0  # the base seed of the confirmation images; must differ from eval.seed
-    images_per_prompt: int = 1
+    top_k: int = setting(DEFAULT_TOP_K, doc="Candidates re-scored on fresh seeds (0: off)",
+                         minimum=0)
+    # None only while reading: the loader fills in eval.seed + 1 and the search's count.
+    seed: int | None = setting(None, doc="The first seed of the confirmation images (default "
+                               "eval.seed + 1; must differ from eval.seed)", minimum=0)
+    images_per_prompt: int | None = setting(
+        None, doc="Images per prompt (default: the search's eval.images_per_prompt)",
+        minimum=1)
 
 
 def parse_objectives(root: Section) -> tuple[Objective, ...]:
@@ -91,11 +105,7 @@ def parse_objectives(root: Section) -> tuple[Objective, ...]:
     else:
         raise root.error(f"must be a mapping with name and goal, or a non-empty list of them "
                          f"(got {describe(raw)})", "metric")
-    out = []
-    for item in items:
-        item.allow_only(("name", "goal"))
-        out.append(Objective(item.string("name", "clip_score", METRICS),
-                             item.string("goal", "maximize", GOALS)))
+    out = [settings.read(Objective, item) for item in items]
     names = [o.name for o in out]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -105,8 +115,7 @@ def parse_objectives(root: Section) -> tuple[Objective, ...]:
 
 def parse_select(root: Section, objectives: tuple[Objective, ...]) -> Select:
     section = root.sub("select")
-    section.allow_only(("rule", "weights"))
-    rule = section.string("rule", "first", RULES)
+    rule = settings.read(Select, section).rule
     if rule == "first":
         if section.has("weights"):
             raise section.error("only rule weighted takes weights", "weights")
@@ -129,13 +138,10 @@ def parse_confirm(root: Section, eval_seed: int, images_per_prompt: int) -> Conf
     """``confirm``: ``top_k`` (default 3, 0 = off), ``seed`` (default ``eval.seed + 1``) and
     ``images_per_prompt`` (default: the search's)."""
     section = root.sub("confirm")
-    section.allow_only(("top_k", "seed", "images_per_prompt"))
-    seed = section.integer("seed", eval_seed + 1, minimum=0)
+    confirm = settings.read(Confirm, section)
+    seed = eval_seed + 1 if confirm.seed is None else confirm.seed
     if seed == eval_seed:
         raise section.error(f"must differ from eval.seed ({eval_seed}): confirmation draws "
                             "fresh images", "seed")
-    return Confirm(
-        top_k=section.integer("top_k", DEFAULT_TOP_K, minimum=0),
-        seed=seed,
-        images_per_prompt=section.integer("images_per_prompt", images_per_prompt, minimum=1),
-    )
+    return replace(confirm, seed=seed, images_per_prompt=confirm.images_per_prompt
+                   or images_per_prompt)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trials import settings
+from trials.settings import setting
 from trials.validation import Section
 
 CONTROL_RULES = ("not_worse", "any")
@@ -37,16 +39,29 @@ DEFAULT_LEVEL = 0.05
 class Require:
     """The constraint on a trial's control prompts (see the module docstring)."""
 
-    not_worse: bool = True
-    level: float = DEFAULT_LEVEL
-    max_drop: float | None = None  # CLIP-score points below the base model, None: no bound
-    leak_not_above: bool = False
-    max_leak: float | None = None  # CLIP-score points of brand margin gained, None: no bound
+    control: str = setting("not_worse", doc="not_worse: the control score is not "
+                           "significantly below the base model's; any: only max_drop",
+                           choices=CONTROL_RULES)
+    level: float = setting(DEFAULT_LEVEL, doc="The paired t-test's level (two-sided)", above=0,
+                           maximum=0.5)
+    max_drop: float | None = setting(None, doc="CLIP-score points the control Δ may fall "
+                                     "below the base model (none: no bound)", minimum=0)
+    leak: str = setting("any", doc="not_above: the leak is not significantly above 0",
+                        choices=LEAK_RULES)
+    max_leak: float | None = setting(None, doc="CLIP-score points of brand margin gained at "
+                                     "most (none: no bound)", minimum=0)
+
+    @property
+    def not_worse(self) -> bool:
+        return self.control == "not_worse"
+
+    @property
+    def leak_not_above(self) -> bool:
+        return self.leak == "not_above"
 
     def as_dict(self) -> dict[str, object]:
-        return {"control": "not_worse" if self.not_worse else "any", "level": self.level,
-                "max_drop": self.max_drop, "leak": "not_above" if self.leak_not_above
-                else "any", "max_leak": self.max_leak}
+        return {"control": self.control, "level": self.level, "max_drop": self.max_drop,
+                "leak": self.leak, "max_leak": self.max_leak}
 
     @classmethod
     def from_dict(cls, raw: dict[str, object]) -> Require:
@@ -55,9 +70,9 @@ class Require:
             value = raw.get(key)
             return None if value is None else float(value)  # type: ignore[arg-type]
 
-        return cls(not_worse=raw.get("control", "not_worse") == "not_worse",
+        return cls(control=str(raw.get("control") or "not_worse"),
                    level=number("level") or DEFAULT_LEVEL, max_drop=number("max_drop"),
-                   leak_not_above=raw.get("leak") == "not_above", max_leak=number("max_leak"))
+                   leak=str(raw.get("leak") or "any"), max_leak=number("max_leak"))
 
     def describe(self) -> str:
         """One line for the dry run and the summary."""
@@ -84,14 +99,9 @@ def parse_require(root: Section, measured: bool) -> Require | None:
         raise section.error("needs preservation.trigger: without control prompts nothing "
                             "can be required", "require")
     req = section.sub("require")
-    req.allow_only(("control", "level", "max_drop", "leak", "max_leak"))
-    rule = req.string("control", "not_worse", CONTROL_RULES)
-    max_drop = req.number("max_drop", None, minimum=0)
-    leak = req.string("leak", "any", LEAK_RULES)
-    max_leak = req.number("max_leak", None, minimum=0)
-    if rule == "any" and max_drop is None and leak == "any" and max_leak is None:
+    require = settings.read(Require, req)
+    if (require.control == "any" and require.max_drop is None and require.leak == "any"
+            and require.max_leak is None):
         raise req.error("control: any with no max_drop, leak or max_leak requires nothing; "
                         "give one, or drop require", "control")
-    return Require(not_worse=rule == "not_worse",
-                   level=req.number("level", DEFAULT_LEVEL, above=0, maximum=0.5),
-                   max_drop=max_drop, leak_not_above=leak == "not_above", max_leak=max_leak)
+    return require

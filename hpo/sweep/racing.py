@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from trials import settings
+from trials.settings import setting
 from trials.validation import Section
 
 TESTS = ("t", "wilcoxon")
@@ -67,15 +69,22 @@ def asha_milestones(grace_steps: int, reduction_factor: int, max_steps: int) -> 
 class Racing:
     """The ``racing`` section (see the module docstring)."""
 
-    chunk: int = DEFAULT_CHUNK
-    min_prompts: int = DEFAULT_MIN_PROMPTS
-    test: str = "t"
-    level: float = DEFAULT_LEVEL
-    against: str = "best"
+    chunk: int = setting(DEFAULT_CHUNK, doc="Prompts drawn between two decisions", minimum=1)
+    min_prompts: int = setting(DEFAULT_MIN_PROMPTS, doc="No decision before this many prompts "
+                               "(below the number of held-out prompts)",
+                               minimum=MIN_DECISION_PROMPTS)
+    test: str = setting("t", doc="One-sided paired test against the rung's reference",
+                        choices=TESTS)
+    level: float = setting(DEFAULT_LEVEL, doc="Each decision's significance level", above=0,
+                           maximum=0.5)
+    against: str = setting("best", doc="The reference: the rung's best trial, or ASHA's "
+                           "cutoff there (needs early_terminate)", choices=AGAINST)
     # With against=cutoff: the share of a rung's trials ASHA lets go on (1 / reduction_factor)
     # and its first milestone; None: every rung is one (a replay with a single rung).
-    keep_fraction: float | None = None
-    grace_steps: int | None = None
+    keep_fraction: float | None = setting(None, doc="1 / ASHA's reduction_factor",
+                                          derived=True, free="follows early_terminate")
+    grace_steps: int | None = setting(None, doc="ASHA's first milestone", derived=True,
+                                      free="follows early_terminate")
 
     def asha_decides_at(self, step: int) -> bool:
         """Whether ``step`` is one of ASHA's milestones, ``grace_steps * r**k`` with ``r =
@@ -118,20 +127,12 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
     if not root.has("racing"):
         return None
     section = root.sub("racing")
-    section.allow_only(("chunk", "min_prompts", "test", "level", "against"))
+    racing = settings.read(Racing, section)
     if multi_objective or metric != "clip_score":
         raise root.error(f"races on the held-out prompts' CLIP-T, so it needs the single "
                          f"objective clip_score (the metric is {metric}"
                          f"{' among several' if multi_objective else ''}); drop racing",
                          "racing")
-    racing = Racing(
-        chunk=section.integer("chunk", DEFAULT_CHUNK, minimum=1),
-        min_prompts=section.integer("min_prompts", DEFAULT_MIN_PROMPTS,
-                                    minimum=MIN_DECISION_PROMPTS),
-        test=section.string("test", "t", TESTS),
-        level=section.number("level", DEFAULT_LEVEL, above=0, maximum=0.5),
-        against=section.string("against", "best", AGAINST),
-    )
     if racing.against == "cutoff":
         if reduction_factor is None:
             raise section.error("cutoff races against ASHA's cutoff, and this sweep has no "
@@ -143,11 +144,9 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
     return racing
 
 
-def parse_rung_prompts(section: Section, n_prompts: int) -> int | None:
-    """``early_terminate.rung_prompts``: None, or a number of prompts from 4 to below the
-    number of held-out prompts (at ASHA-only rungs; ``ConfigError`` naming the key else)."""
-    value = section.integer("rung_prompts", None, minimum=MIN_DECISION_PROMPTS)
+def check_rung_prompts(section: Section, value: int | None, n_prompts: int) -> None:
+    """``early_terminate.rung_prompts``: None, or below the number of held-out prompts (at
+    ASHA-only rungs; ``ConfigError`` naming the key else)."""
     if value is not None and value >= n_prompts:
         raise section.error(f"must be below the number of held-out prompts ({n_prompts}); "
                             f"leave it out to score them all (got {value})", "rung_prompts")
-    return value

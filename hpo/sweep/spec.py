@@ -8,10 +8,11 @@ this module adds what only a sweep has: the search space (``parameters``), ``met
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ from hpo.sweep.objectives import (
     parse_select,
 )
 from hpo.sweep.preservation import Require, parse_require
-from hpo.sweep.racing import Racing, parse_racing, parse_rung_prompts
+from hpo.sweep.racing import (
+    MIN_DECISION_PROMPTS,
+    Racing,
+    check_rung_prompts,
+    parse_racing,
+)
+from trials import settings
 from trials.config import (
     OPTIONAL_PARAMETERS,
     PARAMETER_NAMES,
@@ -41,13 +48,14 @@ from trials.config import (
     TrialConfig,
     check_param_value,
     make_params,
-    parse_data,
-    parse_eval,
-    parse_model,
-    parse_preservation,
-    parse_train,
+    read_data,
+    read_eval,
+    read_model,
+    read_preservation,
+    read_train,
     rung_steps,
 )
+from trials.settings import setting
 from trials.validation import ConfigError, Section, closest, describe, load_yaml_mapping
 
 METHODS = ("tpe", "random", "grid", "nsga2")  # nsga2: multi-objective sweeps only
@@ -126,53 +134,85 @@ class Parameter:
 
 
 @dataclass(frozen=True)
+class Method:
+    """The sampler: ``method: tpe`` or ``method: {type: tpe, seed: 0}``."""
+
+    type: str = setting("tpe", doc="tpe, random, grid, or nsga2 (several objectives)",
+                        choices=METHODS)
+    seed: int | None = setting(None, doc="The sampler's seed (default: train.seed)", minimum=0)
+
+
+@dataclass(frozen=True)
 class EarlyTerminate:
     """ASHA on the training step: rungs at ``grace_steps * reduction_factor**k``."""
 
-    type: str = "asha"
-    grace_steps: int = 100
-    reduction_factor: int = 2
+    grace_steps: int = setting(doc="ASHA's first rung, in steps (a multiple of "
+                               "eval.every_steps)", minimum=1)
+    type: str = setting("asha", doc="The scheduler", choices=("asha",))
+    reduction_factor: int = setting(2, doc="Rungs at grace_steps * reduction_factor**k; "
+                                    "1 / reduction_factor of a rung's trials go on", minimum=2)
     # Prompts as a fidelity: ASHA-only rungs score this many prompts (hpo.sweep.racing).
-    rung_prompts: int | None = None
+    rung_prompts: int | None = setting(None, doc="ASHA-only rungs score this many prompts "
+                                       "(below the number of held-out prompts)",
+                                       minimum=MIN_DECISION_PROMPTS)
 
 
 @dataclass(frozen=True)
 class Resources:
     """What one trial asks Ray for; ``max_concurrent`` None means as many as fit."""
 
-    gpu_per_trial: float = 1.0
-    cpu_per_trial: float = 1.0
-    max_concurrent: int | None = None
-    max_retries: int = 1
+    gpu_per_trial: float = setting(1.0, doc="GPUs per trial (a fraction shares one; above 1 "
+                                   "a whole number)", above=0)
+    cpu_per_trial: float = setting(1.0, doc="CPUs per trial", above=0)
+    max_concurrent: int | None = setting(None, doc="Trials at once (none: as many as fit)",
+                                         minimum=1)
+    max_retries: int = setting(1, doc="Retries of a trial whose worker died", minimum=0)
 
 
 @dataclass(frozen=True)
 class Sweep:
     """A validated sweep file."""
 
-    source: Path
-    name: str
-    model: ModelSpec
-    data: DataSpec
-    train: TrainSpec
-    eval: EvalSpec
-    metric: str
-    goal: str
-    method: str
-    seed: int
-    parameters: tuple[Parameter, ...]
-    early_terminate: EarlyTerminate | None
-    resources: Resources
+    # Each field says whether a change makes a rerun another study (hpo.study.fingerprint):
+    # derived (assembled by load_sweep), fingerprinted unless ``free`` says why not.
+    source: Path = setting(doc="The sweep file", derived=True, free="a path; its contents count")
+    name: str = setting(doc="The study name", derived=True, free="names the study")
+    model: ModelSpec = setting(doc="The weights", derived=True)
+    data: DataSpec = setting(doc="The training data", derived=True)
+    train: TrainSpec = setting(doc="Fixed training settings", derived=True)
+    eval: EvalSpec = setting(doc="The rung evaluation", derived=True)
+    metric: str = setting(doc="The first objective's name", derived=True,
+                          free="the first of objectives (fingerprinted as metric)")
+    goal: str = setting(doc="The first objective's goal", derived=True,
+                        free="the first of objectives (fingerprinted as metric)")
+    method: str = setting(doc="The sampler", derived=True,
+                          free="how trials are proposed, not what they score")
+    seed: int = setting(doc="The sampler's seed", derived=True,
+                        free="how trials are proposed, not what they score")
+    parameters: tuple[Parameter, ...] = setting(doc="The search space", derived=True)
+    early_terminate: EarlyTerminate | None = setting(
+        doc="ASHA", derived=True, free="which trials stop early, not what a rung scores")
+    resources: Resources = setting(doc="What a trial asks Ray for", derived=True,
+                                   free="where trials run, not what they score")
     # Every objective (``metric`` and ``goal`` above are the first); see hpo.sweep.objectives.
-    objectives: tuple[Objective, ...] = ()
-    select: Select = field(default_factory=Select)
-    confirm: Confirm = field(default_factory=lambda: Confirm(top_k=0))
+    objectives: tuple[Objective, ...] = setting((), doc="Every objective", derived=True,
+                                                key="metric")
+    select: Select = setting(doc="The winner's rule", derived=True, factory=Select,
+                             free="picks the winner from recorded scores, changing none")
+    confirm: Confirm = setting(doc="Confirmation on fresh seeds", derived=True,
+                               factory=lambda: Confirm(top_k=0),
+                               free="each confirmation record keeps the seed and image count "
+                               "it was drawn with; another setting draws again")
     # The trigger, control prompts and training remedy (trials.config), and what the winner
     # must keep (hpo.sweep.preservation; None: measured, not required).
-    preservation: PreservationSpec = field(default_factory=PreservationSpec)
-    require: Require | None = None
+    preservation: PreservationSpec = setting(doc="Keeping the base model", derived=True,
+                                             factory=PreservationSpec)
+    require: Require | None = setting(None, doc="What the winner must keep", derived=True,
+                                      key="preservation.require")
     # Evaluation that races (hpo.sweep.racing); None: every rung draws all its prompts.
-    racing: Racing | None = None
+    racing: Racing | None = setting(None, doc="Racing at a rung", derived=True,
+                                    free="which trials stop drawing early, not what a rung "
+                                    "scores")
 
     @property
     def multi_objective(self) -> bool:
@@ -376,9 +416,7 @@ def load_sweep(path: str | Path) -> Sweep:
     method = root.sub("method") if isinstance(root.data.get("method"), dict) or (
         "method" in root.data and root.data["method"] is None) else None
     if method is not None:
-        method.allow_only(("type", "seed"))
-        method_name = method.string("type", "tpe", METHODS)
-        seed = method.integer("seed", None, minimum=0)
+        method_name, seed = dataclasses.astuple(settings.read(Method, method))
     else:
         if root.has("method") and not isinstance(root.data["method"], str):
             raise root.error(
@@ -387,18 +425,13 @@ def load_sweep(path: str | Path) -> Sweep:
         method_name = root.string("method", "tpe", METHODS)
         seed = None
 
-    train = parse_train(root.sub("train"))
-    eval_spec = parse_eval(root.sub("eval"), base)
+    train = read_train(root.sub("train"))
+    eval_spec = read_eval(root.sub("eval"), base)
     early = None
     if root.has("early_terminate"):
         et = root.sub("early_terminate")
-        et.allow_only(("type", "grace_steps", "reduction_factor", "rung_prompts"))
-        early = EarlyTerminate(
-            type=et.string("type", "asha", ("asha",)),
-            grace_steps=et.integer("grace_steps", minimum=1),
-            reduction_factor=et.integer("reduction_factor", 2, minimum=2),
-            rung_prompts=parse_rung_prompts(et, len(eval_spec.prompt_list)),
-        )
+        early = settings.read(EarlyTerminate, et)
+        check_rung_prompts(et, early.rung_prompts, len(eval_spec.prompt_list))
     racing = parse_racing(root, len(eval_spec.prompt_list), objectives[0].name,
                           len(objectives) > 1,
                           None if early is None else early.reduction_factor,
@@ -407,24 +440,18 @@ def load_sweep(path: str | Path) -> Sweep:
         eval_spec = replace(eval_spec, chunk_prompts=racing.chunk)
 
     res = root.sub("resources")
-    res.allow_only(("gpu_per_trial", "cpu_per_trial", "max_concurrent", "max_retries"))
-    resources = Resources(
-        gpu_per_trial=res.number("gpu_per_trial", 1.0, above=0),
-        cpu_per_trial=res.number("cpu_per_trial", 1.0, above=0),
-        max_concurrent=res.integer("max_concurrent", None, minimum=1),
-        max_retries=res.integer("max_retries", 1, minimum=0),
-    )
+    resources = settings.read(Resources, res)
     if resources.gpu_per_trial > 1 and not resources.gpu_per_trial.is_integer():
         raise res.error(
             f"above 1 must be a whole number of GPUs (got {resources.gpu_per_trial:g})",
             "gpu_per_trial")
 
-    preservation = parse_preservation(root.sub("preservation"), eval_spec, base)
+    preservation = read_preservation(root.sub("preservation"), eval_spec, base)
     sweep = Sweep(
         source=file.resolve(),
         name=name,
-        model=parse_model(root.sub("model")),
-        data=parse_data(root.sub("data"), base),
+        model=read_model(root.sub("model")),
+        data=read_data(root.sub("data"), base),
         train=train,
         eval=eval_spec,
         metric=objectives[0].name,

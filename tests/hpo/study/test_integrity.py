@@ -83,7 +83,7 @@ def test_retrained_weights_in_the_same_model_folder_are_refused(sweep, capsys,
 
 
 def test_local_contents_hashes_names_sizes_and_both_ends(tmp_path: Path) -> None:
-    from hpo.study.fingerprint import EDGE_BYTES, local_contents
+    from hpo.study.contents import EDGE_BYTES, local_contents
 
     big = tmp_path / "m" / "w.bin"
     big.parent.mkdir()

@@ -49,7 +49,7 @@ def test_not_worse_is_infeasible_exactly_when_the_paired_test_rejects_a_drop() -
 
 
 def test_bounds_on_the_drop_and_the_leak() -> None:
-    require = Require(not_worse=False, max_drop=2.0, leak_not_above=True, max_leak=1.5)
+    require = Require(control="any", max_drop=2.0, leak="not_above", max_leak=1.5)
     ok = preservation.constraint_values(require, _figures(-1.9, 0.1, leak=1.4, leak_stderr=5))
     assert preservation.is_feasible(ok) and set(ok) == {"control_max_drop", "leak_not_above",
                                                         "leak_max"}

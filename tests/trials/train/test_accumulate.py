@@ -125,16 +125,16 @@ def test_a_trial_trains_the_same_lora_fused_or_not(make_trial_config, tmp_path) 
 
 
 def test_fused_accumulation_reads_booleans_and_names(tmp_path) -> None:
-    from trials.config import parse_train
+    from trials.config import read_train
     from trials.validation import ConfigError, Section
 
     def parse(value):
-        return parse_train(Section(tmp_path / "s.yaml", "train",
+        return read_train(Section(tmp_path / "s.yaml", "train",
                                    {"fused_accumulation": value})).fused_accumulation
 
     assert (parse(True), parse(False), parse("auto"), parse("off")) == ("on", "off", "auto",
                                                                           "off")
-    assert parse_train(Section("s.yaml", "train", {})).fused_accumulation == "auto"
+    assert read_train(Section("s.yaml", "train", {})).fused_accumulation == "auto"
     with pytest.raises(ConfigError, match=r"train\.fused_accumulation"):
         parse("sometimes")
     assert replace(TrainSpec(), fused_accumulation="on").fused_accumulation == "on"

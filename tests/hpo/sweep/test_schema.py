@@ -1,0 +1,132 @@
+"""The sweep file derived from its one definition: the document round trip, best.yaml read back
+by the trial's loader, the shipped JSON Schema and reference page."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from hpo.sweep import schema
+from hpo.sweep.spec import Sweep, load_sweep
+from tests.sweep_files import REPO
+from trials import settings
+from trials.config import load_trial_config
+from trials.validation import ConfigError
+
+SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _at_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the shipped sweeps name paths relative to the checkout
+
+
+def _write(tmp_path: Path, doc: dict, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_load_of_the_document_is_the_sweep(path: Path, tmp_path: Path) -> None:
+    sweep = load_sweep(path)
+    again = load_sweep(_write(tmp_path, schema.document(sweep)))
+    assert dataclasses.replace(again, source=sweep.source) == sweep
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_the_trial_loader_reads_the_sections_back(path: Path, tmp_path: Path) -> None:
+    # What best.yaml writes (the shared sections, every parameter fixed) is one trial's config.
+    sweep = load_sweep(path)
+    values = {p.name: (p.grid() or (p.low,))[0] for p in sweep.parameters}
+    expected = sweep.trial_config(values, output_dir=tmp_path / "o", cache_dir=tmp_path / "c")
+    doc = {k: v for k, v in schema.document(sweep).items()
+           if k in ("name", "model", "data", "train", "eval", "preservation")}
+    doc["parameters"] = {name: {"value": settings.plain(v)} for name, v in values.items()}
+    config = load_trial_config(_write(tmp_path, doc), output_dir=tmp_path / "o",
+                               cache_dir=tmp_path / "c")
+    # A racing sweep sets how its trials draw (derived, never written); best.yaml draws at once.
+    assert config.eval == dataclasses.replace(expected.eval, chunk_prompts=None)
+    assert config.params == expected.params
+    assert config == dataclasses.replace(expected, eval=config.eval)
+
+
+def test_a_value_that_would_read_back_as_another_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Clip:
+        norm: float | None = settings.setting(1.0, doc="clip norm; 0: off")
+
+    with pytest.raises(ValueError, match="declare a writer"):
+        settings.dump(Clip(norm=None))
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    shipped = json.loads(schema.SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    return jsonschema.Draft202012Validator(shipped)
+
+
+def test_the_shipped_schema_and_reference_are_current() -> None:
+    assert schema.SCHEMA_FILE.read_text(encoding="utf-8") == schema.render_schema(), \
+        "stale: run python -m hpo.sweep.schema"
+    assert schema.REFERENCE_FILE.read_text(encoding="utf-8") == schema.reference(), \
+        "stale: run python -m hpo.sweep.schema"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_the_schema_accepts_the_shipped_sweeps_and_names_itself(path: Path, validator) -> None:
+    assert path.read_text(encoding="utf-8").startswith(
+        "# yaml-language-server: $schema=sweep.schema.json\n")
+    validator.validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_the_schema_accepts_the_written_document(path: Path, validator) -> None:
+    validator.validate(json.loads(json.dumps(schema.document(load_sweep(path)))))
+
+
+@pytest.mark.parametrize(("where", "key", "value"), [
+    ((), "learning_rate", 1e-4),                       # a parameter at the top
+    (("eval",), "prompt", "x.txt"),                    # a misspelt key
+    (("train",), "seed", -1),                          # out of range
+    (("train",), "mixed_precision", "fp8"),            # not allowed
+    (("data", "synthetic"), "colour", "red"),          # nested
+    (("preservation", "require"), "leak", "maybe"),
+    (("parameters", "rank"), "value", 4),              # value and values together
+])
+def test_the_schema_rejects_what_the_loader_rejects(where, key, value, validator,
+                                                    tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+    node = doc
+    for part in where:
+        node = node.setdefault(part, {})
+    node[key] = value
+    assert list(validator.iter_errors(doc))
+    with pytest.raises(ConfigError):
+        load_sweep(_write(tmp_path, doc))
+
+
+def test_every_key_of_the_definition_is_in_the_reference() -> None:
+    page = schema.reference()
+    for key, cls, _ in schema.SECTIONS:
+        if cls is None:
+            continue
+        for name in settings.file_keys(cls):
+            assert f"`{key}.{name}`" in page, f"{key}.{name}"
+
+
+def test_a_sweep_field_without_a_declaration_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Loose:
+        size: int = 3
+
+    with pytest.raises(TypeError, match="without setting"):
+        list(settings.declared(Loose))
+    assert isinstance(Sweep.__dataclass_fields__["eval"].metadata["setting"],
+                      settings.Setting)
