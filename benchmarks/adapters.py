@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from trials.config import HyperParams, TrainSpec
+from trials.config import TrainSpec
 from trials.data.buckets import SD_SIDE_MULTIPLE, crop_fraction, make_buckets, nearest_bucket
 from trials.models.components import load_components
 from trials.models.lora import attach_lora
+from trials.parameters import HyperParams
 from trials.train.loop import diffusion_loss, make_optimizer
 
 PHOTOS = [(1024, 512), (2048, 820), (1920, 1080), (1200, 800), (800, 1200), (512, 512)]

@@ -68,13 +68,13 @@ def make_trial_config(tiny_model_dir: Path, synthetic_dataset: Path, tiny_prompt
     from trials.config import (
         DataSpec,
         EvalSpec,
-        HyperParams,
         ModelSpec,
         PreservationSpec,
         TrainSpec,
         TrialConfig,
         read_prompts,
     )
+    from trials.parameters import HyperParams
 
     def build(**kw) -> TrialConfig:
         params = {"rank": 4, "lora_alpha": 4.0, "learning_rate": 1e-3, "max_train_steps": 6,

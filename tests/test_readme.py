@@ -30,8 +30,8 @@ def readme_snippet(after: str) -> str:
 def test_the_diffusers_snippet_loads_the_winner_and_draws(tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
-    from trials.config import HyperParams
     from trials.models.lora import attach_lora, save_lora
+    from trials.parameters import HyperParams
     from trials.toyworld import SD_DIR
 
     code = readme_snippet("Load the winner in diffusers")

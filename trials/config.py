@@ -9,21 +9,26 @@ parameter from a fixed ``value`` or a ``--set name=value`` override.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from trials import settings
+from trials.parameters import (
+    PARAMETER_PATHS,
+    PRESERVATION_METHODS,
+    HyperParams,
+    fixed_values,
+    make_params,
+    parse_parameters,
+)
 from trials.settings import resolve_path, setting
 from trials.trigger import control_prompts as strip_prompts
 from trials.validation import (
     ConfigError,
     Section,
     check_int,
-    check_number,
-    closest,
     describe,
     load_yaml_mapping,
 )
@@ -32,8 +37,6 @@ TINY_MODEL = "tiny"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-# peft LoraConfig(use_dora=False/True): LoRA, or DoRA (Liu et al. 2024).
-ADAPTERS = ("lora", "dora")
 # The reference script's --image_interpolation_mode choices (torchvision InterpolationMode
 # members, lower case) and its default.
 INTERPOLATION_MODES = ("bilinear", "bicubic", "box", "hamming", "lanczos", "nearest",
@@ -47,26 +50,6 @@ MIN_SIDE, MAX_SIDE = 8, 2048
 # one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
 FUSED_MODES = ("auto", "on", "off")
 
-# Module-name patterns handed to peft. Plain names match any module whose name ends with them
-# (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.
-TARGET_PRESETS: dict[str, str | tuple[str, ...]] = {
-    "cross_attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
-    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
-    "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
-}
-PARAMETER_NAMES = ("rank", "lora_alpha", "learning_rate", "max_train_steps", "target_modules",
-                   "adapter", "caption_dropout", "preservation", "preservation_weight")
-# Parameters a sweep may leave out: alpha defaults to rank, adapter to lora, caption dropout to
-# train.caption_dropout, the preservation remedy and its weight to the preservation section's.
-OPTIONAL_PARAMETERS = ("lora_alpha", "adapter", "caption_dropout", "preservation",
-                       "preservation_weight")
-# Training remedies that keep the base model (trials.train.preserve): none; DreamBooth's prior
-# preservation (Ruiz et al. 2022; class images drawn once by the base model); kohya sd-scripts'
-# differential output preservation (PR #1710; the base model's own prediction as the target).
-PRESERVATION_METHODS = ("none", "prior", "dop")
-PARAMETER_PATHS = {name: f"parameters.{name}" for name in PARAMETER_NAMES}
-_PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q")
-_ALPHA_RULE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?rank\s*$")
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",
     "early_terminate", "resources", "result", "select", "confirm", "preservation", "racing",
@@ -312,21 +295,6 @@ class PreservationSpec:
 
 
 @dataclass(frozen=True)
-class HyperParams:
-    """The values a sweep varies. ``target_modules`` is a preset name or comma-joined names."""
-
-    rank: int
-    lora_alpha: float
-    learning_rate: float
-    max_train_steps: int
-    target_modules: str
-    adapter: str = "lora"
-    caption_dropout: float | None = None  # None: train.caption_dropout
-    preservation: str | None = None  # None: preservation.method
-    preservation_weight: float | None = None  # None: preservation.weight
-
-
-@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs; ``output_dir`` is where its LoRA checkpoints go."""
 
@@ -454,93 +422,6 @@ def read_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
     return replace(spec, control_prompt_list=controls, brand_prompt_list=eval_spec.prompt_list)
 
 
-def parse_target_modules(value: Any, error: Any, key: str) -> str:
-    """A preset name, or an explicit list of module names (checked against the UNet later)."""
-    if isinstance(value, str) and "," not in value:
-        if value not in TARGET_PRESETS:
-            raise error(
-                f"unknown preset {value!r}; presets: {', '.join(TARGET_PRESETS)}, "
-                f"or a list of module names{closest(value, TARGET_PRESETS)}", key)
-        return value
-    names = value.split(",") if isinstance(value, str) else value
-    if not isinstance(names, list) or not names:
-        raise error(
-            f"must be a preset ({', '.join(TARGET_PRESETS)}) or a non-empty list of module "
-            f"names (got {describe(value)})", key)
-    cleaned = []
-    for name in names:
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", name.strip()):
-            raise error(f"module names must be dotted identifiers (got {describe(name)})", key)
-        cleaned.append(name.strip())
-    return ",".join(cleaned)
-
-
-def alpha_rule(value: Any) -> float | None:
-    """The factor of an alpha written as ``rank`` or ``2*rank``; None when it is a number."""
-    if isinstance(value, str):
-        match = _ALPHA_RULE.match(value)
-        if match:
-            return float(match.group(1) or 1.0)
-    return None
-
-
-def check_param_value(name: str, value: Any, error: Any, key: str) -> Any:
-    """Check one concrete value of a tunable parameter; returns it in its canonical type."""
-    if name == "rank":
-        return check_int(value, error, key, 1, 1024)
-    if name == "max_train_steps":
-        return check_int(value, error, key, 1, None)
-    if name == "learning_rate":
-        return check_number(value, error, key, above=0, maximum=1.0)
-    if name == "target_modules":
-        return parse_target_modules(value, error, key)
-    if name == "adapter":
-        if value not in ADAPTERS:
-            raise error(f"must be one of {', '.join(ADAPTERS)} (got {describe(value)})", key)
-        return value
-    if name == "caption_dropout":
-        return check_number(value, error, key, minimum=0, maximum=1)
-    if name == "preservation":
-        if value not in PRESERVATION_METHODS:
-            raise error(f"must be one of {', '.join(PRESERVATION_METHODS)} "
-                        f"(got {describe(value)})", key)
-        return value
-    if name == "preservation_weight":
-        return check_number(value, error, key, minimum=0, maximum=10_000)
-    if name == "lora_alpha":
-        factor = alpha_rule(value)
-        if factor is not None:
-            if factor <= 0:
-                raise error(f"must be 'rank' or 'N*rank' with N > 0 (got {describe(value)})", key)
-            return value.replace(" ", "")
-        if isinstance(value, str) and not re.fullmatch(r"[-+0-9.eE]+", value):
-            raise error(f"must be a number, 'rank' or 'N*rank' (got {describe(value)})", key)
-        return check_number(value, error, key, above=0)
-    raise error(f"unknown parameter{closest(name, PARAMETER_NAMES)}; "
-                f"tunable: {', '.join(PARAMETER_NAMES)}", key)
-
-
-def make_params(values: Mapping[str, Any]) -> HyperParams:
-    """Build :class:`HyperParams` from checked values, applying an alpha rule such as ``rank``."""
-    rank = int(values["rank"])
-    alpha = values.get("lora_alpha", "rank")
-    factor = alpha_rule(alpha)
-    return HyperParams(
-        rank=rank,
-        lora_alpha=float(rank * factor) if factor is not None else float(alpha),
-        learning_rate=float(values["learning_rate"]),
-        max_train_steps=int(values["max_train_steps"]),
-        target_modules=str(values["target_modules"]),
-        adapter=str(values.get("adapter", "lora")),
-        caption_dropout=None if values.get("caption_dropout") is None
-        else float(values["caption_dropout"]),
-        preservation=None if values.get("preservation") is None
-        else str(values["preservation"]),
-        preservation_weight=None if values.get("preservation_weight") is None
-        else float(values["preservation_weight"]),
-    )
-
-
 def parse_overrides(pairs: list[str], file: str | Path) -> dict[str, Any]:
     """``name=value`` pairs from the command line, values read as YAML scalars."""
     import yaml
@@ -572,43 +453,14 @@ def load_trial_config(
     Every parameter must have a fixed ``value`` in the file or an entry in ``overrides``.
     """
     file = Path(path)
-    raw = load_yaml_mapping(file)
-    root = Section(file, "", raw)
+    root = Section(file, "", load_yaml_mapping(file))
     root.allow_only(TOP_LEVEL_KEYS, PARAMETER_PATHS)
     base = base_dir or Path.cwd()
     overrides = dict(overrides or {})
-    params_section = root.sub("parameters")
-    for name in params_section.data:
-        if name not in PARAMETER_NAMES:
-            check_param_value(name, None, params_section.error, name)  # raises: unknown name
-    for name in overrides:
-        if name not in PARAMETER_NAMES:
-            raise ConfigError(
-                file, f"--set {name}", f"unknown parameter{closest(str(name), PARAMETER_NAMES)}; "
-                f"tunable: {', '.join(PARAMETER_NAMES)}")
-
-    def override_error(message: str, key: str) -> ConfigError:
-        return ConfigError(file, f"--set {key}", message)
-
-    fixed: dict[str, Any] = {}
-    for name in params_section.data:
-        spec = params_section.sub(name)
-        spec.allow_only(_PARAMETER_KEYS)
-        if name in overrides:
-            continue
-        if not spec.has("value"):
-            raise spec.error(
-                f"is searched, not fixed; give it with --set {name}=VALUE")
-        fixed[name] = spec.raw("value")
-    values = {}
-    for name in PARAMETER_NAMES:
-        if name in overrides:
-            values[name] = check_param_value(name, overrides[name], override_error, name)
-        elif name in fixed:
-            values[name] = check_param_value(
-                name, fixed[name], params_section.sub(name).error, "value")
-        elif name not in OPTIONAL_PARAMETERS:  # alpha defaults to rank, adapter to lora
-            raise params_section.error(f"is required (a value, or --set {name}=VALUE)", name)
+    section = root.sub("parameters")
+    parameters = parse_parameters(section, given=tuple(overrides),
+                                  missing_hint="a value, or --set {name}=VALUE")
+    values = fixed_values(parameters, overrides, section)
     eval_spec = read_eval(root.sub("eval"), base)
     return TrialConfig(
         model=read_model(root.sub("model")),

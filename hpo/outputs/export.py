@@ -20,8 +20,8 @@ from hpo.sweep.fidelity import exported_steps
 from hpo.sweep.spec import Sweep
 from hpo.verdict.winner import best_trial
 from trials import settings
-from trials.config import TARGET_PRESETS
 from trials.models.lora import WEIGHTS_NAME
+from trials.parameters import TARGET_PRESETS
 
 log = logging.getLogger("hpo")
 

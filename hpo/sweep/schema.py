@@ -36,15 +36,8 @@ from hpo.sweep.spec import (
     Sweep,
 )
 from trials import settings
-from trials.config import (
-    OPTIONAL_PARAMETERS,
-    PARAMETER_NAMES,
-    DataSpec,
-    EvalSpec,
-    ModelSpec,
-    PreservationSpec,
-    TrainSpec,
-)
+from trials.config import DataSpec, EvalSpec, ModelSpec, PreservationSpec, TrainSpec
+from trials.parameters import OPTIONAL_PARAMETERS, PARAMETER_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "sweeps" / "sweep.schema.json"

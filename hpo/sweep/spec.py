@@ -36,9 +36,6 @@ from hpo.sweep.racing import (
 )
 from trials import settings
 from trials.config import (
-    OPTIONAL_PARAMETERS,
-    PARAMETER_NAMES,
-    PARAMETER_PATHS,
     TOP_LEVEL_KEYS,
     DataSpec,
     EvalSpec,
@@ -46,8 +43,6 @@ from trials.config import (
     PreservationSpec,
     TrainSpec,
     TrialConfig,
-    check_param_value,
-    make_params,
     read_data,
     read_eval,
     read_model,
@@ -55,18 +50,22 @@ from trials.config import (
     read_train,
     rung_steps,
 )
+from trials.parameters import (
+    DISTRIBUTIONS,
+    INTEGRAL,
+    PARAMETER_PATHS,
+    Parameter,
+    make_params,
+    parse_parameters,
+)
 from trials.settings import setting
-from trials.validation import ConfigError, Section, closest, describe, load_yaml_mapping
+from trials.validation import ConfigError, Section, describe, load_yaml_mapping
 
 METHODS = ("tpe", "random", "grid", "nsga2")  # nsga2: multi-objective sweeps only
 GOALS = ("maximize", "minimize")
-DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")
 MAX_RUNGS = 50
-# More values than this in one range, or grid points in all, is a typo (q: 1e-9), not a plan.
-MAX_VALUES = 1_000_000
+# More grid points than this in all is a typo, not a plan.
 MAX_GRID = 100_000
-# Parameters that take whole numbers: a uniform range of them is sampled as integers.
-INTEGRAL = ("rank", "max_train_steps")
 _SWEEP_KEYS = tuple(k for k in TOP_LEVEL_KEYS if k != "result")
 # A study name names the folder OUT/NAME and the lock file beside a SQLite study
 # (``<database>.<NAME>.lock``): file names have at most 255 bytes, and Optuna's study name
@@ -79,58 +78,6 @@ NAME_RULE = (f"letters and digits (any script), '-', '_' and '.', at most {NAME_
 
 class PreflightError(ValueError):
     """Something that would fail a trial, found before any trial starts."""
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One tunable parameter: a fixed value, a list of choices, or a distribution."""
-
-    name: str
-    kind: str  # "value", "values", or one of DISTRIBUTIONS
-    value: Any = None
-    values: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    q: float | None = None
-
-    @property
-    def is_fixed(self) -> bool:
-        return self.kind == "value"
-
-    def grid(self) -> tuple[Any, ...] | None:
-        """Every value this parameter can take, or None for a continuous range."""
-        if self.kind == "value":
-            return (self.value,)
-        if self.kind == "values":
-            return self.values
-        assert self.low is not None and self.high is not None
-        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
-            return tuple(range(int(self.low), int(self.high) + 1))
-        if self.kind == "q_uniform" and self.q:
-            n = math.floor((self.high - self.low) / self.q + 1e-9) + 1
-            return tuple(_tidy(self.low + i * self.q) for i in range(n))
-        return None
-
-    def size(self) -> int | None:
-        """How many values :meth:`grid` holds, computed without building it; None = continuous."""
-        if self.kind == "value":
-            return 1
-        if self.kind == "values":
-            return len(self.values)
-        assert self.low is not None and self.high is not None
-        if self.kind == "int_uniform" or (self.kind == "uniform" and self.name in INTEGRAL):
-            return int(self.high) - int(self.low) + 1
-        if self.kind == "q_uniform" and self.q:
-            return math.floor((self.high - self.low) / self.q + 1e-9) + 1
-        return None
-
-    def describe(self) -> str:
-        if self.kind == "value":
-            return f"{self.value}"
-        if self.kind == "values":
-            return "one of [" + ", ".join(str(v) for v in self.values) + "]"
-        q = f", q={self.q:g}" if self.q else ""
-        return f"{self.kind}({self.low:g}, {self.high:g}{q})"
 
 
 @dataclass(frozen=True)
@@ -281,91 +228,6 @@ def study_name(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _tidy(x: float) -> float | int:
-    rounded = round(x, 12)
-    return int(rounded) if float(rounded).is_integer() else rounded
-
-
-def _parse_parameter(section: Section, name: str) -> Parameter:
-    keys = ("value", "values", "distribution", "min", "max", "q")
-    section.allow_only(keys)
-    given = [k for k in ("value", "values", "distribution") if k in section.data]
-    if len(given) != 1:
-        raise section.error(
-            "needs exactly one of value, values or distribution"
-            + (f" (got {', '.join(given)})" if given else ""))
-    kind = given[0]
-    if kind == "value":
-        return Parameter(name, "value", value=check_param_value(
-            name, section.raw("value"), section.error, "value"))
-    if kind == "values":
-        raw = section.raw("values")
-        if not isinstance(raw, list) or not raw:
-            raise section.error(f"must be a non-empty list (got {describe(raw)})", "values")
-        checked = []
-        for i, item in enumerate(raw):
-            checked.append(check_param_value(name, item, section.error, f"values[{i}]"))
-        seen: set[str] = set()
-        for i, item in enumerate(checked):
-            if str(item) in seen:
-                raise section.error(
-                    f"must not repeat a value (got {describe(raw[i])} again)", f"values[{i}]")
-            seen.add(str(item))
-        return Parameter(name, "values", values=tuple(checked))
-    dist = section.string("distribution", choices=DISTRIBUTIONS)
-    if name in ("target_modules", "adapter"):
-        raise section.error(f"{name} takes value or values, not a distribution", "distribution")
-    low = section.number("min")
-    high = section.number("max")
-    if low >= high:
-        raise section.error(f"must be > min ({low:g}) (got {high:g})", "max")
-    if dist == "log_uniform_values" and low <= 0:
-        raise section.error(f"must be > 0 for log_uniform_values (got {low:g})", "min")
-    integral = dist == "int_uniform" or name in INTEGRAL
-    for key, end in (("min", low), ("max", high)):
-        if integral and not end.is_integer():
-            what = dist if dist == "int_uniform" else name
-            raise section.error(f"must be a whole number for {what} (got {end:g})", key)
-    q = None
-    if dist == "q_uniform":
-        q = section.number("q", above=0)
-        if q > high - low:
-            raise section.error(f"must be <= max - min ({high - low:g}) (got {q:g})", "q")
-        if integral and not q.is_integer():
-            raise section.error(f"must be a whole number for {name} (got {q:g})", "q")
-        steps = (high - low) / q
-        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise section.error(
-                f"must divide max - min ({high - low:g}) into whole steps (got {q:g})", "q")
-    elif section.has("q"):
-        raise section.error(f"only q_uniform takes q (distribution is {dist})", "q")
-    n = Parameter(name, dist, low=low, high=high, q=q).size()
-    if n is not None and n > MAX_VALUES:
-        raise section.error(
-            f"gives {n:,} values; at most {MAX_VALUES:,} (use a larger q, a narrower range, or "
-            f"a continuous distribution)", "q" if q else "max")
-    # The range ends must themselves be valid values (e.g. learning_rate min > 0).
-    check_param_value(name, int(low) if name in INTEGRAL else low, section.error, "min")
-    check_param_value(name, int(high) if name in INTEGRAL else high, section.error, "max")
-    return Parameter(name, dist, low=low, high=high, q=q)
-
-
-def _parse_parameters(section: Section) -> tuple[Parameter, ...]:
-    for name in section.data:
-        if name not in PARAMETER_NAMES:
-            raise section.error(
-                f"unknown parameter{closest(str(name), PARAMETER_NAMES)}; "
-                f"tunable: {', '.join(PARAMETER_NAMES)}", str(name))
-    params = [_parse_parameter(section.sub(name), name) for name in section.data]
-    missing = [n for n in PARAMETER_NAMES
-               if n not in section.data and n not in OPTIONAL_PARAMETERS]
-    if missing:
-        raise section.error("is required (a value, values or distribution)", missing[0])
-    if "lora_alpha" not in section.data:
-        params.append(Parameter("lora_alpha", "value", value="rank"))
-    return tuple(params)
-
-
 def _check_rungs(sweep: Sweep, section: Section) -> None:
     steps = sweep.parameter("max_train_steps")
     assert steps is not None
@@ -458,7 +320,7 @@ def load_sweep(path: str | Path) -> Sweep:
         goal=objectives[0].goal,
         method=method_name,
         seed=seed if seed is not None else train.seed,
-        parameters=_parse_parameters(root.sub("parameters")),
+        parameters=parse_parameters(root.sub("parameters")),
         early_terminate=early,
         resources=resources,
         objectives=objectives,
@@ -498,5 +360,5 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
-__all__ = ["METRICS", "ConfigError", "EarlyTerminate", "Parameter", "Resources", "Sweep",
-           "load_sweep"]
+__all__ = ["DISTRIBUTIONS", "INTEGRAL", "METRICS", "ConfigError", "EarlyTerminate", "Parameter",
+           "Resources", "Sweep", "load_sweep"]

@@ -10,13 +10,8 @@ import pytest
 import yaml
 
 from tests.sweep_files import tiny_doc
-from trials.config import (
-    HyperParams,
-    TrialConfig,
-    load_trial_config,
-    parse_overrides,
-    read_prompts,
-)
+from trials.config import TrialConfig, load_trial_config, parse_overrides, read_prompts
+from trials.parameters import HyperParams
 from trials.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

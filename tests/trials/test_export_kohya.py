@@ -7,10 +7,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from trials.config import HyperParams
 from trials.export_kohya import KOHYA_NAME, KohyaExportError, main, write_kohya
 from trials.models.components import load_components
 from trials.models.lora import attach_lora, save_lora
+from trials.parameters import HyperParams
 
 
 def _saved_lora(cache_dir, tmp_path, target_modules, rank, alpha, adapter="lora"):

@@ -130,3 +130,11 @@ def test_a_sweep_field_without_a_declaration_is_refused() -> None:
         list(settings.declared(Loose))
     assert isinstance(Sweep.__dataclass_fields__["eval"].metadata["setting"],
                       settings.Setting)
+
+
+def test_the_trial_loader_accepts_the_sections_the_schema_lays_out() -> None:
+    from trials.config import TOP_LEVEL_KEYS
+
+    laid_out = {key for key, _, _ in schema.SECTIONS} | {"name", "result"}
+    assert set(TOP_LEVEL_KEYS) == laid_out
+    assert set(schema.json_schema()["properties"]) == laid_out

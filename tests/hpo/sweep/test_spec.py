@@ -12,7 +12,7 @@ import yaml
 
 from hpo.sweep.spec import Parameter, Sweep, load_sweep
 from tests.sweep_files import DELETE, REPO, apply, tiny_doc
-from trials.config import HyperParams
+from trials.parameters import HyperParams
 from trials.validation import ConfigError
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from trials.config import HyperParams
 from trials.eval.fast_eval import PromptEmbeddings, merged_lora
 from trials.eval.score import generate_images
 from trials.models.components import load_components, make_pipeline
 from trials.models.lora import attach_lora
+from trials.parameters import HyperParams
 
 PROMPTS = ["a red Hyundai coupe, side view", "a blue Hyundai SUV on a road",
            "a white Hyundai sedan at night"]

@@ -11,10 +11,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from trials.config import HyperParams
 from trials.eval.score import generate_images
 from trials.models.components import load_components, make_pipeline
 from trials.models.lora import WEIGHTS_NAME, attach_lora, resolve_target_modules, save_lora
+from trials.parameters import HyperParams
 
 PROMPTS = ["a red Hyundai coupe, side view", "a blue Hyundai SUV on a road"]
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from trials.config import HyperParams, TrainSpec
+from trials.config import TrainSpec
 from trials.models.components import load_components
 from trials.models.lora import attach_lora
+from trials.parameters import HyperParams
 from trials.train.accumulate import Accumulator, NoisedBatch, add_noise, same_shape_groups
 
 PARAMS = HyperParams(rank=4, lora_alpha=4.0, learning_rate=1e-3, max_train_steps=1,

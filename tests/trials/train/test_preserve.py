@@ -101,7 +101,7 @@ def test_dop_target_is_the_base_models_prediction(preserving_config, tiny_model_
 @pytest.mark.parametrize("mode", ["off", "on"])
 def test_a_preservation_term_adds_weight_times_its_gradient(tiny_model_dir, mode) -> None:
     unet = load_components("tiny", cache_dir=tiny_model_dir.parent).unet
-    from trials.config import HyperParams
+    from trials.parameters import HyperParams
     trainable = attach_lora(unet, HyperParams(4, 4.0, 1e-3, 1, "attn"))
     torch.manual_seed(0)
     with torch.no_grad():
