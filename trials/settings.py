@@ -149,19 +149,20 @@ def read_key(section: Section, key: str, s: Setting, hint: Any, default: Any,
     if s.reader is not None:
         return s.reader(section, key, default)
     kind, _ = _base(hint)
+    # A required key (no default) is read without one: Section says "is required".
+    d = () if default is MISSING else (default,)
     if dataclasses.is_dataclass(kind):
         return read(kind, section.sub(key), base_dir) if section.has(key) else default
     if kind is bool:
-        return section.boolean(key, default)
+        return section.boolean(key, *d)
     if kind is int:
-        return section.integer(key, default, minimum=_int(s.minimum), maximum=_int(s.maximum))
+        return section.integer(key, *d, minimum=_int(s.minimum), maximum=_int(s.maximum))
     if kind is float:
-        return section.number(key, default, minimum=s.minimum, above=s.above,
-                              maximum=s.maximum)
+        return section.number(key, *d, minimum=s.minimum, above=s.above, maximum=s.maximum)
     if kind is str:
-        return section.string(key, default, s.choices)
+        return section.string(key, *d, choices=s.choices)
     if kind is Path:
-        if not section.has(key):
+        if d and not section.has(key):
             return default
         return resolve_path(section.string(key), base_dir)
     raise TypeError(f"{section.key_path(key)}: type {hint} needs a reader")

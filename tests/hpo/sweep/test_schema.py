@@ -138,3 +138,15 @@ def test_the_trial_loader_accepts_the_sections_the_schema_lays_out() -> None:
     laid_out = {key for key, _, _ in schema.SECTIONS} | {"name", "result"}
     assert set(TOP_LEVEL_KEYS) == laid_out
     assert set(schema.json_schema()["properties"]) == laid_out
+
+
+@pytest.mark.parametrize(("section", "doc", "key"), [
+    ("early_terminate", {"type": "asha"}, "early_terminate.grace_steps"),
+    ("eval", {"images_per_prompt": 2}, "eval.prompts"),
+])
+def test_a_required_key_left_out_is_named(section: str, doc: dict, key: str,
+                                          tmp_path: Path) -> None:
+    full = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+    full[section] = doc
+    with pytest.raises(ConfigError, match=rf": {key}: is required$"):
+        load_sweep(_write(tmp_path, full))
