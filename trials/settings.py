@@ -23,6 +23,7 @@ This module imports only :mod:`trials.validation` (pure data, no torch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -94,13 +95,19 @@ def declared(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting, Any]]
     Raises ``TypeError`` for a field declared without :func:`setting` (every field of a section
     must say how it is read and whether it is fingerprinted).
     """
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         s = setting_of(f)
         if s is None:
             raise TypeError(f"{cls.__name__}.{f.name} is declared without setting(): say how "
                             "it is read and whether it is fingerprinted")
         yield f, s, hints[f.name]
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations costs a module lookup per field: once per section type.
+    return typing.get_type_hints(cls)
 
 
 def file_keys(cls: type) -> tuple[str, ...]:
