@@ -1,14 +1,13 @@
 """The study side of a Tune run: the stopper, and the recorder of every trial.
 
-Why the study is written by :class:`StudyRecorder` and not by the searcher
-(:class:`hpo.dispatch.searcher.StudySearch` only asks; Ray's ``OptunaSearch``, used before it,
-wrote results itself): OptunaSearch tells Optuna COMPLETE with the last (partial) score for
-trials ASHA stopped early, never sees the result at which ASHA stops a trial, and stores Ray's
-report counter as the step. The recorder reports each rung at its training step (with its
-preservation figures, :mod:`hpo.verdict.preservation`), tells PRUNED for early-stopped trials
-(by ASHA or by racing), FAIL with the reason for failed ones, and COMPLETE with the best
-(feasible) rung's score among the rungs that scored every prompt. In a racing sweep it also
-tells the referee (:mod:`hpo.dispatch.referee`) every rung a trial finishes.
+Why the study is written by :class:`StudyRecorder`, not by the searcher as in Ray's OptunaSearch:
+OptunaSearch tells Optuna COMPLETE with the last (partial) score for trials ASHA stopped early,
+never sees the result at which ASHA stops a trial, and stores Ray's report counter as the
+step. The recorder reports each rung at its training step (with its preservation figures,
+:mod:`hpo.verdict.preservation`), tells PRUNED for early-stopped trials (by ASHA or by racing),
+FAIL with the reason for failed ones, and COMPLETE with the best (feasible) rung's score among
+the rungs that scored every prompt. In a racing sweep it also tells the referee
+(:mod:`hpo.dispatch.referee`) every rung a trial finishes.
 """
 
 from __future__ import annotations
