@@ -213,7 +213,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         study = studies.open_study(storage, sweep, name)
         fingerprint.check_or_record(study, sweep, contents)
         studies.record_study_attrs(study, sweep, sampler_settings(sweep))
-        requeued = studies.recover_interrupted(study)
+        requeued = studies.recover_interrupted(study, storage)
         if requeued:
             log.info("marked %d trial(s) left running by a stopped driver as FAIL and queued "
                      "their parameters again: %s", len(requeued), requeued)
@@ -236,7 +236,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
                 interrupted = True
             # Ctrl-C (a KeyboardInterrupt out of Tune's loop: hpo.dispatch.tune turns Tune's own
             # handler off) leaves trials RUNNING: make the study consistent.
-            requeued = studies.recover_interrupted(study)
+            requeued = studies.recover_interrupted(study, storage)
             interrupted = interrupted or bool(requeued)
             if stopped_by:
                 log.info("stopped: a trial failed for a reason every trial would share; %d "

@@ -9,18 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import ray
 from ray import tune
 
-# Ray's driver prints the workers' stdout and stderr (log_to_driver) through the handler it
-# registers under this name, and the raylet's error messages (a worker died) through
-# ray._private.worker.print_to_stdstream; RayOutput swaps both for ours, writing driver.log. Ray
-# has no public hook for this: if they move in an upgrade, the lines stay on the console
-# (tests/hpo/test_console_sweep.py notices) and Ray's own per-worker log files still have them.
-_RAY_WORKER_PRINTER = "ray_print_logs"
+from hpo.dispatch import ray_private
+
+# Ray prints the workers' stdout and stderr, and the raylet's error messages, through printers
+# it keeps private; RayOutput swaps them for ours (hpo.dispatch.ray_private), writing driver.log.
+# If they move in an upgrade, the lines stay on the console (tests/hpo/test_console_sweep.py
+# notices) and Ray's own per-worker log files still have them.
 _OUR_WORKER_PRINTER = "hpo_driver_log"
 
 
@@ -39,9 +38,8 @@ class RayOutput:
         self.log = log
         self.verbose = verbose or log is None
         self.started_ray = False
-        self._diverted = False  # whether our printer of the workers' lines is in place
-        self._taken: list[tuple[str, Any]] = []  # Ray's printer, while ours replaces it
-        self._errors: Callable[..., None] | None = None  # Ray's printer of the raylet's errors
+        # Ray's printers of the workers' lines, while ours replace them (None: not diverted)
+        self._taken: ray_private.TakenPrinters | None = None
         if self.verbose and not sys.stdout.isatty():
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a piped log
 
@@ -53,8 +51,7 @@ class RayOutput:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the run config (this reporter) into tuner.pkl; an open file cannot be.
-        return {**self.__dict__, "log": None, "_diverted": False, "_taken": [],
-                "_errors": None}
+        return {**self.__dict__, "log": None, "_taken": None}
 
     def write(self, text: str) -> None:
         if self.log is not None:
@@ -64,36 +61,20 @@ class RayOutput:
 
     def reporter(self, **columns: Any) -> tune.ProgressReporter:
         """Tune's classic status table (every 15 s), written by :meth:`write`."""
-        output = self
-
-        class _Reporter(tune.CLIReporter):
-            def report(self, trials: list, done: bool, *sys_info: str) -> None:
-                output.write(self._progress_str(trials, done, *sys_info))
-
-        return _Reporter(**columns)
+        return ray_private.table_reporter(self.write, **columns)
 
     def divert_worker_logs(self) -> None:
         """Send the workers' stdout and stderr lines to ``log`` instead of the console."""
-        if self.log is None or self._diverted or not ray.is_initialized():
+        if self.log is None or self._taken is not None or not ray.is_initialized():
             return
-        try:
-            from ray._private import worker
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
-        except ImportError:
-            return
-        if not self.verbose:  # with --verbose Ray's printer stays, and ours copies
-            self._taken = [(n, h) for n, h in lines.handlers if n == _RAY_WORKER_PRINTER]
-            lines.remove_handler(_RAY_WORKER_PRINTER)
-        lines.add_handler(_OUR_WORKER_PRINTER, self._worker_lines)
-        self._errors = getattr(worker, "print_to_stdstream", None)
-        if self._errors is not None:
-            worker.print_to_stdstream = self._error_lines
-        self._diverted = True
+        # with --verbose Ray's printer stays, and ours copies
+        self._taken = ray_private.divert_worker_output(
+            _OUR_WORKER_PRINTER, self._worker_lines, self._error_lines, keep_ray=self.verbose)
 
     def _error_lines(self, data: dict[str, Any], ignore_prefix: bool = False) -> None:
         self._worker_lines(data)
-        if self.verbose and self._errors is not None:
-            self._errors(data, ignore_prefix)
+        if self.verbose and self._taken is not None and self._taken.errors is not None:
+            self._taken.errors(data, ignore_prefix)
 
     def _worker_lines(self, data: dict[str, Any]) -> None:
         who = data.get("actor_name") or data.get("task_name") or ""
@@ -102,9 +83,7 @@ class RayOutput:
             "" if ip == data.get("localhost") else f", ip={ip}")
         lines = data.get("lines", [])
         if data.get("pid") == "autoscaler":  # its status every 5 s; keep its events, as Ray does
-            from ray._private.worker import filter_autoscaler_events
-
-            lines = list(filter_autoscaler_events(lines))
+            lines = ray_private.autoscaler_events(lines)
         for line in lines:
             # A progress bar redraws itself with carriage returns: keep its last state.
             shown = [part for part in str(line).split("\r") if part.strip()]
@@ -119,15 +98,8 @@ class RayOutput:
                 self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ray.shutdown() took "
                                f"{time.monotonic() - begun:.1f} s\n")
         self.started_ray = False
-        if not self._diverted:
+        if self._taken is None:
             return
-        from ray._private import worker
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
-
-        if self._errors is not None:
-            worker.print_to_stdstream = self._errors
-        lines.remove_handler(_OUR_WORKER_PRINTER)
-        if ray.is_initialized():  # a Ray that someone else started goes on printing as before
-            for name, handler in self._taken:
-                lines.add_handler(name, handler)
-        self._diverted, self._taken, self._errors = False, [], None
+        # a Ray that someone else started goes on printing as before
+        ray_private.restore_worker_output(self._taken, give_back=ray.is_initialized())
+        self._taken = None

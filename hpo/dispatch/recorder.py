@@ -1,6 +1,6 @@
-"""The study side of a Tune run: the searcher, the stopper, and the recorder of every trial.
+"""The study side of a Tune run: the stopper, and the recorder of every trial.
 
-Why the study is written by :class:`StudyRecorder` and not by ``OptunaSearch`` itself:
+Why the study is written by :class:`StudyRecorder`, not by the searcher as in Ray's OptunaSearch:
 OptunaSearch tells Optuna COMPLETE with the last (partial) score for trials ASHA stopped early,
 never sees the result at which ASHA stops a trial, and stores Ray's report counter as the
 step. The recorder reports each rung at its training step (with its preservation figures,
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from hpo.dispatch.chaos import ChaosPlan
+from hpo.dispatch.searcher import StudySearch
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.spec import Sweep
 from hpo.verdict import preservation
@@ -62,40 +62,6 @@ class SweepStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.reason is not None
-
-
-class StudySearch(OptunaSearch):
-    """OptunaSearch that leaves writing results to :class:`StudyRecorder`."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        # The Optuna study in its database is the search state; resuming reads it, not a
-        # pickled searcher (Tuner.restore is never used: see hpo.run).
-        pass
-
-    def restore(self, checkpoint_path: str) -> None:
-        pass
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the searcher into tuner.pkl on the (maybe shared) storage path; the
-        # storage object holds the database URL with its password, and is not needed there.
-        state = self.__dict__.copy()
-        for key in ("_storage", "_ot_study", "_ot_trials"):
-            state.pop(key, None)
-        return state
-
-    def optuna_trial(self, trial_id: str) -> optuna.Trial:
-        return self._ot_trials[trial_id]
-
-    @property
-    def study(self) -> optuna.Study:
-        return self._ot_study
 
 
 class SweepObserver(Protocol):
@@ -194,8 +160,8 @@ class StudyRecorder(tune.Callback):
         if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
             # A rung of a prompt subset (ASHA's alone) too: every trial scores the same subset
             # there, and TPE compares a pruned trial's value only with others at its step.
-            set_intermediate(self.searcher.study, ot_trial._trial_id, int(result["step"]),
-                             float(result[self.sweep.metric]))
+            set_intermediate(self.searcher.storage, self.searcher.storage_id(trial.trial_id),
+                             int(result["step"]), float(result[self.sweep.metric]))
         if self.referee is not None:
             usable = self.sweep.require is None or \
                 preservation.is_feasible(rung.get("constraints")) is True
@@ -226,7 +192,7 @@ class StudyRecorder(tune.Callback):
         self.raced.pop(trial.trial_id, None)
         self.checkpoints.pop(trial.trial_id, None)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
-        clear_intermediate(self.searcher.study, ot_trial._trial_id)
+        clear_intermediate(self.searcher.storage, self.searcher.storage_id(trial.trial_id))
         ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
         self._tell("trial_retried", ot_trial, trial.run_metadata.num_failures + 1,
                    _last_error_line(trial))

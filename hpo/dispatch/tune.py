@@ -1,7 +1,8 @@
 """Running a sweep on Ray: starting it, the trainable, the baseline and confirmation tasks.
 
-Keeping Ray's API in this wing (this module, :mod:`hpo.dispatch.recorder` and
-:mod:`hpo.dispatch.ray_output`) means an upgrade of Ray touches one folder. The trial code
+Keeping Ray's API in this wing (this module, :mod:`hpo.dispatch.recorder`,
+:mod:`hpo.dispatch.searcher`, :mod:`hpo.dispatch.ray_output`, and the names Ray keeps private
+in :mod:`hpo.dispatch.ray_private`) means an upgrade of Ray touches one folder. The trial code
 (``trials``) never imports Ray: the trainable here adapts ``trials.train.loop.run_trial``'s
 ``report`` callback to ``ray.tune.report``; :class:`~hpo.dispatch.recorder.StudyRecorder`
 writes what it reports into the study.
@@ -26,9 +27,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from hpo.dispatch.chaos import ChaosPlan
 from hpo.dispatch.cluster import check_address
 from hpo.dispatch.ray_output import RayOutput
-from hpo.dispatch.recorder import StudyRecorder, StudySearch, SweepObserver
+from hpo.dispatch.recorder import StudyRecorder, SweepObserver
 from hpo.dispatch.referee import asker as referee_asker
 from hpo.dispatch.referee import start as referee_start
+from hpo.dispatch.searcher import StudySearch
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
 from trials.config import TrialConfig

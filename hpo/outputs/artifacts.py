@@ -27,6 +27,8 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.trial import TrialState
 
+from hpo.sweep.optuna_private import storage_of
+
 log = logging.getLogger("hpo")
 
 ARTIFACT_DIR = "artifacts"
@@ -219,8 +221,9 @@ def study_artifacts(study: optuna.Study) -> list[Any]:
 
 
 def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[Any]:
-    """The artifact metas attached to one trial."""
-    return get_all_artifact_meta(trial, storage=study._storage)
+    """The artifact metas attached to one trial (Optuna needs the study's storage for a
+    frozen trial's; a study loaded by URL gives it only through a private name)."""
+    return get_all_artifact_meta(trial, storage=storage_of(study))
 
 
 def name_objective(study: optuna.Study) -> None:

@@ -27,6 +27,7 @@ import optuna
 
 from hpo.outputs.artifacts import artifact_dir, open_store
 from hpo.study.storage import redact
+from hpo.sweep.optuna_private import storage_of
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-    page = f"http://{shown}:{server.server_port}/dashboard/studies/{study._study_id}"
+    study_id = storage_of(study).get_study_id_from_name(study.study_name)
+    page = f"http://{shown}:{server.server_port}/dashboard/studies/{study_id}"
     print(f"optuna-dashboard for study {study.study_name!r}: {page}\n"
           f"  storage:   {redact(url)}\n  artifacts: {Path(artifacts).resolve()}\n"
           f"  {'writes allowed' if args.allow_writes else 'read-only'}; Ctrl-C to stop",

@@ -21,6 +21,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from hpo.sweep import optuna_private
 from hpo.sweep.spec import Sweep
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage object (OptunaSearch needs an object, not a URL).
+    """An RDB storage object (the searcher and the recorder write through it).
 
     Optuna creates the schema on first open, and two processes doing that at once (the driver
     and a dashboard or script polling the study) collide on ``alembic_version``. A new SQLite
@@ -92,31 +93,29 @@ def retry_locked(write: Callable[[], T], pause: float = 1.0) -> T:
     raise AssertionError("unreachable")
 
 
-def set_intermediate(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
+def trial_id_of(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of the study: what a storage's trial methods take.
+
+    Optuna keeps the id private on ``Trial`` and ``FrozenTrial``; the storage maps the study's
+    name and the trial's number to it (two reads: call it once per trial, not per write).
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def set_intermediate(storage: optuna.storages.BaseStorage, trial_id: int, step: int,
+                     value: float) -> None:
     """Write a rung's score at its step, replacing one already there.
 
     ``Trial.report`` ignores a second report at a step, so a retried trial's curve would stay
     the dead attempt's while its value came from the new one.
     """
-    retry_locked(lambda: study._storage.set_trial_intermediate_value(trial_id, step, value))
+    retry_locked(lambda: storage.set_trial_intermediate_value(trial_id, step, value))
 
 
-def clear_intermediate(study: optuna.Study, trial_id: int) -> None:
+def clear_intermediate(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
     """Forget a trial's rung scores (a retry starts over: all it records is its own)."""
-    storage = study._storage
-    storage = getattr(storage, "_backend", storage)  # a cached storage wraps the RDB one
-    if isinstance(storage, optuna.storages.RDBStorage):
-        from optuna.storages._rdb import models
-
-        def delete() -> None:
-            with storage.scoped_session() as session:
-                session.query(models.TrialIntermediateValueModel).filter_by(
-                    trial_id=trial_id).delete()
-                session.commit()
-
-        retry_locked(delete)
-    else:  # in-memory storage (tests): the frozen trial holds the values
-        storage._get_trial(trial_id).intermediate_values.clear()
+    retry_locked(lambda: optuna_private.clear_intermediate(storage, trial_id))
 
 
 def _new_sqlite_file(url: str) -> Path | None:
@@ -220,22 +219,23 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         study.set_user_attr(key, value)
 
 
-def recover_interrupted(study: optuna.Study) -> list[int]:
+def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
     """Mark trials a dead driver left RUNNING as FAIL and queue their parameters again.
 
-    Returns the numbers of the trials marked. Only call this while no other driver runs on the
-    study (the run command holds a lock file for that).
+    ``storage`` is the one the study was opened on. Returns the numbers of the trials marked.
+    Only call this while no other driver runs on the study (the run command holds a lock file
+    for that).
     """
-    storage = study._storage
     marked = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        trial_id = trial_id_of(storage, study.study_name, trial.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         if "fail_reason" not in trial.user_attrs:  # a sweep-wide error already gave one
             storage.set_trial_user_attr(
-                trial._trial_id, "fail_reason",
+                trial_id, "fail_reason",
                 "the sweep driver stopped before this trial finished; its parameters were "
                 "queued again")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         # Not skip_if_exists: that would match the trial just marked FAIL and queue nothing.
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         marked.append(trial.number)

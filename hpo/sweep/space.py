@@ -10,8 +10,8 @@ import hashlib
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
+from hpo.sweep.optuna_private import StudyGridSampler
 from hpo.sweep.spec import Parameter, Sweep
 
 # Smaller than Optuna's default (50): a LoRA sweep runs tens of trials, not thousands.
@@ -40,10 +40,10 @@ def suggest(trial: optuna.Trial, param: Parameter) -> Any:
 
 
 def define_by_run(sweep: Sweep):
-    """The function OptunaSearch calls for each new trial.
+    """The function :class:`hpo.dispatch.searcher.StudySearch` calls for each new trial.
 
-    It only suggests (and returns None): OptunaSearch reads the values from the trial, and a
-    returned dict would be added to every config as constants.
+    It only suggests (and returns None): the searcher reads the values from the trial's
+    ``params``.
     """
     searched = sweep.searched
 
@@ -80,42 +80,6 @@ def run_seed(sweep_seed: int, trials_in_study: int) -> int:
         return sweep_seed  # a fresh study draws exactly what a single run always drew
     digest = hashlib.sha256(f"hpo.space/v1:{sweep_seed}:{trials_in_study}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
-
-
-class StudyGridSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler, made safe for ask/tell and for re-queued trials.
-
-    Optuna 5's ``after_trial`` calls ``study.stop()`` once the grid is used up, which raises
-    outside ``study.optimize()`` (Tune drives the study by ask/tell): here ``--trials`` and the
-    grid size end the sweep instead. A trial queued with ``enqueue_trial`` (a re-run of an
-    interrupted one) carries no ``grid_id``, so the grid would not count its point as visited:
-    it gets the grid id of its parameters here.
-    """
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        fixed = trial.system_attrs.get("fixed_params")
-        if fixed is not None and "grid_id" not in trial.system_attrs:
-            grid_id = self.grid_id_of(fixed)
-            if grid_id is not None:
-                study._storage.set_trial_system_attr(trial._trial_id, "search_space",
-                                                     self._search_space)
-                study._storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
-            return
-        super().before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Any) -> None:
-        pass  # never study.stop(): see the class docstring
-
-    def grid_id_of(self, params: dict[str, Any]) -> int | None:
-        """The index in the grid of these parameter values, or None when they are not on it."""
-        if set(params) != set(self._param_names):
-            return None
-        wanted = tuple(params[name] for name in self._param_names)
-        for grid_id, point in enumerate(self._all_grids):
-            if all(self._grid_value_equal(a, b) for a, b in zip(point, wanted, strict=True)):
-                return grid_id
-        return None
 
 
 def make_sampler(sweep: Sweep, trials_in_study: int = 0) -> optuna.samplers.BaseSampler:

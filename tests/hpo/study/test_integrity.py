@@ -219,14 +219,21 @@ def test_a_local_ray_is_sized_by_ray_itself(monkeypatch) -> None:
 # -- items 6 and 7: what the recorder writes for a trial -------------------------------------
 
 class FakeSearcher:
-    def __init__(self, study: optuna.Study) -> None:
+    """hpo.dispatch.searcher.StudySearch without Tune: asks the study when first named."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
         self.study = study
+        self.storage = storage
         self.trials: dict[str, optuna.Trial] = {}
 
     def optuna_trial(self, trial_id: str) -> optuna.Trial:
         if trial_id not in self.trials:
             self.trials[trial_id] = self.study.ask()
         return self.trials[trial_id]
+
+    def storage_id(self, trial_id: str) -> int:
+        return studies.trial_id_of(self.storage, self.study.study_name,
+                                   self.optuna_trial(trial_id).number)
 
 
 def rung(step: int, score: float, steps: int = 8) -> dict[str, Any]:
@@ -246,7 +253,7 @@ def recorder(tmp_path: Path) -> StudyRecorder:
     sweep = load_sweep(REPO / "sweeps/tiny.yaml")
     storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
-    return StudyRecorder(FakeSearcher(study), sweep, baseline=None)
+    return StudyRecorder(FakeSearcher(study, storage), sweep, baseline=None)
 
 
 def test_everything_recorded_for_a_retried_trial_comes_from_its_last_attempt(recorder) -> None:
@@ -274,7 +281,8 @@ def test_an_error_every_trial_would_share_stops_the_sweep_uncounted(recorder) ->
     recorder.on_trial_complete(0, [], trial)
     assert recorder.stopper.reason == error and recorder.stopper.stop_all()
     study = recorder.searcher.study
-    assert studies.recover_interrupted(study) == [0]  # the driver does this after the stop
+    # the driver does this after the stop
+    assert studies.recover_interrupted(study, recorder.searcher.storage) == [0]
     failed, queued = study.get_trials()
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == error
     assert not studies.counted_trials(study)  # it does not use up --trials
@@ -299,7 +307,7 @@ def test_trials_cut_short_by_a_sweep_wide_stop_are_requeued_not_counted(recorder
                                                 trial_id="own-error"))
     study = recorder.searcher.study
     number = {key: t.number for key, t in recorder.searcher.trials.items()}
-    assert sorted(studies.recover_interrupted(study)) == sorted(
+    assert sorted(studies.recover_interrupted(study, recorder.searcher.storage)) == sorted(
         number[k] for k in ("broken", "stopped", "killed"))
     counted = studies.counted_trials(study)
     assert sorted((t.number, t.state) for t in counted) == [
