@@ -44,6 +44,9 @@ MIN_SIDE, MAX_SIDE = 8, 2048
 # train.fused_accumulation: one batch per optimizer step (on), the reference's micro-batches
 # one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
 FUSED_MODES = ("auto", "on", "off")
+# The file a saved LoRA's weights are in (diffusers' name), inside its folder; here, beside the
+# settings, so that readers of a LoRA folder need not import torch to find it.
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 # Module-name patterns handed to peft. Plain names match any module whose name ends with them
 # (peft's suffix rule); the cross-attention preset needs a regex so attn1 is left alone.

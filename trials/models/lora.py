@@ -23,9 +23,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from trials.config import TARGET_PRESETS, HyperParams
-
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+from trials.config import TARGET_PRESETS, WEIGHTS_NAME, HyperParams
 
 
 class TargetModuleError(ValueError):
