@@ -20,8 +20,7 @@ from hpo.study.storage import counted_trials
 from hpo.sweep.fidelity import exported_steps
 from hpo.sweep.spec import Sweep
 from hpo.verdict.winner import best_trial
-from trials.config import TARGET_PRESETS
-from trials.models.lora import WEIGHTS_NAME
+from trials.api import TARGET_PRESETS, WEIGHTS_NAME, KohyaExportError, write_kohya
 
 log = logging.getLogger("hpo")
 
@@ -241,8 +240,6 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
 def write_kohya_beside(lora_dir: Path) -> Path | None:
     """The kohya-format file (AUTOMATIC1111, ComfyUI) beside a LoRA; None, with a warning,
     when the adapter cannot be exported in that format (DoRA)."""
-    from trials.export_kohya import KohyaExportError, write_kohya
-
     try:
         return write_kohya(lora_dir)
     except KohyaExportError as err:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trials.validation import Section, describe
+from trials.api import Section, describe
 
 GOALS = ("maximize", "minimize")
 # clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir);

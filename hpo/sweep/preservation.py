@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trials.validation import Section
+from trials.api import Section
 
 CONTROL_RULES = ("not_worse", "any")
 LEAK_RULES = ("not_above", "any")

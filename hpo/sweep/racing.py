@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trials.validation import Section
+from trials.api import Section
 
 TESTS = ("t", "wilcoxon")
 AGAINST = ("best", "cutoff")
