@@ -96,6 +96,16 @@ class TrialOutOfMemory(TrialError, RuntimeError):
             "gradient_accumulation_steps to keep the effective batch), lower the rank, use "
             "mixed_precision fp16/bf16, or set gradient_checkpointing: true")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its message: the config it was made from does not travel with it.
+        return (_with_message, (type(self), str(self)))
+
+
+def _with_message(cls: type[TrialError], message: str) -> TrialError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
 
 class KohyaExportError(TrialError, ValueError):
     """A LoRA folder :mod:`trials.export_kohya` cannot convert; the message names the file."""

@@ -39,6 +39,10 @@ class ConfigError(TrialError, ValueError):
         where = f"{self.file}: {path}: " if path else f"{self.file}: "
         super().__init__(where + message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Ray task's error is pickled; the default would call __init__ with the message only.
+        return (type(self), (self.file, self.path, self.message))
+
 
 def describe(value: Any) -> str:
     """Show a value the way a user wrote it, for ``(got ...)`` parts of messages."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,9 +82,14 @@ def test_errors_survive_the_trip_from_a_worker() -> None:
     # Ray pickles what a task raises; an error that cannot be rebuilt loses its message.
     for err in (DataError("d", [("x.png", "file not found")]),
                 SetupError("3 held-out image(s) leave no training image", "data.holdout"),
-                TrialDiverged(3, float("nan"))):
+                TrialDiverged(3, float("nan")),
+                ConfigError("sweep.yaml", "data.resolution", "must be > 0 (got -1)")):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err) and back.key == err.key
+    config = SimpleNamespace(train=SimpleNamespace(train_batch_size=4),
+                             params=SimpleNamespace(rank=64), data=SimpleNamespace(resolution=512))
+    oom = TrialOutOfMemory(config)
+    assert str(pickle.loads(pickle.dumps(oom))) == str(oom)
 
 
 @pytest.fixture
