@@ -1,6 +1,8 @@
 """The sweep orchestrator: sweep files, Ray Tune + Optuna dispatch, the study and its exports.
 
-Wings, bottom to top (a wing imports only the wings below it, and ``trials``):
+Wings, bottom to top (a wing imports only the wings below it, and of ``trials`` only its door,
+:mod:`trials.api`: the trial's settings, its run, baseline and rescoring, the pre-flight checks
+of data, model and scorer, and ``TrialError``, the base of every error a trial raises):
 
 - :mod:`hpo.sweep`: the sweep file as typed objects, the search space, steps as a fidelity,
   the cost forecast's arithmetic;

@@ -11,7 +11,7 @@ into time with a :class:`~hpo.sweep.cost.Throughput` taken, in this order, from:
    on a GPU of this machine's name, else :data:`REFERENCE_PASSES_PER_SECOND`, published for an
    A100, scaled to the sweep's resolution by area;
 3. trials on this CPU: a few seconds of the trial's own code timed here and now
-   (:mod:`trials.train.probe`). No published figure fits a CPU, and the figures in
+   (:func:`trials.api.probe_times`). No published figure fits a CPU, and the figures in
    ``benchmarks/results.json`` were measured on one sweep file on an idle machine; the probe
    times this sweep's shapes under this machine's load of the moment, with the threads a trial
    gets, and includes the VAE decoding and CLIP scoring of a rung image. A model or CLIP scorer
@@ -36,6 +36,7 @@ import optuna
 from hpo.sweep import cost
 from hpo.sweep.fidelity import StepsPlan, plan_steps
 from hpo.sweep.spec import Sweep
+from trials.api import probe_blocker, probe_times
 
 log = logging.getLogger("hpo")
 RECORD_KEY = "cost_forecast"
@@ -91,18 +92,14 @@ def _gpu_rate(sweep: Sweep, note: str = "") -> cost.Throughput:
 
 def _cpu_rate(sweep: Sweep, forecast: cost.Forecast, cache_dir: Path
               ) -> tuple[cost.Throughput | None, str]:
-    import torch
-
-    from trials.train import probe
-
     config = sweep.trial_config(cost.typical_values(sweep), output_dir=cache_dir / "probe",
                                 cache_dir=cache_dir)
-    why = probe.not_local(config)
+    why = probe_blocker(config)
     if why:  # a model this machine cannot time is meant for GPUs
         return _gpu_rate(sweep, f"; no GPU here, and {why}"), ""
     threads = max(1, math.ceil(sweep.resources.cpu_per_trial))
     try:
-        times = probe.measure(config, torch.device("cpu"), threads)
+        times = probe_times(config, threads, "cpu")
     except Exception as err:  # a forecast must never stop a sweep; the trials would say more
         return None, f"no seconds: timing a step and an image failed ({type(err).__name__}: {err})"
     # The probe times a step with the typical configuration's preservation remedy: its passes

@@ -14,11 +14,17 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo import forecast
 from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
 from hpo.sweep.fidelity import StepsPlan, subset_rungs
-from hpo.sweep.holdout import held_out_split
 from hpo.sweep.spec import PreflightError, Sweep
 from hpo.verdict import preservation
 from hpo.verdict.winner import best_trial, require_of
-from trials.validation import ConfigError, closest
+from trials.api import (
+    TrialError,
+    bucket_lines,
+    check_data,
+    check_model,
+    check_scorer,
+    long_prompts,
+)
 
 log = logging.getLogger("hpo")
 
@@ -38,7 +44,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"{'center' if d.center_crop else 'random'} crop"
         f"{', random flip' if d.random_flip else ''}"
         f"{', generated if missing' if d.synthetic else ''})",
-        *([f"  buckets        {line}" for line in _bucket_lines(sweep)]
+        *([f"  buckets        {line}" for line in bucket_lines(d, sweep.model.name)]
           if d.aspect_buckets else []),
         f"  train          batch {t.train_batch_size} x accumulation "
         f"{t.gradient_accumulation_steps}, {t.lr_scheduler} LR (warmup {t.lr_warmup_steps}), "
@@ -105,13 +111,6 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     return "\n".join(lines)
 
 
-def _bucket_lines(sweep: Sweep) -> list[str]:
-    from trials.data.buckets import dry_run_lines
-    from trials.models.components import model_side_multiple
-
-    return dry_run_lines(sweep.data, *model_side_multiple(sweep.model.name))
-
-
 def _preservation_lines(sweep: Sweep) -> list[str]:
     """The dry run's view of ``preservation``: what is measured, required and trained."""
     pres = sweep.preservation
@@ -132,74 +131,46 @@ def _preservation_lines(sweep: Sweep) -> list[str]:
            f"{weight.value if weight.is_fixed else ''}")]
 
 
-def _check_captions(sweep: Sweep, examples: list) -> None:
-    """A remedy other than ``none`` needs the trigger in every training caption."""
-    from trials.trigger import triggerless_captions
-
+def _trigger_to_check(sweep: Sweep) -> str | None:
+    """The trigger every training caption must hold: a remedy other than ``none`` (searched
+    or fixed) removes it to make the control caption."""
     param = sweep.parameter("preservation")
     methods = set(param.grid() or ()) if param is not None else {sweep.preservation.method}
-    if sweep.preservation.trigger is None or not methods - {"none"}:
-        return
-    try:
-        triggerless_captions(examples, sweep.preservation.trigger, sweep.data.train_dir)
-    except ValueError as err:
-        raise PreflightError(f"{sweep.source}: preservation.trigger: {err}") from None
+    return sweep.preservation.trigger if methods - {"none"} else None
 
 
 def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False
               ) -> str | None:
     """Check output folders, data, prompts, model and CLIP model before Ray starts.
 
-    The dry run runs the same checks but writes nothing: output folders are checked for
-    write access without being made, a synthetic dataset is not generated, the tiny model is
-    not built. Returns the training data's content hash (for the study fingerprint), or None
-    when a dry run found the synthetic dataset not generated yet.
+    The data, model and scorer are checked by ``trials`` as a trial would read them
+    (:mod:`trials.api`). The dry run runs the same checks but writes nothing: output folders
+    are checked for write access without being made, a synthetic dataset is not generated, the
+    tiny model is not built. Returns the training data's content hash (for the study
+    fingerprint), or None when a dry run found the synthetic dataset not generated yet. Raises
+    :class:`PreflightError` naming the sweep file and key, or ``ConfigError``.
     """
-    from trials.data.folder import REFERENCE_LABEL, folder_fingerprint, heldout_overlap
-    from trials.data.synthetic import ensure_dataset
-    from trials.models.components import check_model_source, resolve_model_path
-
     for folder in (study_dir, cache_dir):
         _check_writable(folder, create=not dry_run)
-    contents = None
-    if dry_run and sweep.data.synthetic and not sweep.data.train_dir.exists():
+    try:
+        data = check_data(sweep.data, sweep.eval.prompt_list,
+                          reference_dir=sweep.eval.reference_dir,
+                          trigger=_trigger_to_check(sweep), generate=not dry_run)
+        check_model(sweep.model.name, cache_dir, build=not dry_run)
+    except TrialError as err:
+        key = f"{err.key}: " if err.key else ""
+        raise PreflightError(f"{sweep.source}: {key}{err}") from None
+    if data is None:
         log.info("%s: data.train_dir: %s does not exist yet; the run generates it (synthetic)",
                  sweep.source, sweep.data.train_dir)
-    else:
-        if not dry_run:
-            ensure_dataset(sweep.data)
-        examples = _load_folder(sweep, "data.train_dir", sweep.data.train_dir)
-        contents = folder_fingerprint(examples, sweep.data.caption_column)
-        held_out_split(sweep, examples)  # raises when the split leaves nothing to train on
-        _check_captions(sweep, examples)
-        if sweep.eval.reference_dir is not None:
-            _load_folder(sweep, "eval.reference_dir", sweep.eval.reference_dir, REFERENCE_LABEL)
-        overlap = heldout_overlap(list(sweep.eval.prompt_list), examples)
-        if overlap:
-            log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
-                        "measure memorization, not generalisation", len(overlap), overlap[0])
-    name = sweep.model.name
-    if (name == "tiny" and not dry_run) or (name != "tiny" and (
-            name == "toyworld" or os.path.exists(name) or name.startswith((".", "/", "~")))):
-        try:
-            check_model_source(resolve_model_path(name, cache_dir))
-        except ValueError as err:
-            raise PreflightError(f"{sweep.source}: model.name: {err}") from None
-    check_clip_model(sweep)
-    for line in long_prompts(sweep):
+    elif data.overlap:
+        log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
+                    "measure memorization, not generalisation", len(data.overlap),
+                    data.overlap[0])
+    check_scorer(sweep.eval, sweep.source)
+    for line in long_prompts(sweep.eval):
         log.warning("%s", line)
-    return contents
-
-
-def _load_folder(sweep: Sweep, key: str, folder: Path, label: str = "the training data"
-                 ) -> list:
-    """An imagefolder the sweep names, its problems reported with the sweep file and key."""
-    from trials.data.folder import DataError, load_examples
-
-    try:
-        return load_examples(folder, sweep.data.caption_column, label)
-    except DataError as err:
-        raise PreflightError(f"{sweep.source}: {key}: {err}") from None
+    return None if data is None else data.fingerprint
 
 
 def _check_writable(folder: Path, create: bool) -> None:
@@ -224,66 +195,6 @@ def _check_writable(folder: Path, create: bool) -> None:
     except OSError as err:
         raise PreflightError(f"{folder}: output folder is not writable ({err.strerror})") \
             from None
-
-
-def check_clip_model(sweep: Sweep) -> None:
-    """The CLIP model and pretrained tag must be ones open_clip offers (or a local file)."""
-    import open_clip
-
-    from trials.eval.score import TINY_CLIP, TOYWORLD
-
-    model, tag = sweep.eval.clip_model, sweep.eval.clip_pretrained
-    if model in (TINY_CLIP, TOYWORLD) or model.startswith(("hf-hub:", "local-dir:")):
-        return
-    models = open_clip.list_models()
-    if model not in models:
-        raise ConfigError(sweep.source, "eval.clip_model",
-                          f"open_clip has no model {model!r}{closest(model, models)}; e.g. "
-                          f"ViT-H-14, ViT-bigG-14, ViT-L-14 (open_clip.list_models())")
-    if tag is None or Path(tag).expanduser().is_file():
-        return
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    if tag not in tags:
-        raise ConfigError(sweep.source, "eval.clip_pretrained",
-                          f"{tag!r} is not a pretrained tag of {model} in open_clip"
-                          f"{closest(tag, tags)}; allowed: {', '.join(tags) or 'none'} "
-                          f"(or a checkpoint file)")
-
-
-def _prompt_lines(path: Path) -> dict[str, int]:
-    lines: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        lines.setdefault(line.strip(), number)
-    return lines
-
-
-def long_prompts(sweep: Sweep) -> list[str]:
-    """Warnings for prompts longer than the SD text encoder's or the scorer's context.
-
-    Both truncate silently: a cut prompt is scored on words the images were not drawn for.
-    SD v1.5's tokenizer is CLIP's BPE (the one open_clip ships), 77 tokens with start and end;
-    the scorer's context length comes from its open_clip config.
-    """
-    import open_clip
-
-    from trials.eval.score import TINY_CLIP, TINY_CLIP_CONFIG
-
-    bpe = open_clip.tokenizer.SimpleTokenizer()
-    model = sweep.eval.clip_model
-    if model == TINY_CLIP:
-        scorer_context = int(TINY_CLIP_CONFIG["text_cfg"]["context_length"])  # type: ignore[index]
-    else:
-        config = open_clip.get_model_config(model) or {}
-        scorer_context = int(config.get("text_cfg", {}).get("context_length", 77))
-    where = _prompt_lines(sweep.eval.prompts)
-    out = []
-    for prompt in sweep.eval.prompt_list:
-        tokens = len(bpe.encode(prompt)) + 2  # start and end of text
-        for who, context in (("the SD text encoder", 77), (f"the scorer {model}", scorer_context)):
-            if tokens > context:
-                out.append(f"warning: {sweep.eval.prompts}:{where.get(prompt, '?')}: prompt has "
-                           f"{tokens} tokens, {who} reads {context}: the rest is cut off")
-    return out
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:

@@ -28,7 +28,7 @@ from hpo.study.storage import redact
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep, study_name
-from trials.validation import ConfigError
+from trials.api import TrialError
 
 if TYPE_CHECKING:
     from hpo.dispatch.ray_output import RayOutput
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return dry_run(sweep, name, study_dir, args, steps)
         return run(fidelity.apply(sweep, steps), name, study_dir, args, steps)
-    except (ConfigError, SweepError, ValueError, StudyLocked) as err:
+    except (TrialError, SweepError, ValueError, StudyLocked) as err:
         if args.debug:
             raise
         print(f"error: {str(err).strip()}", file=sys.stderr)

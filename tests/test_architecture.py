@@ -1,5 +1,5 @@
-"""The house rules: imports run one way, wing by wing, with no circles, and trials never
-imports hpo or ray.
+"""The house rules: imports run one way, wing by wing, with no circles; trials never imports
+hpo or ray, and hpo enters trials by one door, ``trials.api``.
 
 Every import counts, also one inside a function (a lazy import is still a dependency). A module
 may import its own wing and the wings below it; the layers are listed bottom to top.
@@ -18,13 +18,13 @@ PACKAGES = ("trials", "hpo", "benchmarks")
 # Bottom to top. A module's layer is the first entry that is it or a package above it;
 # ``trials.toyworld`` alone is the toy world's paths, its submodules are its builders (top).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("trials.validation", "trials.settings", "trials.parameters", "trials.trigger", "trials.config",
-     "trials.toyworld"),
+    ("trials.errors", "trials.validation", "trials.settings", "trials.parameters", "trials.trigger",
+     "trials.config", "trials.toyworld"),
     ("trials.data",),
     ("trials.models",),
     ("trials.eval",),
     ("trials.train",),
-    ("trials", "trials.export_kohya", "trials.toyworld.*"),
+    ("trials", "trials.api", "trials.preflight", "trials.export_kohya", "trials.toyworld.*"),
     ("hpo.sweep",),
     ("hpo.study",),
     ("hpo.verdict",),
@@ -147,6 +147,13 @@ def test_trials_never_imports_hpo_or_ray(graph) -> None:
     bad = [f"{m} imports {d}" for m, deps in sorted(graph.items()) if m.split(".")[0] == "trials"
            for d in sorted(deps) if d.split(".")[0] in ("hpo", "ray")]
     assert bad == []
+
+
+def test_hpo_imports_trials_only_through_its_door(graph) -> None:
+    inside = sorted(f"{m} imports {d}" for m, deps in graph.items()
+                    if m.split(".")[0] == "hpo"
+                    for d in deps if d.split(".")[0] == "trials" and d != "trials.api")
+    assert inside == [], "import these through trials.api (add to it what is missing)"
 
 
 def test_only_dispatch_imports_ray(graph) -> None:

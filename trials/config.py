@@ -49,6 +49,9 @@ MIN_SIDE, MAX_SIDE = 8, 2048
 # train.fused_accumulation: one batch per optimizer step (on), the reference's micro-batches
 # one by one (off), or fused with a fall-back to one by one on out-of-memory (auto).
 FUSED_MODES = ("auto", "on", "off")
+# The file a saved LoRA's weights are in (diffusers' name), inside its folder; here, beside the
+# settings, so that readers of a LoRA folder need not import torch to find it.
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",

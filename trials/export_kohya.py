@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from trials.errors import KohyaExportError
 from trials.models.lora import WEIGHTS_NAME
 
 KOHYA_NAME = "lora_kohya.safetensors"
@@ -41,10 +42,6 @@ _DORA_REFUSED = (
     "DoRA adapters are not exported in kohya format (diffusers' SD 1.5 loader drops dora_scale "
     "and ComfyUI normalises DoRA differently from peft, so the file would not reproduce the "
     "trained adapter); use pytorch_lora_weights.safetensors with diffusers' load_lora_weights")
-
-
-class KohyaExportError(ValueError):
-    """The folder holds no LoRA this module can convert; the message names the file."""
 
 
 def read_diffusers_lora(weights: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -17,20 +17,31 @@ from typing import Any
 
 import yaml
 
+from trials.errors import TrialError
+
 _MISSING: Any = object()
 # Words YAML 1.1 (PyYAML) reads as booleans when they are not quoted.
 _YAML_BOOLS = frozenset({"yes", "no", "true", "false", "on", "off"})
 
 
-class ConfigError(ValueError):
-    """A mistake in a config or sweep file, as one line: ``file: key.path: what is allowed``."""
+class ConfigError(TrialError, ValueError):
+    """A mistake in a config or sweep file, as one line: ``file: key.path: what is allowed``.
+
+    A :class:`~trials.errors.TrialError` every trial would share, and a ``ValueError``."""
+
+    every_trial = True
 
     def __init__(self, file: str | Path, path: str, message: str) -> None:
         self.file = str(file)
         self.path = path
+        self.key = path or None
         self.message = message
         where = f"{self.file}: {path}: " if path else f"{self.file}: "
         super().__init__(where + message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Ray task's error is pickled; the default would call __init__ with the message only.
+        return (type(self), (self.file, self.path, self.message))
 
 
 def describe(value: Any) -> str:

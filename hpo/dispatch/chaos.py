@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from trials.train.faults import KINDS
+from trials.api import FAULT_KINDS
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ def parse_chaos(text: str | None, seed: int = 0) -> ChaosPlan:
     for part in text.split(","):
         kind, sep, value = part.partition("=")
         kind = kind.strip()
-        if not sep or kind not in KINDS:
+        if not sep or kind not in FAULT_KINDS:
             raise ValueError(f"--inject-faults: expected KIND=RATE with KIND one of "
-                             f"{', '.join(KINDS)} (got {part!r})")
+                             f"{', '.join(FAULT_KINDS)} (got {part!r})")
         try:
             rate = float(value)
         except ValueError:

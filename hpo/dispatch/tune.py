@@ -33,7 +33,7 @@ from hpo.dispatch.referee import start as referee_start
 from hpo.dispatch.searcher import StudySearch
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
-from trials.config import TrialConfig
+from trials.api import TrialConfig, TrialError
 
 # Results that carry an error but no score must not trip Tune's metric check; ASHA already
 # ignores results without the metric.
@@ -106,7 +106,7 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
                chaos: ChaosPlan | None = None, referee: Any = None) -> None:
     """The function trainable: one trial, reported to Tune rung by rung; with a ``referee``
     (racing) it asks it part-way through each rung whether to go on."""
-    from trials.train.loop import run_trial
+    from trials.api import run_trial
 
     context = tune.get_context()
     work = Path(context.get_trial_dir()) / "rungs"
@@ -160,11 +160,7 @@ def raced_record(metrics: dict[str, Any]) -> dict[str, Any]:
 def is_sweep_wide(err: Exception) -> bool:
     """Whether an error would fail every trial alike (bad data, model or config), not this
     trial's parameters: such an error stops the sweep instead of burning its budget."""
-    from trials.data.folder import DataError
-    from trials.models.components import ModelError
-    from trials.validation import ConfigError
-
-    return isinstance(err, DataError | ModelError | ConfigError)
+    return isinstance(err, TrialError) and err.every_trial
 
 
 def _absolute(storage_path: str) -> str:
@@ -174,7 +170,7 @@ def _absolute(storage_path: str) -> str:
 
 def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -> dict[str, Any]:
     """Score the base model (no LoRA) on a worker with a trial's resources."""
-    from trials.train.loop import run_baseline as baseline_task
+    from trials.api import run_baseline as baseline_task
 
     res = trial_resources(sweep, cluster)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(
@@ -190,7 +186,7 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
     ``jobs`` maps a key to (config, LoRA folder). Yields ``(key, scores)`` as each task ends,
     so the caller can record it at once; a task that raised yields ``{"error": ...}``.
     """
-    from trials.train.rescore import rescore
+    from trials.api import rescore
 
     res = trial_resources(sweep, cluster)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)

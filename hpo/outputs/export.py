@@ -19,9 +19,7 @@ from hpo.study.storage import counted_trials
 from hpo.sweep.fidelity import exported_steps
 from hpo.sweep.spec import Sweep
 from hpo.verdict.winner import best_trial
-from trials import settings
-from trials.models.lora import WEIGHTS_NAME
-from trials.parameters import TARGET_PRESETS
+from trials.api import TARGET_PRESETS, WEIGHTS_NAME, KohyaExportError, settings, write_kohya
 
 log = logging.getLogger("hpo")
 
@@ -222,8 +220,6 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
 def write_kohya_beside(lora_dir: Path) -> Path | None:
     """The kohya-format file (AUTOMATIC1111, ComfyUI) beside a LoRA; None, with a warning,
     when the adapter cannot be exported in that format (DoRA)."""
-    from trials.export_kohya import KohyaExportError, write_kohya
-
     try:
         return write_kohya(lora_dir)
     except KohyaExportError as err:

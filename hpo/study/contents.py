@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.sweep.spec import Sweep
+from trials.api import TOYWORLD, TOYWORLD_CLIP_DIR, TOYWORLD_SD_DIR
 
 EDGE_BYTES = 2**20  # hashed at each end of every file of a local model folder
 
@@ -50,19 +51,15 @@ def local_contents(path: Path) -> str:
 
 def local_model(sweep: Sweep) -> Path | None:
     """The local folder ``model.name`` names, or None for a hub id."""
-    from trials.toyworld import SD_DIR, TOYWORLD
-
     if sweep.model.name == TOYWORLD:
-        return SD_DIR
+        return TOYWORLD_SD_DIR
     path = Path(sweep.model.name)
     return path if path.is_dir() else None
 
 
 def local_clip(sweep: Sweep) -> Path | None:
     """The local CLIP weights ``eval.clip_model``/``clip_pretrained`` name, or None."""
-    from trials.toyworld import CLIP_DIR, TOYWORLD
-
     if sweep.eval.clip_model == TOYWORLD:
-        return CLIP_DIR
+        return TOYWORLD_CLIP_DIR
     pretrained = sweep.eval.clip_pretrained
     return Path(pretrained) if pretrained and Path(pretrained).is_file() else None

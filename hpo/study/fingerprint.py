@@ -28,7 +28,7 @@ import optuna
 from hpo.study.contents import digest, local_clip, local_contents, local_model, show
 from hpo.study.fingerprint_v1 import compute_v1
 from hpo.sweep.spec import Parameter, Sweep
-from trials import settings
+from trials.api import settings
 
 log = logging.getLogger("hpo")
 

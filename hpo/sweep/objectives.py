@@ -22,9 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trials import settings
-from trials.settings import setting
-from trials.validation import Section, describe
+from trials.api import Section, describe, setting, settings
 
 GOALS = ("maximize", "minimize")
 # clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir);

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trials import settings
-from trials.settings import setting
-from trials.validation import Section
+from trials.api import Section, setting, settings
 
 CONTROL_RULES = ("not_worse", "any")
 LEAK_RULES = ("not_above", "any")

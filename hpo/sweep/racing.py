@@ -41,9 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trials import settings
-from trials.settings import setting
-from trials.validation import Section
+from trials.api import Section, setting, settings
 
 TESTS = ("t", "wilcoxon")
 AGAINST = ("best", "cutoff")

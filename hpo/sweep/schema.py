@@ -35,9 +35,16 @@ from hpo.sweep.spec import (
     Resources,
     Sweep,
 )
-from trials import settings
-from trials.config import DataSpec, EvalSpec, ModelSpec, PreservationSpec, TrainSpec
-from trials.parameters import OPTIONAL_PARAMETERS, PARAMETER_NAMES
+from trials.api import (
+    OPTIONAL_PARAMETERS,
+    PARAMETER_NAMES,
+    DataSpec,
+    EvalSpec,
+    ModelSpec,
+    PreservationSpec,
+    TrainSpec,
+    settings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "sweeps" / "sweep.schema.json"

@@ -34,32 +34,33 @@ from hpo.sweep.racing import (
     check_rung_prompts,
     parse_racing,
 )
-from trials import settings
-from trials.config import (
+from trials.api import (
+    DISTRIBUTIONS,
+    INTEGRAL,
+    PARAMETER_PATHS,
     TOP_LEVEL_KEYS,
+    ConfigError,
     DataSpec,
     EvalSpec,
     ModelSpec,
+    Parameter,
     PreservationSpec,
+    Section,
     TrainSpec,
     TrialConfig,
+    describe,
+    load_yaml_mapping,
+    make_params,
+    parse_parameters,
     read_data,
     read_eval,
     read_model,
     read_preservation,
     read_train,
     rung_steps,
+    setting,
+    settings,
 )
-from trials.parameters import (
-    DISTRIBUTIONS,
-    INTEGRAL,
-    PARAMETER_PATHS,
-    Parameter,
-    make_params,
-    parse_parameters,
-)
-from trials.settings import setting
-from trials.validation import ConfigError, Section, describe, load_yaml_mapping
 
 METHODS = ("tpe", "random", "grid", "nsga2")  # nsga2: multi-objective sweeps only
 GOALS = ("maximize", "minimize")

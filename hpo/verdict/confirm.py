@@ -30,7 +30,7 @@ from hpo.study.storage import jsonable
 from hpo.sweep.space import baseline_values
 from hpo.sweep.spec import Sweep
 from hpo.verdict import winner
-from trials.config import TrialConfig
+from trials.api import TrialConfig
 
 log = logging.getLogger("hpo")
 

@@ -28,34 +28,14 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFile, ImageOps
 from torchvision.transforms import InterpolationMode
 
+from trials.errors import DataError
+
 # Restricting PIL to these keeps plugins such as EPS (runs Ghostscript) off untrusted files.
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF")
 
 _HASH_CHUNK = 1 << 20
 # What ``eval.reference_dir`` holds, for its errors (the training folder's say "the training data").
 REFERENCE_LABEL = "the held-out reference images (eval.reference_dir)"
-
-
-class DataError(ValueError):
-    """Everything wrong with a training folder; ``str()`` is the full multi-line report.
-
-    ``problems`` holds ``(where, what)`` pairs: ``where`` is a file name as written in the
-    metadata, a metadata location such as ``metadata.jsonl line 3``, or the folder itself.
-    """
-
-    def __init__(self, train_dir: str | Path, problems: list[tuple[str, str]],
-                 label: str = "the training data") -> None:
-        self.train_dir = str(train_dir)
-        self.problems: tuple[tuple[str, str], ...] = tuple(problems)
-        self.label = label  # what the folder holds, e.g. "the held-out reference images"
-        lines = [f"{self.train_dir}: {len(self.problems)} problem(s) in {label}:"]
-        lines += [f"  - {where}: {what}" for where, what in self.problems]
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Trials run in worker processes; the default exception pickling would call __init__
-        # with the message only and fail, losing the report on its way to the driver.
-        return (type(self), (self.train_dir, list(self.problems), self.label))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from trials.config import TINY_MODEL
 from trials.data.buckets import SD_SIDE_MULTIPLE, side_multiple
+from trials.errors import ModelError
 from trials.toyworld import SD_DIR as TOYWORLD_SD_DIR
 from trials.toyworld import TOYWORLD
 
@@ -55,10 +56,6 @@ SD15_SCHEDULER_CONFIG: dict[str, object] = {
     "clip_sample": False,
     "steps_offset": 1,
 }
-
-
-class ModelError(ValueError):
-    """A model source that cannot be loaded (missing folder or subfolder)."""
 
 
 @dataclass

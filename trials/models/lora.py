@@ -23,9 +23,8 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from trials.config import WEIGHTS_NAME
 from trials.parameters import TARGET_PRESETS, HyperParams
-
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 class TargetModuleError(ValueError):

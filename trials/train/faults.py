@@ -12,9 +12,10 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch only where a fault is injected: the sweep's --inject-faults reads KINDS
+    import torch
 
 KINDS = ("nan", "oom", "kill", "error")
 
@@ -46,6 +47,8 @@ class FaultPlan:
         if step != self.step:
             return
         if self.kind == "oom":
+            import torch
+
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected fault)")
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -36,6 +36,7 @@ from trials.data import buckets
 from trials.data.captions import drop_captions
 from trials.data.folder import Example, load_examples, load_rgb, preprocess
 from trials.data.holdout import training_examples
+from trials.errors import TrialDiverged, TrialOutOfMemory
 from trials.eval import evaluator as evaluation
 from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora, save_lora
@@ -46,27 +47,6 @@ Report = Callable[[int, dict[str, Any], Path], bool | None]
 # race(step, prompt_indices, per_prompt_scores) -> a decision to stop drawing, or None: asked
 # after each chunk of a rung's prompts (trials.eval.evaluator.Race, with the rung's step).
 RungRace = Callable[[int, list[int], list[float]], Mapping[str, object] | None]
-
-
-class TrialDiverged(RuntimeError):
-    """The loss became NaN or infinite: the learning rate is too high for this setting."""
-
-    def __init__(self, step: int, loss: float) -> None:
-        self.step = step
-        super().__init__(f"loss is {loss} at step {step}: training diverged "
-                         "(lower the learning rate, or clip harder with a smaller max_grad_norm)")
-
-
-class TrialOutOfMemory(RuntimeError):
-    """The GPU ran out of memory; the message says which settings to lower."""
-
-    def __init__(self, config: TrialConfig) -> None:
-        t, p = config.train, config.params
-        super().__init__(
-            f"out of GPU memory with rank {p.rank}, train_batch_size {t.train_batch_size}, "
-            f"resolution {config.data.resolution}: lower train_batch_size (and raise "
-            "gradient_accumulation_steps to keep the effective batch), lower the rank, use "
-            "mixed_precision fp16/bf16, or set gradient_checkpointing: true")
 
 
 @contextmanager
