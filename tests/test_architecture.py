@@ -18,7 +18,7 @@ PACKAGES = ("trials", "hpo", "benchmarks")
 # Bottom to top. A module's layer is the first entry that is it or a package above it;
 # ``trials.toyworld`` alone is the toy world's paths, its submodules are its builders (top).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("trials.validation", "trials.trigger", "trials.config", "trials.toyworld"),
+    ("trials.validation", "trials.trigger", "trials.config", "trials.report", "trials.toyworld"),
     ("trials.data",),
     ("trials.models",),
     ("trials.eval",),
