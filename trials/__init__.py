@@ -12,7 +12,8 @@ Wings, bottom to top (a wing imports only the wings below it):
   ``python -m trials.toyworld`` (its builders import the wings above).
 
 This package never imports ``hpo`` or ``ray``: the orchestrator calls
-:func:`trials.train.loop.run_trial` with a ``report(step, metrics, checkpoint_dir)`` callback
+:func:`trials.train.loop.run_trial` with a ``report(step, rung, checkpoint_dir)`` callback
+(``rung``: a :class:`trials.report.RungReport`)
 and gets a bool back (stop or go on). ``tests/test_architecture.py`` checks these rules.
 """
 

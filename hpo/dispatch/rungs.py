@@ -61,10 +61,10 @@ NOT_RECORDED: dict[str, str] = {
                 "(and a raced rung's record keeps its own)",
     r.SAMPLES: "a path in the rung's folder, which is deleted once Tune has copied it; the "
                "grid itself is an artifact of the trial (hpo.outputs.artifacts)",
-    r.DRIFT_PER_PROMPT: "summed up by drift and drift_stderr (hpo.verdict.preservation); the "
-                        "trackers get each rung's list",
-    r.LEAK_PER_PROMPT: "summed up by leak, leak_stderr and leak_p_value; the trackers get "
-                       "each rung's list",
+    r.DRIFT_PER_PROMPT: "summed up by drift and drift_stderr (hpo.verdict.preservation, "
+                        "paired over the control prompts); the list would double the attrs "
+                        "of a preserving trial for no reader",
+    r.LEAK_PER_PROMPT: "summed up by leak, leak_stderr and leak_p_value (as drift's)",
 }
 
 

@@ -22,16 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trials import report
 from trials.validation import Section, describe
 
 GOALS = ("maximize", "minimize")
 # clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir);
 # control_score, drift and leak need control prompts (preservation.trigger): a Pareto sweep of
 # brand (clip_score, maximize) against preservation (e.g. leak, minimize).
-METRICS = ("clip_score", "clip_i", "clip_i_holdout", "dino_holdout", "control_score", "drift",
-           "leak")
-FIDELITY_METRICS = ("clip_i_holdout", "dino_holdout")
-PRESERVATION_METRICS = ("control_score", "drift", "leak")
+# The names are trials.report's: a rung's RungReport field of that name is the objective's value.
+FIDELITY_METRICS = (report.CLIP_I_HOLDOUT, report.DINO_HOLDOUT)
+PRESERVATION_METRICS = (report.CONTROL_SCORE, report.DRIFT, report.LEAK)
+METRICS = (report.CLIP_SCORE, report.CLIP_I, *FIDELITY_METRICS, *PRESERVATION_METRICS)
 RULES = ("first", "weighted")
 DEFAULT_TOP_K = 3
 
@@ -94,7 +95,7 @@ def parse_objectives(root: Section) -> tuple[Objective, ...]:
     out = []
     for item in items:
         item.allow_only(("name", "goal"))
-        out.append(Objective(item.string("name", "clip_score", METRICS),
+        out.append(Objective(item.string("name", report.CLIP_SCORE, METRICS),
                              item.string("goal", "maximize", GOALS)))
     names = [o.name for o in out]
     for i, name in enumerate(names):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from trials.report import CLIP_SCORE
 from trials.validation import Section
 
 TESTS = ("t", "wilcoxon")
@@ -119,7 +120,7 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
         return None
     section = root.sub("racing")
     section.allow_only(("chunk", "min_prompts", "test", "level", "against"))
-    if multi_objective or metric != "clip_score":
+    if multi_objective or metric != CLIP_SCORE:
         raise root.error(f"races on the held-out prompts' CLIP-T, so it needs the single "
                          f"objective clip_score (the metric is {metric}"
                          f"{' among several' if multi_objective else ''}); drop racing",
