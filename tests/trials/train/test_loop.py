@@ -84,7 +84,7 @@ def test_loss_goes_down_when_overfitting_two_images(make_trial_config, synthetic
         data={"random_flip": False},
         eval={"every_steps": 40, "images_per_prompt": 1, "inference_steps": 1})
     run_trial(config, report)
-    losses = [m["train_loss"] for _, m, _ in seen]
+    losses = [m.train_loss for _, m, _ in seen]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
