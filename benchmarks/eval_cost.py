@@ -141,8 +141,7 @@ def measure_eval_cost(work: Path, repeats: int = 3, prompts: int | None = None,
             run = replace(config, output_dir=Path(work) / f"trial-{i}")
             rungs = run_trial(run, lambda *_: False).rungs
             last = rungs[-1]
-            setup, train, ev = (float(last[k]) for k in
-                                ("setup_seconds", "train_seconds", "eval_seconds"))
+            setup, train, ev = float(last.setup_seconds), last.train_seconds, last.eval_seconds
             rows["share"].append(ev / (setup + train + ev))
             rows["ips"].append(n_images * len(rungs) / ev)
             rows["setup"].append(setup)

@@ -221,7 +221,7 @@ def replay(study: optuna.Study, run_dir: Path, against: str, winner_trial: int |
         for line in file.read_text().splitlines():
             r = json.loads(line)
             trial = by_id.get(r.get("trial_id"))
-            if trial is not None and r.get("per_prompt"):
+            if trial is not None and r.get("per_prompt") and "raced" not in r:
                 events.append((r["timestamp"], trial.number, int(r["step"]), r["per_prompt"],
                                is_feasible(r.get("constraints")) is not False,
                                int(r["step"]) >= int(r["max_train_steps"])))

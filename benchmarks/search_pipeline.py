@@ -121,9 +121,9 @@ def train_one(params: dict[str, Any]) -> dict[str, Any]:
     start, cpu = time.time(), time.process_time()
     result = run_trial(config, lambda *_: False)
     best = result.best
-    return {"params": params, "value": best["clip_score"], "best_step": best["step"],
-            "per_prompt": best.get("per_prompt"),
-            "rungs": {str(r["step"]): r["clip_score"] for r in result.rungs},
+    return {"params": params, "value": best.clip_score, "best_step": best.step,
+            "per_prompt": list(best.per_prompt),
+            "rungs": {str(r.step): r.clip_score for r in result.rungs},
             "wall_seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu}
 
 

@@ -212,8 +212,7 @@ def measure_eval_share(work: Path) -> dict[str, Any]:
         config = sweep.trial_config(params, output_dir=work / label, cache_dir=work / "cache")
         config = replace(config, eval=replace(config.eval, merge_lora=merge))
         last = run_trial(config, lambda *_: False).rungs[-1]
-        setup, train, ev = (float(last[k]) for k in
-                            ("setup_seconds", "train_seconds", "eval_seconds"))
+        setup, train, ev = float(last.setup_seconds), last.train_seconds, last.eval_seconds
         out[label] = {"share": ev / (setup + train + ev), "setup_seconds": setup,
                       "train_seconds": train, "eval_seconds": ev}
     # The floor: what a rung would cost if it were only its UNet forward passes.

@@ -292,7 +292,7 @@ def run_trial_samples_per_second(config: TrialConfig, steps: int) -> float:
     """``run_trial``'s own samples/s over ``steps`` steps (one scoring rung, at the end)."""
     config = replace(config, params=replace(config.params, max_train_steps=steps),
                      eval=replace(config.eval, every_steps=steps))
-    return float(run_trial(config, lambda *_: False).rungs[-1]["samples_per_second"])
+    return float(run_trial(config, lambda *_: False).rungs[-1].samples_per_second)
 
 
 @contextmanager

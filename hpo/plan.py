@@ -18,6 +18,8 @@ from hpo.sweep.spec import PreflightError, Sweep
 from hpo.verdict import preservation
 from hpo.verdict.winner import best_trial, require_of
 from trials.api import (
+    CLIP_SCORE,
+    CLIP_SCORE_STDERR,
     TrialError,
     bucket_lines,
     check_data,
@@ -254,10 +256,10 @@ def confirmation_lines(study: optuna.Study) -> list[str]:
     conf = confirmation_summary(study)
     if conf is None:
         return []
-    stderr = conf.get("clip_score_stderr")
+    stderr = conf.get(CLIP_SCORE_STDERR)
     lines = [f"confirmed on fresh seeds (seed {conf['seed']}, {conf['images_per_prompt']} "
              f"image(s) per prompt, trials {conf['trials']}): trial {conf['winner']} "
-             f"clip_score {conf['clip_score']:.4f}"
+             f"clip_score {conf[CLIP_SCORE]:.4f}"
              + (f" ± {stderr:.4f}" if stderr is not None else "")
              + (f" (search score {conf['search_clip_score']:.4f})"
                 if conf.get("search_clip_score") is not None else "")]
@@ -334,7 +336,7 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         lines.append("no trial completed, so there is no best configuration yet")
         lines += fail_reason_lines(trials)
     else:
-        stderr = best.user_attrs.get("clip_score_stderr")
+        stderr = best.user_attrs.get(CLIP_SCORE_STDERR)
         # The best rung's clip_score on the search seeds (with several objectives, too).
         score = best.user_attrs.get("score_per_rung", {}).get(
             str(best.user_attrs.get("best_step")), float("nan"))

@@ -28,7 +28,7 @@ from hpo.study.storage import redact
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
 from hpo.sweep.spec import Sweep, load_sweep, study_name
-from trials.api import TrialError
+from trials.api import CLIP_SCORE, RungReport, TrialError
 
 if TYPE_CHECKING:
     from hpo.dispatch.ray_output import RayOutput
@@ -295,21 +295,19 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
     cluster = tuning.start_ray(args.address, output=ray_output)
     plan.check_resources(sweep, tuning.node_resources())
     slots = tuning.concurrency(sweep, cluster, args.concurrency)
-    if "baseline_clip_score" not in study.user_attrs:
+    if f"baseline_{CLIP_SCORE}" not in study.user_attrs:
         log.info("scoring the base model without LoRA (once per study)")
         config = sweep.trial_config(baseline_values(sweep), output_dir=study_dir / "baseline",
                                     cache_dir=cache_dir)
         scores = tuning.run_baseline(sweep, config, cluster)
-        for key in ("clip_score", "clip_score_stderr", "clip_i", "per_prompt", "samples",
-                    "eval_seconds", "clip_i_holdout", "dino_holdout", "control_score",
-                    "control_per_prompt"):
+        for key in RungReport.baseline_fields():  # what the base model's scoring measures
             study.set_user_attr(f"baseline_{key}", scores.get(key))
     artifacts.upload_baseline(study, study_dir, sweep.eval.prompt_list)  # once per study
     observer = artifacts.ArtifactObserver(artifacts.artifact_dir(study_dir),
                                           sweep.eval.prompt_list, study.user_attrs)
     log.info("running %d trial(s), %d at a time", remaining, slots)
     shown = console.SweepConsole(
-        remaining, metrics=[*(o.name for o in sweep.objectives), sweep.metric, "clip_score"],
+        remaining, metrics=[*(o.name for o in sweep.objectives), sweep.metric, CLIP_SCORE],
         goal=sweep.goal, baseline_per_prompt=study.user_attrs.get("baseline_per_prompt"),
         record=ray_output.log)
     try:
@@ -317,7 +315,7 @@ def run_trials(sweep: Sweep, name: str, storage, study, study_dir: Path, cache_d
             recorder = tuning.run_sweep(
                 sweep, study_name=name, storage=storage, n_new=remaining, slots=slots,
                 cluster=cluster, storage_path=args.storage_path or str(study_dir / "ray"),
-                cache_dir=cache_dir, baseline=study.user_attrs.get("baseline_clip_score"),
+                cache_dir=cache_dir, baseline=study.user_attrs.get(f"baseline_{CLIP_SCORE}"),
                 chaos=args.chaos, sampler=sampler, output=ray_output,
                 observers=[shown, observer, *tracking.observers(
                     sweep, name, study_dir, mlflow_uri=args.mlflow, use_wandb=args.wandb,

@@ -19,7 +19,7 @@ PACKAGES = ("trials", "hpo", "benchmarks")
 # ``trials.toyworld`` alone is the toy world's paths, its submodules are its builders (top).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("trials.errors", "trials.validation", "trials.settings", "trials.parameters", "trials.trigger",
-     "trials.config", "trials.toyworld"),
+     "trials.config", "trials.report", "trials.toyworld"),
     ("trials.data",),
     ("trials.models",),
     ("trials.eval",),

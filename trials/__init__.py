@@ -15,8 +15,9 @@ Wings, bottom to top (a wing imports only the wings below it):
   wings above).
 
 The orchestrator (``hpo``) imports :mod:`trials.api` and no other module of this package: it
-calls :func:`trials.api.run_trial` with a ``report(step, metrics, checkpoint_dir)`` callback
-and gets a bool back (stop or go on), and checks the data, model and scorer before a sweep
-with the door's pre-flight functions. This package never imports ``hpo`` or ``ray``.
+calls :func:`trials.api.run_trial` with a ``report(step, rung, checkpoint_dir)`` callback
+(``rung``: a :class:`trials.report.RungReport`) and gets a bool back (stop or go on), and
+checks the data, model and scorer before a sweep with the door's pre-flight functions. This
+package never imports ``hpo`` or ``ray``.
 ``tests/test_architecture.py`` checks these rules.
 """

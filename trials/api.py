@@ -18,6 +18,7 @@ trial is a function of its settings that only reports:
   refuse, as the trial reads it (:mod:`trials.preflight`);
 - errors: every one a :class:`TrialError`; ``err.every_trial`` says whether every trial of a
   sweep would fail alike (bad data, model, config) or only this one's parameters;
+- a rung's results: :class:`RungReport` and the metric names (:mod:`trials.report`);
 - names: where a LoRA's weights are (:data:`WEIGHTS_NAME`; :func:`write_kohya` converts them),
   the fault kinds a sweep may inject (:data:`FAULT_KINDS`), the toy world's paths.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trials import settings
+from trials import report, settings
 from trials.config import (
     TOP_LEVEL_KEYS,
     WEIGHTS_NAME,
@@ -79,6 +80,23 @@ from trials.preflight import (
     held_out_files,
     long_prompts,
 )
+from trials.report import (
+    CLIP_SCORE,
+    CLIP_SCORE_STDERR,
+    CONTROL_PER_PROMPT,
+    CONTROL_SCORE,
+    DRIFT,
+    DRIFT_PER_PROMPT,
+    LEAK,
+    LEAK_PER_PROMPT,
+    MAX_TRAIN_STEPS,
+    PER_PROMPT,
+    PROMPT_INDICES,
+    RACED,
+    STEP,
+    TRAIN_LOSS,
+    RungReport,
+)
 from trials.settings import setting
 from trials.toyworld import CLIP_DIR as TOYWORLD_CLIP_DIR
 from trials.toyworld import SD_DIR as TOYWORLD_SD_DIR
@@ -91,16 +109,19 @@ if TYPE_CHECKING:  # for the signatures only: these modules import torch
     from trials.train.probe import UnitTimes
 
 __all__ = [  # sorted; the module docstring groups them
-    "DISTRIBUTIONS", "FAULT_KINDS", "INTEGRAL", "OPTIONAL_PARAMETERS", "PARAMETER_NAMES",
-    "PARAMETER_PATHS", "TARGET_PRESETS", "TOP_LEVEL_KEYS", "TOYWORLD", "TOYWORLD_CLIP_DIR",
-    "TOYWORLD_SD_DIR", "WEIGHTS_NAME", "ConfigError", "DataCheck", "DataError", "DataSpec",
-    "EvalSpec", "HyperParams", "KohyaExportError", "ModelError", "ModelSpec", "Parameter",
-    "PreservationSpec", "Section", "SetupError", "SyntheticData", "TrainSpec", "TrialConfig",
-    "TrialDiverged", "TrialError", "TrialOutOfMemory", "bucket_lines", "check_data",
-    "check_model", "check_param_value", "check_scorer", "closest", "describe", "held_out_files",
-    "load_yaml_mapping", "long_prompts", "make_params", "parse_parameters", "probe_blocker",
-    "probe_times", "read_data", "read_eval", "read_model", "read_preservation", "read_train",
-    "rescore", "run_baseline", "run_trial", "rung_steps", "setting", "settings", "write_kohya",
+    "CLIP_SCORE", "CLIP_SCORE_STDERR", "CONTROL_PER_PROMPT", "CONTROL_SCORE", "DISTRIBUTIONS",
+    "DRIFT", "DRIFT_PER_PROMPT", "FAULT_KINDS", "INTEGRAL", "LEAK", "LEAK_PER_PROMPT",
+    "MAX_TRAIN_STEPS", "OPTIONAL_PARAMETERS", "PARAMETER_NAMES", "PARAMETER_PATHS", "PER_PROMPT",
+    "PROMPT_INDICES", "RACED", "STEP", "TARGET_PRESETS", "TOP_LEVEL_KEYS", "TOYWORLD",
+    "TOYWORLD_CLIP_DIR", "TOYWORLD_SD_DIR", "TRAIN_LOSS", "WEIGHTS_NAME", "ConfigError",
+    "DataCheck", "DataError", "DataSpec", "EvalSpec", "HyperParams", "KohyaExportError",
+    "ModelError", "ModelSpec", "Parameter", "PreservationSpec", "RungReport", "Section",
+    "SetupError", "SyntheticData", "TrainSpec", "TrialConfig", "TrialDiverged", "TrialError",
+    "TrialOutOfMemory", "bucket_lines", "check_data", "check_model", "check_param_value",
+    "check_scorer", "closest", "describe", "held_out_files", "load_yaml_mapping", "long_prompts",
+    "make_params", "parse_parameters", "probe_blocker", "probe_times", "read_data", "read_eval",
+    "read_model", "read_preservation", "read_train", "report", "rescore", "run_baseline",
+    "run_trial", "rung_steps", "setting", "settings", "write_kohya",
 ]
 
 

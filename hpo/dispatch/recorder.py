@@ -27,28 +27,13 @@ from optuna.trial import TrialState
 from ray import tune
 
 from hpo.dispatch.chaos import ChaosPlan
+from hpo.dispatch.rungs import NODE_ID, Rung, best_attrs, per_rung_attrs, totals_attrs
 from hpo.dispatch.searcher import StudySearch
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.spec import Sweep
 from hpo.verdict import preservation
 from hpo.verdict.paired import at_places, paired_or_none
-
-RUNG_KEYS = ("step", "max_train_steps", "clip_score", "clip_score_stderr", "clip_i",
-             "clip_i_holdout", "dino_holdout", "per_prompt", "prompt_indices", "images_drawn",
-             "train_loss",
-             "train_seconds", "eval_seconds", "setup_seconds",
-             "samples_per_second", "peak_memory_mb", "device", "cache_hit", "node_id", "precision",
-             # preservation (trials.eval.preservation, trials.train.preserve)
-             "control_score", "control_score_stderr", "control_per_prompt", "drift",
-             "drift_per_prompt", "leak", "leak_per_prompt", "preservation",
-             "preservation_weight", "preservation_loss")
-
-
-# The best rung's preservation figures, copied into the trial's user attrs.
-PRESERVATION_ATTRS = ("control_score", "control_per_prompt", "control_delta", "control_n",
-                      "control_delta_stderr", "control_delta_p_value", "drift", "drift_stderr",
-                      "leak", "leak_stderr", "leak_p_value", "constraints", "preservation",
-                      "preservation_weight", "preservation_loss")
+from trials.api import CLIP_SCORE, RACED, STEP, RungReport
 
 
 class SweepStopper(tune.Stopper):
@@ -117,8 +102,8 @@ class StudyRecorder(tune.Callback):
         self.baseline = baseline
         self.observers = list(observers)
         self.referee = referee  # racing: told every rung a trial finishes
-        self.rungs: dict[str, list[dict[str, Any]]] = {}
-        self.raced: dict[str, dict[str, Any]] = {}  # trial -> the partial rung racing stopped
+        self.rungs: dict[str, list[Rung]] = {}
+        self.raced: dict[str, Rung] = {}  # trial -> the partial rung racing stopped
         self.checkpoints: dict[str, list[str]] = {}
         self.started: dict[str, float] = {}
         self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
@@ -140,38 +125,37 @@ class StudyRecorder(tune.Callback):
     @_held
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        if "raced" in result and "step" in result:  # racing stopped this rung part-way
-            self.raced[trial.trial_id] = {**{k: result[k] for k in RUNG_KEYS if k in result},
-                                          "raced": result["raced"]}
-            partial = result["raced"]  # the trainable's raced_record: the prompts it drew
-            if self.referee is not None and partial.get("per_prompt"):
+        if RACED in result and STEP in result:  # racing stopped this rung part-way
+            partial = RungReport.from_dict(result)  # its scores: the prompts it drew
+            self.raced[trial.trial_id] = Rung(partial, node_id=result.get(NODE_ID))
+            if self.referee is not None and partial.per_prompt:
                 # ASHA's cutoff counts the trials it stops; racing's counts this one, partial
                 # (hpo.verdict.racing: never the best, possibly the cutoff)
                 number = self.searcher.optuna_trial(trial.trial_id).number
-                self.referee.record.remote(int(result["step"]), number, partial["per_prompt"],
-                                           partial.get("prompt_indices"), False, True)
+                self.referee.record.remote(partial.step, number, list(partial.per_prompt),
+                                           _listed(partial.prompt_indices), False, True)
             return
-        if "clip_score" not in result or "step" not in result:
+        if CLIP_SCORE not in result or STEP not in result:
             return
-        rung = {k: result[k] for k in RUNG_KEYS if k in result}
-        rung.update(self._preservation(rung))
+        report = RungReport.from_dict(result)
+        rung = Rung(report, self._preservation(report), result.get(NODE_ID))
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
             # A rung of a prompt subset (ASHA's alone) too: every trial scores the same subset
             # there, and TPE compares a pruned trial's value only with others at its step.
             set_intermediate(self.searcher.storage, self.searcher.storage_id(trial.trial_id),
-                             int(result["step"]), float(result[self.sweep.metric]))
+                             rung.step, float(rung.get(self.sweep.metric)))
         if self.referee is not None:
             usable = self.sweep.require is None or \
                 preservation.is_feasible(rung.get("constraints")) is True
-            self.referee.record.remote(int(rung["step"]), ot_trial.number, rung["per_prompt"],
-                                       rung.get("prompt_indices"), usable)
-        node = result.get("node_id")
+            self.referee.record.remote(rung.step, ot_trial.number, list(report.per_prompt),
+                                       _listed(report.prompt_indices), usable)
+        node = rung.node_id
         if node and self.nodes.get(trial.trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
             self.nodes[trial.trial_id] = node
-            ot_trial.set_user_attr("node_id", node)
+            ot_trial.set_user_attr(NODE_ID, node)
 
     @_held
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
@@ -182,7 +166,7 @@ class StudyRecorder(tune.Callback):
         if len(rungs) >= len(paths):  # checkpoint i belongs to rung i
             ot_trial = self.searcher.optuna_trial(trial.trial_id)
             for observer in self.observers:
-                observer.rung_saved(ot_trial, rungs[len(paths) - 1], checkpoint.path)
+                observer.rung_saved(ot_trial, rungs[len(paths) - 1].as_dict(), checkpoint.path)
 
     @_held
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -208,7 +192,7 @@ class StudyRecorder(tune.Callback):
         if self.stopper.reason is None or ("trial_error" in last and not last.get("sweep_error")):
             return False
         rungs = self.rungs.get(trial.trial_id, [])
-        return not rungs or rungs[-1]["step"] < rungs[-1]["max_train_steps"]
+        return not rungs or rungs[-1].step < rungs[-1].report.max_train_steps
 
     @_held
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -229,7 +213,7 @@ class StudyRecorder(tune.Callback):
             self._finish(trial, TrialState.PRUNED)
         elif not rungs:
             self._finish(trial, TrialState.FAIL, reason="the trial ended without a scored rung")
-        elif rungs[-1]["step"] < rungs[-1]["max_train_steps"]:
+        elif rungs[-1].step < rungs[-1].report.max_train_steps:
             self._finish(trial, TrialState.PRUNED)
         else:
             self._finish(trial, TrialState.COMPLETE)
@@ -254,14 +238,14 @@ class StudyRecorder(tune.Callback):
         return {"delta_vs_baseline_stderr": paired.stderr,
                 "delta_vs_baseline_p_value": paired.p_value}
 
-    def _preservation(self, rung: dict[str, Any]) -> dict[str, Any]:
+    def _preservation(self, report: RungReport) -> dict[str, Any]:
         """The rung's control Δ, drift and leak with paired statistics, and its constraint
         values under the sweep's requirement (hpo.verdict.preservation)."""
-        if not rung.get("control_per_prompt"):
+        if not report.control_per_prompt:
             return {}  # nothing measured: no storage read on the driver for this rung
         base = at_places(self.searcher.study.user_attrs.get("baseline_control_per_prompt"),
-                         rung.get("prompt_indices"))
-        figures = preservation.control_stats(rung, base)
+                         _listed(report.prompt_indices))
+        figures = preservation.control_stats(report.to_dict(), base)
         if figures and self.sweep.require is not None:
             figures["constraints"] = preservation.constraint_values(self.sweep.require,
                                                                     figures)
@@ -279,35 +263,11 @@ class StudyRecorder(tune.Callback):
         # The trial's running totals are in its last report: a raced rung's, if it has one.
         last = raced or (rungs[-1] if rungs else None)
         if last is not None:
-            busy = last["train_seconds"] + last["eval_seconds"] + last.get("setup_seconds", 0)
-            res = self.sweep.resources
-            attrs.update(
-                score_per_rung={str(r["step"]): r["clip_score"] for r in rungs},
-                train_seconds=last["train_seconds"],
-                eval_seconds=last["eval_seconds"],
-                setup_seconds=last.get("setup_seconds"),
-                device=last.get("device"),
-                node_id=last.get("node_id"),  # the Ray node that ran the trial's last rung
-                gpu_seconds=busy * res.gpu_per_trial if last.get("device") == "cuda" else 0.0,
-                cpu_seconds=busy * res.cpu_per_trial,
-                peak_memory_mb=last.get("peak_memory_mb"),
-                samples_per_second=last.get("samples_per_second"),
-                last_step=last["step"],
-                precision=last.get("precision"),
-            )
-            subset = {str(r["step"]): len(r["prompt_indices"]) for r in rungs
-                      if r.get("prompt_indices")}
-            if subset:  # rungs that scored a prompt subset (ASHA's alone): prompts scored
-                attrs["subset_rungs"] = subset
-            if raced is not None:
-                attrs["raced"] = raced["raced"]
-            # Images the trial drew at its rungs (brand and control), a raced rung's too: its
-            # evaluation compute, whatever racing and prompt subsets spared.
-            attrs["images_drawn"] = sum(int(r.get("images_drawn") or 0) for r in rungs) + (
-                int(raced["raced"].get("n_images") or 0) if raced is not None else 0)
+            attrs.update(totals_attrs(last, self.sweep.resources))
+            attrs.update(per_rung_attrs(rungs, raced))
         # Only rungs that scored every prompt can be the trial's result (a subset's score is
         # not comparable with a full one).
-        full = [i for i, r in enumerate(rungs) if not r.get("prompt_indices")]
+        full = [i for i, g in enumerate(rungs) if g.report.scored_every_prompt]
         if full:
             # The best rung by the first objective (ASHA's metric too); with several
             # objectives the trial's values are all taken at that rung.
@@ -320,25 +280,19 @@ class StudyRecorder(tune.Callback):
                           key=lambda i: _finite(rungs[i].get(metric), self.sweep.goal))
             best = rungs[best_i]
             value = float(best.get(metric) if best.get(metric) is not None else math.nan)
-            values = [float(best[o.name]) if best.get(o.name) is not None else math.nan
+            values = [float(best.get(o.name)) if best.get(o.name) is not None else math.nan
                       for o in self.sweep.objectives] or [value]
             if state == TrialState.COMPLETE and not all(math.isfinite(v) for v in values):
                 state = TrialState.FAIL
-                reason = f"no finite value of every objective at step {best['step']}: {values}"
+                reason = f"no finite value of every objective at step {best.step}: {values}"
             ckpts = self.checkpoints.get(trial.trial_id, [])
             lora = ckpts[best_i] if best_i < len(ckpts) else None
             attrs.update(
-                best_step=best["step"],
-                clip_score_stderr=best["clip_score_stderr"],
-                clip_i=best.get("clip_i"),
-                clip_i_holdout=best.get("clip_i_holdout"),
-                dino_holdout=best.get("dino_holdout"),
-                per_prompt=best.get("per_prompt"),
+                **best_attrs(best),
                 delta_vs_baseline=None if self.baseline is None
-                else float(best["clip_score"]) - self.baseline,
-                **self._paired_vs_baseline(best.get("per_prompt")),
+                else float(best.report.clip_score) - self.baseline,
+                **self._paired_vs_baseline(_listed(best.report.per_prompt)),
                 lora_path=None if lora is None else str(Path(lora)),
-                **{k: best.get(k) for k in PRESERVATION_ATTRS if best.get(k) is not None},
             )
         elif state == TrialState.COMPLETE:
             state, reason = TrialState.FAIL, "no rung scored every prompt"
@@ -372,6 +326,11 @@ def _last_error_line(trial: Any) -> str:
         lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
         return lines[-1] if lines else ""
     return ""
+
+
+def _listed(values: Sequence[Any] | None) -> list[Any] | None:
+    """A report's tuple as the list the referee and the paired statistics take."""
+    return None if values is None else list(values)
 
 
 def _finite(value: Any, goal: str) -> float:

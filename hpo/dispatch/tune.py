@@ -30,10 +30,20 @@ from hpo.dispatch.ray_output import RayOutput
 from hpo.dispatch.recorder import StudyRecorder, SweepObserver
 from hpo.dispatch.referee import asker as referee_asker
 from hpo.dispatch.referee import start as referee_start
+from hpo.dispatch.rungs import NODE_ID
 from hpo.dispatch.searcher import StudySearch
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
-from trials.api import TrialConfig, TrialError
+from trials.api import (
+    CLIP_SCORE,
+    CLIP_SCORE_STDERR,
+    PER_PROMPT,
+    STEP,
+    TRAIN_LOSS,
+    RungReport,
+    TrialConfig,
+    TrialError,
+)
 
 # Results that carry an error but no score must not trip Tune's metric check; ASHA already
 # ignores results without the metric.
@@ -116,23 +126,21 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     if fault:
         trial_config = replace(trial_config, extras={**trial_config.extras, "fault": fault})
 
-    def report(step: int, metrics: dict[str, Any], checkpoint_dir: Path) -> bool:
-        node = ray.get_runtime_context().get_node_id()
-        if "raced" in metrics:
+    def report(step: int, rung: RungReport, checkpoint_dir: Path) -> bool:
+        # The Ray border: Tune takes a flat dict of JSON-able values; the recorder reads it
+        # back as a RungReport (absent measures are left out, so ASHA sees only numbers).
+        result = {**rung.to_dict(), NODE_ID: ray.get_runtime_context().get_node_id()}
+        if rung.is_raced:
             # A partial rung: no checkpoint to export; the recorder keeps it in the study as the
             # trial's `raced` record (never an intermediate value for TPE). ASHA does get its
             # mean over the prompts drawn (an unbiased estimate of the full score, the shared
             # order being a shuffle): ASHA records every trial that reaches a milestone, and a
             # rung that only ever recorded the trials racing let through would keep its cutoff
             # high and stop trials the fixed sweep keeps. The trial ends here either way.
-            partial = {sweep.metric: metrics[sweep.metric]} if isinstance(
-                metrics.get(sweep.metric), int | float) else {}
-            tune.report({**{k: v for k, v in metrics.items() if k in RACED_KEYS}, **partial,
-                         "raced": raced_record(metrics), "node_id": node})
+            tune.report(result)
         else:
             # Tune copies the folder into its storage; the rung folder is then not needed.
-            tune.report({**metrics, "node_id": node},
-                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return False  # ASHA stops the trial from outside
 
@@ -142,19 +150,6 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",
                      "sweep_error": is_sweep_wide(err)})
-
-
-# What a raced (partial) rung reports beside its `raced` record: the trial's running totals.
-RACED_KEYS = ("step", "max_train_steps", "train_seconds", "eval_seconds", "setup_seconds",
-              "samples_per_second", "peak_memory_mb", "device", "precision", "cache_hit")
-
-
-def raced_record(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The decision that stopped a rung, with what the trial did score: the prompts drawn
-    (their places in the held-out list), their means, the partial score."""
-    return {**metrics["raced"], "clip_score": metrics.get("clip_score"),
-            "per_prompt": metrics.get("per_prompt"),
-            "prompt_indices": metrics.get("prompt_indices"), "n_images": metrics.get("n_images")}
 
 
 def is_sweep_wide(err: Exception) -> bool:
@@ -239,7 +234,7 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     mode = "max" if sweep.goal == "maximize" else "min"
     if sweep.early_terminate:
         scheduler: Any = ASHAScheduler(
-            time_attr="step", metric=sweep.metric, mode=mode, max_t=sweep.max_steps,
+            time_attr=STEP, metric=sweep.metric, mode=mode, max_t=sweep.max_steps,
             grace_period=sweep.early_terminate.grace_steps,
             reduction_factor=sweep.early_terminate.reduction_factor)
     else:
@@ -251,8 +246,8 @@ def run_sweep(sweep: Sweep, *, study_name: str, storage: optuna.storages.BaseSto
     searched = [p.name for p in sweep.searched]
     reporter = (output or RayOutput(None)).reporter(
         parameter_columns=searched,
-        metric_columns=["step", *dict.fromkeys(["clip_score", *(o.name for o in sweep.objectives)]),
-                        "clip_score_stderr", "train_loss"],
+        metric_columns=[STEP, *dict.fromkeys([CLIP_SCORE, *(o.name for o in sweep.objectives)]),
+                        CLIP_SCORE_STDERR, TRAIN_LOSS],
         # Not sort_by_metric: Ray 2.60 crashes sorting a finished trial that has no score.
         max_report_frequency=15, metric=sweep.metric, mode=mode)
     tuner = tune.Tuner(
@@ -288,8 +283,8 @@ def start_referee(sweep: Sweep, storage: optuna.storages.BaseStorage, study_name
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                            TrialState.PRUNED)):
         attrs = trial.user_attrs
-        if attrs.get("per_prompt") and attrs.get("best_step") is not None:
+        if attrs.get(PER_PROMPT) and attrs.get("best_step") is not None:
             usable = sweep.require is None or trial_feasible(trial) is True
-            referee.record.remote(int(attrs["best_step"]), trial.number, attrs["per_prompt"],
+            referee.record.remote(int(attrs["best_step"]), trial.number, attrs[PER_PROMPT],
                                   None, usable)
     return referee

@@ -28,6 +28,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna.trial import TrialState
 
 from hpo.sweep.optuna_private import storage_of
+from trials.api import CLIP_SCORE, CLIP_SCORE_STDERR
 
 log = logging.getLogger("hpo")
 
@@ -126,7 +127,7 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
                 f"{_fmt(attrs.get('delta_vs_baseline'), '+.4f')} ± "
                 f"{_fmt(attrs.get('delta_vs_baseline_stderr'))} paired)"
                 if baseline_score is not None else "")
-        lines += [f"**clip_score {_fmt(score)} ± {_fmt(attrs.get('clip_score_stderr'))}** at "
+        lines += [f"**clip_score {_fmt(score)} ± {_fmt(attrs.get(CLIP_SCORE_STDERR))}** at "
                   f"step {attrs.get('best_step')}{base}; CLIP-I {_fmt(attrs.get('clip_i'))}", ""]
     if params:
         lines += ["| parameter | value |", "|---|---|"]
@@ -147,7 +148,7 @@ def trial_note(number: int, state: TrialState, params: Mapping[str, Any],
                   f"trial {raced.get('reference_trial')}'s rung{_cutoff(raced)} on the same "
                   f"prompts (one-sided "
                   f"{raced.get('test')}, p {_fmt(raced.get('p_value'), '.3g')} < "
-                  f"{raced.get('level')}); partial score {_fmt(raced.get('clip_score'))}.", ""]
+                  f"{raced.get('level')}); partial score {_fmt(raced.get(CLIP_SCORE))}.", ""]
     if attrs.get("control_score") is not None:
         feasible = attrs.get("constraints")
         verdict = "" if not feasible else (
@@ -194,7 +195,7 @@ class ArtifactObserver:
                 log.warning("trial %d: no image grid at %s; not uploaded", ot_trial.number,
                             source)
                 return
-            name = rung_filename(rung.get("step", 0), rung.get("clip_score"))
+            name = rung_filename(rung.get("step", 0), rung.get(CLIP_SCORE))
             _upload_as(self.store, source, name, ot_trial)
             control = Path(checkpoint_dir) / CONTROL_NAME
             if control.is_file():  # the control prompts' grid (preservation), same rung
@@ -232,7 +233,7 @@ def name_objective(study: optuna.Study) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if study.metric_names is None:
             names = [str(o["name"]) for o in study.user_attrs.get("objectives") or ()]
-            study.set_metric_names(names or [str(study.user_attrs.get("metric", "clip_score"))])
+            study.set_metric_names(names or [str(study.user_attrs.get("metric", CLIP_SCORE))])
 
 
 def upload_baseline(study: optuna.Study, study_dir: Path,

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hpo.verdict.paired import at_places, paired_or_none
+from trials.api import DRIFT, LEAK, MAX_TRAIN_STEPS, PER_PROMPT, PROMPT_INDICES, RACED, STEP
 
 log = logging.getLogger("hpo")
 
@@ -45,8 +46,8 @@ log = logging.getLogger("hpo")
 # each rung) join here by name; a rung without them prints as before.
 RUNG_FIGURES: dict[str, tuple[str, str]] = {
     "control_delta": ("control Δ", "+.2f"),
-    "drift": ("drift", ".1f"),
-    "leak": ("leak", "+.2f"),
+    DRIFT: ("drift", ".1f"),
+    LEAK: ("leak", "+.2f"),
 }
 # Libraries whose log records are their own output, not ours: driver.log, console with --verbose.
 LIBRARY_LOGGERS = ("ray", "optuna")
@@ -89,7 +90,7 @@ def vs_base(per_prompt: Sequence[float] | None,
 def rung_line(rung: Mapping[str, Any], metrics: Sequence[str],
               baseline_per_prompt: Sequence[float] | None) -> str:
     """``step 15/60: clip_score 56.42 ± 2.73, Δ +6.74 ± 2.10 vs base`` (+ extra figures)."""
-    step, total = rung.get("step"), rung.get("max_train_steps")
+    step, total = rung.get(STEP), rung.get(MAX_TRAIN_STEPS)
     parts = []
     for name in metrics:
         value = _number(rung.get(name), ".2f")
@@ -97,8 +98,8 @@ def rung_line(rung: Mapping[str, Any], metrics: Sequence[str],
             continue
         stderr = _number(rung.get(f"{name}_stderr"), ".2f")
         parts.append(f"{name} {value}" + (f" ± {stderr}" if stderr else ""))
-    places = rung.get("prompt_indices")
-    delta = vs_base(rung.get("per_prompt"), at_places(baseline_per_prompt, places))
+    places = rung.get(PROMPT_INDICES)
+    delta = vs_base(rung.get(PER_PROMPT), at_places(baseline_per_prompt, places))
     parts += ([delta] if delta else []) + rung_figures(rung)
     subset = f" ({len(places)} prompts)" if places else ""  # ASHA-only rung: a prompt subset
     return (f"step {step}" + (f"/{total}" if total else "") + subset + ": "
@@ -117,8 +118,8 @@ def finished_line(state: TrialState, attrs: Mapping[str, Any], metric: str) -> s
         figures += f", Δ {delta}" + (f" ± {stderr}" if stderr else "") + " vs base"
     if state == TrialState.COMPLETE:
         return "completed" + (f": {figures}" if figures else "")
-    if state == TrialState.PRUNED and attrs.get("raced"):
-        return raced_line(attrs["raced"]) + (f"; before: {figures}" if figures else "")
+    if state == TrialState.PRUNED and attrs.get(RACED):
+        return raced_line(attrs[RACED]) + (f"; before: {figures}" if figures else "")
     if state == TrialState.PRUNED:
         return f"stopped early at step {attrs.get('last_step')} (ASHA)" + (
             f": {figures}" if figures else "")

@@ -19,7 +19,15 @@ from hpo.study.storage import counted_trials
 from hpo.sweep.fidelity import exported_steps
 from hpo.sweep.spec import Sweep
 from hpo.verdict.winner import best_trial
-from trials.api import TARGET_PRESETS, WEIGHTS_NAME, KohyaExportError, settings, write_kohya
+from trials.api import (
+    CLIP_SCORE,
+    CLIP_SCORE_STDERR,
+    TARGET_PRESETS,
+    WEIGHTS_NAME,
+    KohyaExportError,
+    settings,
+    write_kohya,
+)
 
 log = logging.getLogger("hpo")
 
@@ -154,10 +162,10 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
             "storage": storage_label,
             "trial": trial.number,
             # the search score: the best rung's, on the search seeds
-            "clip_score": attrs.get("score_per_rung", {}).get(str(best_step), trial.value
+            CLIP_SCORE: attrs.get("score_per_rung", {}).get(str(best_step), trial.value
                                                               if len(trial.values or ()) == 1
                                                               else None),
-            "clip_score_stderr": attrs.get("clip_score_stderr"),
+            CLIP_SCORE_STDERR: attrs.get(CLIP_SCORE_STDERR),
             "baseline_clip_score": baseline,
             "delta_vs_baseline": attrs.get("delta_vs_baseline"),
             # paired by prompt (same seeds): see hpo.verdict.paired

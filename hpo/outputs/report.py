@@ -40,6 +40,7 @@ from hpo.outputs.dashboard import DashboardError, find_study, storage_url
 from hpo.verdict import preservation
 from hpo.verdict.preservation import trial_feasible
 from hpo.verdict.winner import best_trial, confirmation_summary, require_of
+from trials.api import CLIP_SCORE, CLIP_SCORE_STDERR
 
 log = logging.getLogger("hpo")
 
@@ -220,7 +221,7 @@ def heatmap_figure(study: optuna.Study) -> go.Figure:
 
 
 def _metric(study: optuna.Study) -> str:
-    return str(study.user_attrs.get("metric", "clip_score"))
+    return str(study.user_attrs.get("metric", CLIP_SCORE))
 
 
 FIGURES: list[tuple[str, str, Callable[[optuna.Study], go.Figure]]] = [
@@ -357,7 +358,7 @@ def trials_table(study: optuna.Study) -> str:
     for t in trials:
         a = t.user_attrs
         cells = [t.number, t.state.name, _num(trial_score(study, t)),
-                 _num(a.get("clip_score_stderr")), _num(a.get("delta_vs_baseline"), "+.4f"),
+                 _num(a.get(CLIP_SCORE_STDERR)), _num(a.get("delta_vs_baseline"), "+.4f"),
                  _num(a.get("delta_vs_baseline_stderr")), a.get("best_step", ""),
                  *([_num(a.get("control_delta"), "+.4f"), _num(a.get("control_delta_stderr")),
                     _num(a.get("drift"), ".1f"), _num(a.get("leak"), "+.3f"),
@@ -383,7 +384,7 @@ def _summary(study: optuna.Study) -> str:
     if best is not None:
         lines.append(f"Best: trial {best.number}, {_esc(_metric(study))} "
                      f"{_num(trial_score(study, best))} ± "
-                     f"{_num(best.user_attrs.get('clip_score_stderr'))} at step "
+                     f"{_num(best.user_attrs.get(CLIP_SCORE_STDERR))} at step "
                      f"{_esc(best.user_attrs.get('best_step', '?'))}, params "
                      f"<code>{_esc(best.params)}</code>.")
         delta = best.user_attrs.get("delta_vs_baseline")

@@ -28,6 +28,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from hpo.sweep.spec import Sweep
+from trials.api import STEP
 
 log = logging.getLogger("hpo")
 
@@ -61,7 +62,7 @@ def _run_params(sweep: Sweep, ot_trial: Any) -> dict[str, Any]:
 def _numbers(rung: dict[str, Any]) -> dict[str, float]:
     """The rung's scalar metrics (no lists, strings or missing values)."""
     return {k: float(v) for k, v in rung.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != STEP}
 
 
 class _Guarded:
@@ -116,7 +117,7 @@ class MlflowObserver(_Guarded):
 
     def _rung(self, ot_trial: Any, rung: dict[str, Any], checkpoint_dir: str) -> None:
         run_id = self._run(ot_trial)
-        step = int(rung["step"])
+        step = int(rung[STEP])
         for key, value in _numbers(rung).items():
             self.client.log_metric(run_id, key, value, step=step)
         samples = Path(checkpoint_dir) / SAMPLES_NAME
@@ -172,8 +173,8 @@ class WandbObserver(_Guarded):
         data: dict[str, Any] = dict(_numbers(rung))
         samples = Path(checkpoint_dir) / SAMPLES_NAME
         if samples.is_file():
-            data["samples"] = self.wandb.Image(str(samples), caption=f"step {rung['step']}")
-        run.log(data, step=int(rung["step"]))
+            data["samples"] = self.wandb.Image(str(samples), caption=f"step {rung[STEP]}")
+        run.log(data, step=int(rung[STEP]))
 
     def trial_finished(self, ot_trial: Any, state: TrialState, attrs: dict[str, Any]) -> None:
         self._safely("finishing a run", self._finish, ot_trial, state, attrs)

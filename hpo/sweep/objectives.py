@@ -22,16 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trials.api import Section, describe, setting, settings
+from trials.api import Section, describe, report, setting, settings
 
 GOALS = ("maximize", "minimize")
 # clip_i_holdout and dino_holdout need held-out real images (data.holdout or eval.reference_dir);
 # control_score, drift and leak need control prompts (preservation.trigger): a Pareto sweep of
 # brand (clip_score, maximize) against preservation (e.g. leak, minimize).
-METRICS = ("clip_score", "clip_i", "clip_i_holdout", "dino_holdout", "control_score", "drift",
-           "leak")
-FIDELITY_METRICS = ("clip_i_holdout", "dino_holdout")
-PRESERVATION_METRICS = ("control_score", "drift", "leak")
+# The names are trials.report's: a rung's RungReport field of that name is the objective's value.
+FIDELITY_METRICS = (report.CLIP_I_HOLDOUT, report.DINO_HOLDOUT)
+PRESERVATION_METRICS = (report.CONTROL_SCORE, report.DRIFT, report.LEAK)
+METRICS = (report.CLIP_SCORE, report.CLIP_I, *FIDELITY_METRICS, *PRESERVATION_METRICS)
 RULES = ("first", "weighted")
 DEFAULT_TOP_K = 3
 
@@ -40,7 +40,7 @@ DEFAULT_TOP_K = 3
 class Objective:
     """One metric the search optimizes, and in which direction."""
 
-    name: str = setting("clip_score", doc="The metric", choices=METRICS)
+    name: str = setting(report.CLIP_SCORE, doc="The metric", choices=METRICS)
     goal: str = setting("maximize", doc="Its direction", choices=GOALS)
 
     @property

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from trials.api import Section, setting, settings
+from trials.api import CLIP_SCORE, Section, setting, settings
 
 TESTS = ("t", "wilcoxon")
 AGAINST = ("best", "cutoff")
@@ -126,7 +126,7 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
         return None
     section = root.sub("racing")
     racing = settings.read(Racing, section)
-    if multi_objective or metric != "clip_score":
+    if multi_objective or metric != CLIP_SCORE:
         raise root.error(f"races on the held-out prompts' CLIP-T, so it needs the single "
                          f"objective clip_score (the metric is {metric}"
                          f"{' among several' if multi_objective else ''}); drop racing",

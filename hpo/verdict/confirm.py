@@ -30,7 +30,7 @@ from hpo.study.storage import jsonable
 from hpo.sweep.space import baseline_values
 from hpo.sweep.spec import Sweep
 from hpo.verdict import winner
-from trials.api import TrialConfig
+from trials.api import CLIP_SCORE, CLIP_SCORE_STDERR, TrialConfig
 
 log = logging.getLogger("hpo")
 
@@ -102,8 +102,8 @@ def confirm(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path,
             if "error" in record:
                 log.warning("confirmation %s failed: %s", key, record["error"])
             else:
-                log.info("confirmation %s: clip_score %.4f ± %.4f", key, record["clip_score"],
-                         record.get("clip_score_stderr") or float("nan"))
+                log.info("confirmation %s: %s %.4f ± %.4f", key, CLIP_SCORE, record[CLIP_SCORE],
+                         record.get(CLIP_SCORE_STDERR) or float("nan"))
     return winner.confirmation_summary(study)
 
 

@@ -35,22 +35,30 @@ from scipy import stats
 
 from hpo.sweep.preservation import Require
 from hpo.verdict.paired import paired_or_none
+from trials.api import (
+    CONTROL_PER_PROMPT,
+    CONTROL_SCORE,
+    DRIFT,
+    DRIFT_PER_PROMPT,
+    LEAK,
+    LEAK_PER_PROMPT,
+)
 
 
-def control_stats(rung: dict[str, Any], base_control: Sequence[float] | None
+def control_stats(rung: Mapping[str, Any], base_control: Sequence[float] | None
                   ) -> dict[str, Any]:
     """A rung's preservation figures (empty when the rung has no control scores)."""
-    mine = rung.get("control_per_prompt")
+    mine = rung.get(CONTROL_PER_PROMPT)
     if not mine:
         return {}
-    out: dict[str, Any] = {"control_score": rung.get("control_score")}
+    out: dict[str, Any] = {CONTROL_SCORE: rung.get(CONTROL_SCORE)}
     paired = paired_or_none(mine, base_control)
     if paired is not None:
         d = paired.as_dict()
         out.update(control_delta=d["delta"], control_delta_stderr=d["stderr"],
                    control_delta_p_value=d["p_value"], control_n=paired.n)
-    for name in ("drift", "leak"):
-        values = rung.get(f"{name}_per_prompt")
+    for name, per_prompt in ((DRIFT, DRIFT_PER_PROMPT), (LEAK, LEAK_PER_PROMPT)):
+        values = rung.get(per_prompt)
         if not values:
             continue
         vs_zero = paired_or_none(values, [0.0] * len(values))
@@ -59,7 +67,7 @@ def control_stats(rung: dict[str, Any], base_control: Sequence[float] | None
         d = vs_zero.as_dict()
         out[name] = d["delta"]
         out[f"{name}_stderr"] = d["stderr"]
-        if name == "leak":
+        if name == LEAK:
             out["leak_p_value"] = d["p_value"]
     return out
 

@@ -20,6 +20,7 @@ from hpo.sweep.objectives import Objective, Select
 from hpo.sweep.preservation import Require
 from hpo.verdict import preservation
 from hpo.verdict.paired import DEFAULT_LEVEL, paired_or_none
+from trials.api import CLIP_SCORE, CLIP_SCORE_STDERR, CONTROL_PER_PROMPT, PER_PROMPT
 
 SETTINGS_KEY = "confirm_settings"  # {top_k, seed, images_per_prompt} of the last confirmation
 BASELINE_KEY = "confirm_baseline"  # the base model on the confirmation seeds
@@ -36,7 +37,7 @@ def objectives(study: optuna.Study) -> tuple[Objective, ...]:
         return tuple(Objective(str(d["name"]), str(d["goal"])) for d in raw)
     goal = "maximize" if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE \
         else "minimize"
-    return (Objective(str(study.user_attrs.get("metric", "clip_score")), goal),)
+    return (Objective(str(study.user_attrs.get("metric", CLIP_SCORE)), goal),)
 
 
 def select_rule(study: optuna.Study) -> Select:
@@ -119,7 +120,7 @@ def confirmed_preservation(study: optuna.Study, record: dict[str, Any]) -> dict[
     """A confirmation record's control Δ, drift and leak, paired with the base model's control
     scores on the same fresh seeds (empty without control prompts)."""
     base = study.user_attrs.get(BASELINE_KEY)
-    base_control = base.get("control_per_prompt") if isinstance(base, dict) else None
+    base_control = base.get(CONTROL_PER_PROMPT) if isinstance(base, dict) else None
     return preservation.control_stats(record, base_control)
 
 
@@ -181,22 +182,22 @@ def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
         "seed": settings["seed"],
         "images_per_prompt": settings["images_per_prompt"],
         "rule": select_rule(study).as_dict(),
-        "clip_score": mine.get("clip_score"),
-        "clip_score_stderr": mine.get("clip_score_stderr"),
+        CLIP_SCORE: mine.get(CLIP_SCORE),
+        CLIP_SCORE_STDERR: mine.get(CLIP_SCORE_STDERR),
         "search_clip_score": search,
         # The winner's curse: how much the maximum over noisy search scores flattered it.
-        "search_minus_confirmed": None if search is None or mine.get("clip_score") is None
-        else float(search) - float(mine["clip_score"]),
+        "search_minus_confirmed": None if search is None or mine.get(CLIP_SCORE) is None
+        else float(search) - float(mine[CLIP_SCORE]),
         "scores": {t.number: {"search": t.user_attrs.get("score_per_rung", {}).get(
-            str(t.user_attrs.get("best_step"))), "confirmed": done[t.number].get("clip_score"),
-            "confirmed_stderr": done[t.number].get("clip_score_stderr"),
+            str(t.user_attrs.get("best_step"))), "confirmed": done[t.number].get(CLIP_SCORE),
+            "confirmed_stderr": done[t.number].get(CLIP_SCORE_STDERR),
             **{o.name: done[t.number].get(o.name) for o in objectives(study)}}
             for t in ranking},
     }
     base = study.user_attrs.get(BASELINE_KEY)
     if isinstance(base, dict) and matches(base, settings):
-        vs_base = paired_or_none(mine.get("per_prompt"), base.get("per_prompt"))
-        out["baseline_clip_score"] = base.get("clip_score")
+        vs_base = paired_or_none(mine.get(PER_PROMPT), base.get(PER_PROMPT))
+        out["baseline_clip_score"] = base.get(CLIP_SCORE)
         if vs_base is not None:
             out["delta_vs_baseline"] = vs_base.delta
             out["delta_vs_baseline_stderr"] = vs_base.as_dict()["stderr"]
@@ -213,7 +214,7 @@ def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
         out["verdict"] = f"trial {winner.number} was the only trial confirmed"
         return out
     runner = ranking[1]
-    paired = paired_or_none(mine.get("per_prompt"), done[runner.number].get("per_prompt"))
+    paired = paired_or_none(mine.get(PER_PROMPT), done[runner.number].get(PER_PROMPT))
     out["runner_up"] = runner.number
     if paired is not None:
         clear = paired.distinguishable()

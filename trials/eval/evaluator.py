@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from trials import report
 from trials.config import TrialConfig
 from trials.data.folder import Example, load_rgb
 from trials.eval import fast_eval, preservation, subject_fidelity
@@ -153,26 +154,29 @@ class Evaluator:
         texts = [self.prompts[i] for i in places]
         grid_image(images, labels=texts).save(out_dir / SAMPLES_NAME)
         n_images = sum(len(group) for group in images)
+        # Keyed by trials.report's names: the loop makes the rung's RungReport of them.
         out: dict[str, Any] = {
-            "clip_score": score,
-            "clip_score_stderr": stderr,
-            "clip_i": None if clip_i is None else float(clip_i),
-            "per_prompt": [float(x) for x in per_prompt],
-            "n_images": n_images,
-            "samples": str(out_dir / SAMPLES_NAME),
+            report.CLIP_SCORE: score,
+            report.CLIP_SCORE_STDERR: stderr,
+            report.CLIP_I: None if clip_i is None else float(clip_i),
+            report.PER_PROMPT: [float(x) for x in per_prompt],
+            report.N_IMAGES: n_images,
+            report.SAMPLES: str(out_dir / SAMPLES_NAME),
         }
         if len(places) < n:
-            out["prompt_indices"] = places
-        out["images_drawn"] = n_images  # the rung's compute: with control images, below
+            out[report.PROMPT_INDICES] = places
+        drawn_images = n_images  # the rung's compute: with control images, below
         if decision is not None:
-            out["raced"] = {**decision, "prompts_scored": len(places), "prompts_total": n}
+            out[report.RACED] = {**decision, "prompts_scored": len(places), "prompts_total": n}
+            out[report.IMAGES_DRAWN] = drawn_images
             return out
         if self.fidelity is not None:
             out.update(self.fidelity.score(images))
         if self.preservation.measured:
             control, drawn = self._control(places, out_dir)
             out.update(control)
-            out["images_drawn"] += drawn
+            drawn_images += drawn
+        out[report.IMAGES_DRAWN] = drawn_images
         return out
 
     def _draw_racing(self, order: list[int], race: Race | None

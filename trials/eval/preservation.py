@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from trials import report
 from trials.eval.score import ClipScorer
 
 CONTROL_NAME = "control.png"
@@ -52,10 +53,11 @@ def control_metrics(scorer: ClipScorer, control_prompts: Sequence[str],
                          f"{len(images)} image lists: they must match")
     result = scorer.score(list(control_prompts), images)
     out: dict[str, Any] = {
-        "control_score": float(result.clip_score),
-        "control_score_stderr": float(result.clip_score_stderr),
-        "control_per_prompt": [float(x) for x in result.per_prompt],
-        "drift": None, "drift_per_prompt": None, "leak": None, "leak_per_prompt": None,
+        report.CONTROL_SCORE: float(result.clip_score),
+        report.CONTROL_SCORE_STDERR: float(result.clip_score_stderr),
+        report.CONTROL_PER_PROMPT: [float(x) for x in result.per_prompt],
+        report.DRIFT: None, report.DRIFT_PER_PROMPT: None,
+        report.LEAK: None, report.LEAK_PER_PROMPT: None,
     }
     if base_embeds is None:
         return out
@@ -75,7 +77,8 @@ def control_metrics(scorer: ClipScorer, control_prompts: Sequence[str],
         return 100.0 * ((features * brand_text).sum(-1) - (features * control_text).sum(-1))
 
     leak = margin(lora) - margin(base)
-    out.update(drift_per_prompt=_per_prompt(drift, n), leak_per_prompt=_per_prompt(leak, n))
-    out["drift"] = sum(out["drift_per_prompt"]) / n
-    out["leak"] = sum(out["leak_per_prompt"]) / n
+    for name, per_prompt, values in ((report.DRIFT, report.DRIFT_PER_PROMPT, drift),
+                                     (report.LEAK, report.LEAK_PER_PROMPT, leak)):
+        out[per_prompt] = _per_prompt(values, n)
+        out[name] = sum(out[per_prompt]) / n
     return out

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from trials import report
 from trials.config import TrialConfig
 from trials.data.folder import folder_state, load_rgb
 from trials.data.holdout import reference_examples
@@ -52,9 +53,9 @@ class FidelityScorer:
         flat = [im for row in images for im in row]
         clip = self.clip.embed_images(flat)
         dino = self.dino.embed(flat)
-        return {"clip_i_holdout": float(100.0 * (clip @ self.clip_refs.T).mean()),
-                "dino_holdout": float(100.0 * (dino @ self.dino_refs.T).mean()),
-                "n_holdout_images": self.n_references}
+        return {report.CLIP_I_HOLDOUT: float(100.0 * (clip @ self.clip_refs.T).mean()),
+                report.DINO_HOLDOUT: float(100.0 * (dino @ self.dino_refs.T).mean()),
+                report.N_HOLDOUT_IMAGES: self.n_references}
 
 
 def _key(config: TrialConfig, clip: ClipScorer, device: torch.device) -> tuple:

@@ -18,14 +18,16 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trials.config import load_trial_config, parse_overrides
 from trials.data.synthetic import ensure_dataset
+from trials.report import CLIP_SCORE, CLIP_SCORE_STDERR, PER_PROMPT, SAMPLES, STEP
 
 
-def paired(lora: list[float], base: list[float]) -> dict[str, float]:
+def paired(lora: Sequence[float], base: Sequence[float]) -> dict[str, float]:
     """Mean paired difference, its standard error, and their ratio (``z``)."""
     diffs = [a - b for a, b in zip(lora, base, strict=True)]
     n = len(diffs)
@@ -52,8 +54,7 @@ def measure(sweep: Path, learning_rates: list[float], fixed: dict[str, Any],
     base = run_baseline(base_config)
     out: dict[str, Any] = {
         "sweep": str(sweep), "fixed": fixed,
-        "baseline": {"clip_score": base["clip_score"], "clip_score_stderr":
-                     base["clip_score_stderr"], "samples": base["samples"]},
+        "baseline": {k: base[k] for k in (CLIP_SCORE, CLIP_SCORE_STDERR, SAMPLES)},
         "trials": []}
     for lr in learning_rates:
         config = config_for(lr, f"lr-{lr:g}")
@@ -64,9 +65,8 @@ def measure(sweep: Path, learning_rates: list[float], fixed: dict[str, Any],
             entry["diverged"] = str(err)
         else:
             last = result.rungs[-1]
-            entry |= {"clip_score": last["clip_score"], "step": last["step"],
-                      "samples": last["samples"],
-                      **paired(last["per_prompt"], base["per_prompt"])}
+            entry |= {CLIP_SCORE: last.clip_score, STEP: last.step, SAMPLES: last.samples,
+                      **paired(last.per_prompt, base[PER_PROMPT])}
         out["trials"].append(entry)
         print(json.dumps(entry), flush=True)
     out["seconds"] = time.perf_counter() - started

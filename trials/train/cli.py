@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trials.config import load_trial_config
+from trials.report import CLIP_SCORE, RungReport
 from trials.validation import ConfigError, load_yaml_mapping
 
 
@@ -84,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     expected: dict[str, Any] = raw.get("result") or {}
     print(f"training {config.params} -> {out}")
 
-    def report(step: int, metrics: dict[str, Any], checkpoint: Path) -> bool:
-        print(f"step {step:>6}: clip_score {metrics['clip_score']:.4f} "
-              f"± {metrics['clip_score_stderr']:.4f}  loss {metrics['train_loss']:.4f}  "
-              f"{metrics.get('samples_per_second', float('nan')):.2f} samples/s  "
-              f"-> {checkpoint}")
+    def report(step: int, rung: RungReport, checkpoint: Path) -> bool:
+        print(f"step {step:>6}: {CLIP_SCORE} {rung.clip_score:.4f} "
+              f"± {rung.clip_score_stderr:.4f}  loss {_num(rung.train_loss)}  "
+              f"{_num(rung.samples_per_second, '.2f')} samples/s  -> {checkpoint}")
         return False
 
     try:
@@ -99,15 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: trial failed: {err}", file=sys.stderr)
         return 1
     best = result.best
-    summary = {"params": vars(config.params), "rungs": result.rungs, "best": best}
+    summary = {"params": vars(config.params), "rungs": [r.to_dict() for r in result.rungs],
+               "best": None if best is None else best.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
     if best is not None:
-        print(f"best: clip_score {best['clip_score']:.4f} at step {best['step']} "
-              f"(LoRA in {out / 'step-{:06d}'.format(best['step'])})")
+        print(f"best: {CLIP_SCORE} {best.clip_score:.4f} at step {best.step} "
+              f"(LoRA in {out / f'step-{best.step:06d}'})")
     if expected.get("best_step") is not None:
-        rung = next((r for r in result.rungs if r["step"] == expected["best_step"]), None)
+        rung = next((r for r in result.rungs if r.step == expected["best_step"]), None)
         if rung is not None:
-            print(f"the sweep scored {expected.get('clip_score')} at step "
-                  f"{expected['best_step']}; this run: {rung['clip_score']}")
+            print(f"the sweep scored {expected.get(CLIP_SCORE)} at step "
+                  f"{expected['best_step']}; this run: {rung.clip_score}")
     return 0
+
+
+def _num(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)

@@ -40,10 +40,11 @@ from trials.errors import TrialDiverged, TrialOutOfMemory
 from trials.eval import evaluator as evaluation
 from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora, save_lora
+from trials.report import EVAL_SECONDS, RungReport
 from trials.train import accumulate, cache, faults, preserve, warm
 
-# report(step, metrics, checkpoint_dir) -> True to stop the trial (early stopping).
-Report = Callable[[int, dict[str, Any], Path], bool | None]
+# report(step, rung, checkpoint_dir) -> True to stop the trial (early stopping).
+Report = Callable[[int, RungReport, Path], bool | None]
 # race(step, prompt_indices, per_prompt_scores) -> a decision to stop drawing, or None: asked
 # after each chunk of a rung's prompts (trials.eval.evaluator.Race, with the rung's step).
 RungRace = Callable[[int, list[int], list[float]], Mapping[str, object] | None]
@@ -61,15 +62,15 @@ def explain_out_of_memory(config: TrialConfig) -> Iterator[None]:
 class TrialResult:
     """What a finished (or early-stopped) trial leaves behind."""
 
-    rungs: list[dict[str, Any]] = field(default_factory=list)
+    rungs: list[RungReport] = field(default_factory=list)
     stopped_early: bool = False
-    raced: dict[str, Any] | None = None  # the rung where racing stopped it: not in ``rungs``
+    raced: RungReport | None = None  # the rung where racing stopped it: not in ``rungs``
 
     @property
-    def best(self) -> dict[str, Any] | None:
+    def best(self) -> RungReport | None:
         """The best rung that scored every prompt (a prompt subset is not comparable)."""
-        return max((r for r in self.rungs if "prompt_indices" not in r),
-                   key=lambda r: r["clip_score"], default=None)
+        return max((r for r in self.rungs if r.scored_every_prompt),
+                   key=lambda r: r.clip_score, default=None)
 
 
 def pick_device() -> torch.device:
@@ -311,31 +312,31 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                                      None if race is None else functools.partial(race, step))
             eval_seconds += time.perf_counter() - started
             unet.train()
-            metrics = {
-                "step": step,
-                "max_train_steps": params.max_train_steps,
+            metrics = RungReport(
                 **scores,
-                "train_loss": sum(losses) / len(losses),
-                "preservation": method,
-                "preservation_weight": weight if method != "none" else None,
-                "preservation_loss": sum(preservation_losses) / len(preservation_losses)
+                step=step,
+                max_train_steps=params.max_train_steps,
+                train_loss=sum(losses) / len(losses),
+                preservation=method,
+                preservation_weight=weight if method != "none" else None,
+                preservation_loss=sum(preservation_losses) / len(preservation_losses)
                 if preservation_losses else None,
-                "grad_norm": grad_norm,
-                "learning_rate_now": lr_scheduler.get_last_lr()[0],
-                "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds,
-                "setup_seconds": setup_seconds,
-                "samples_per_second": step * train_cfg.train_batch_size
+                grad_norm=grad_norm,
+                learning_rate_now=lr_scheduler.get_last_lr()[0],
+                train_seconds=train_seconds,
+                eval_seconds=eval_seconds,
+                setup_seconds=setup_seconds,
+                samples_per_second=step * train_cfg.train_batch_size
                 * train_cfg.gradient_accumulation_steps / max(train_seconds, 1e-9),
-                "peak_memory_mb": peak_memory_mb(device),
-                "cache_hit": data.cache_hit,
-                "device": device.type,
-                "precision": precision_name(dtype),
-                "accumulation": accumulator.description,
-            }
+                peak_memory_mb=peak_memory_mb(device),
+                cache_hit=data.cache_hit,
+                device=device.type,
+                precision=precision_name(dtype),
+                accumulation=accumulator.description,
+            )
             losses.clear()
             preservation_losses.clear()
-            if "raced" in scores:  # a partial rung: reported, never a candidate; the trial ends
+            if metrics.is_raced:  # a partial rung: reported, never a candidate; the trial ends
                 result.raced = metrics
                 result.stopped_early = True
                 report(step, metrics, checkpoint)
@@ -368,7 +369,7 @@ def run_baseline(config: TrialConfig) -> dict[str, Any]:
     evaluator, data = base_evaluator(config)
     started = time.perf_counter()  # the rung's scoring alone, as a trial's eval_seconds
     scores = evaluator.score(Path(config.output_dir))  # every prompt, as a trial's full rung
-    scores["eval_seconds"] = time.perf_counter() - started
+    scores[EVAL_SECONDS] = time.perf_counter() - started
     scores["cache_file"] = str(data.cache_file)
     return scores
 

@@ -9,6 +9,7 @@ from typing import Any
 from hpo.dispatch.recorder import StudyRecorder
 from hpo.sweep.spec import load_sweep
 from tests.sweep_files import write_sweep
+from trials.report import RungReport
 
 
 class _Referee:
@@ -18,19 +19,22 @@ class _Referee:
 
 
 def test_a_raced_rung_reaches_the_referee_as_a_partial_record(tmp_path) -> None:
-    # The trainable reports a raced rung with its prompts inside `raced` (raced_record); the
-    # referee must get them, or ASHA's cutoff as racing sees it never falls (benchmark seed 1
-    # at 7586b2a: every trial raced against the first one to reach step 30).
+    # The trainable reports a raced rung as its RungReport's dict: the prompts it drew at the
+    # top level, the decision in `raced`; the referee must get them, or ASHA's cutoff as racing
+    # sees it never falls (benchmark seed 1 at 7586b2a: every trial raced against the first one
+    # to reach step 30).
     sweep = load_sweep(write_sweep(tmp_path, racing={"chunk": 2, "min_prompts": 4,
                                                      "against": "cutoff"}))
     searcher = SimpleNamespace(optuna_trial=lambda trial_id: SimpleNamespace(number=7))
     referee = _Referee()
     recorder = StudyRecorder(searcher, sweep, baseline=None, referee=referee)
-    result = {"step": 30, "max_train_steps": 60, "clip_score": 51.0,
-              "raced": {"step": 30, "delta": -3.0, "p_value": 0.001, "clip_score": 51.0,
-                        "per_prompt": [50.0, 52.0, 51.0, 51.0],
-                        "prompt_indices": [3, 0, 5, 1], "n_images": 4}}
+    rung = RungReport(step=30, max_train_steps=60, clip_score=51.0, clip_score_stderr=0.5,
+                      per_prompt=[50.0, 52.0, 51.0, 51.0], prompt_indices=[3, 0, 5, 1],
+                      n_images=4, images_drawn=4,
+                      raced={"step": 30, "delta": -3.0, "p_value": 0.001})
+    result = {**rung.to_dict(), "node_id": "n1", "training_iteration": 2}  # as Tune has it
     recorder.on_trial_result(0, [], SimpleNamespace(trial_id="t7"), result)
     assert referee.records == [(30, 7, [50.0, 52.0, 51.0, 51.0], [3, 0, 5, 1], False, True)]
-    assert recorder.raced["t7"]["raced"]["p_value"] == 0.001
+    record = recorder.raced["t7"].report.raced_record()
+    assert record["p_value"] == 0.001 and record["prompt_indices"] == [3, 0, 5, 1]
     assert "t7" not in recorder.rungs  # never a full rung

@@ -113,7 +113,7 @@ def test_a_bucketed_trial_trains_and_scores_at_the_stated_size(mixed_folder, mak
                                eval={"width": 48, "height": 24, "images_per_prompt": 1})
     run_trial(config, lambda step, metrics, ckpt: seen.append((metrics, ckpt)) and False)
     metrics, checkpoint = seen[-1]
-    assert metrics["step"] == 3 and metrics["train_loss"] > 0
+    assert metrics.step == 3 and metrics.train_loss > 0
     with Image.open(checkpoint / "samples.png") as grid:
         assert grid.width == 48  # one 48 x 24 image per row
 
@@ -124,4 +124,4 @@ def test_random_crop_buckets_encode_each_step(mixed_folder, make_trial_config) -
                                data={"aspect_buckets": True, "center_crop": False},
                                eval={"images_per_prompt": 1})
     run_trial(config, lambda step, metrics, ckpt: seen.append(metrics) and False)
-    assert seen[-1]["step"] == 3
+    assert seen[-1].step == 3

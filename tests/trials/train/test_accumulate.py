@@ -113,10 +113,10 @@ def test_a_trial_trains_the_same_lora_fused_or_not(make_trial_config, tmp_path) 
             max_train_steps=3, output_dir=tmp_path / mode,
             train={"gradient_accumulation_steps": 3, "fused_accumulation": mode})
         result = run_trial(config, lambda *a: None)
-        assert result.rungs[-1]["accumulation"] == ("fused" if mode == "on" else "sequential")
+        assert result.rungs[-1].accumulation == ("fused" if mode == "on" else "sequential")
         loras[mode] = load_file(str(tmp_path / mode / "step-000003" /
                                     "pytorch_lora_weights.safetensors"))
-        losses = result.rungs[-1]["train_loss"]
+        losses = result.rungs[-1].train_loss
         loras[mode + "-loss"] = losses
     assert loras["on-loss"] == pytest.approx(loras["off-loss"], rel=1e-4)
     # AdamW divides by sqrt(v): an element whose gradient is ~0 can turn a rounding difference

@@ -37,9 +37,9 @@ def test_reports_every_rung_with_the_promised_metrics(make_trial_config) -> None
     metrics = seen[-1][1]
     for key in ("clip_score", "clip_score_stderr", "clip_i", "train_loss", "train_seconds",
                 "eval_seconds", "peak_memory_mb", "per_prompt"):
-        assert key in metrics, key
-    assert 0.0 <= metrics["clip_score"] <= 100.0
-    assert len(metrics["per_prompt"]) == 3
+        assert getattr(metrics, key) is not None, key
+    assert 0.0 <= metrics.clip_score <= 100.0
+    assert len(metrics.per_prompt) == 3
     assert (seen[-1][2] / WEIGHTS_NAME).is_file()
     assert (seen[-1][2] / "samples.png").is_file()
     assert result.best is not None and not result.stopped_early
@@ -84,7 +84,7 @@ def test_loss_goes_down_when_overfitting_two_images(make_trial_config, synthetic
         data={"random_flip": False},
         eval={"every_steps": 40, "images_per_prompt": 1, "inference_steps": 1})
     run_trial(config, report)
-    losses = [m["train_loss"] for _, m, _ in seen]
+    losses = [m.train_loss for _, m, _ in seen]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -107,7 +107,7 @@ def test_training_clips_the_real_lora_gradients(make_trial_config) -> None:
     run_trial(make_trial_config(max_train_steps=3, learning_rate=1e-2,
                                 train={"max_grad_norm": 1e-6}), report)
     # The reported norm is the pre-clip norm of the LoRA weights actually being trained.
-    assert seen[0][1]["grad_norm"] > 1e-6
+    assert seen[0][1].grad_norm > 1e-6
 
 
 def test_nan_loss_raises_trial_diverged_naming_the_step(make_trial_config) -> None:
@@ -133,7 +133,7 @@ def test_unknown_explicit_target_module_lists_valid_names(make_trial_config) -> 
 def test_random_crop_trains_without_cached_latents(make_trial_config) -> None:
     seen, report = _collect()
     run_trial(make_trial_config(max_train_steps=3, data={"center_crop": False}), report)
-    assert seen and seen[0][1]["train_loss"] > 0
+    assert seen and seen[0][1].train_loss > 0
 
 
 def test_gradient_accumulation_and_schedules_run(make_trial_config) -> None:
@@ -142,7 +142,7 @@ def test_gradient_accumulation_and_schedules_run(make_trial_config) -> None:
         "gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 1,
         "snr_gamma": 5.0, "noise_offset": 0.05, "prediction_type": "v_prediction"})
     run_trial(config, report)
-    assert seen[0][1]["learning_rate_now"] < 1e-3  # cosine decayed by the last step
+    assert seen[0][1].learning_rate_now < 1e-3  # cosine decayed by the last step
 
 
 def test_dora_with_caption_dropout_trains_and_loads_in_diffusers(make_trial_config,

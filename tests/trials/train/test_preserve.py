@@ -138,10 +138,10 @@ def test_a_preserving_trial_reports_control_figures_and_its_loss(preserving_conf
     rungs = []
     run_trial(config, lambda step, metrics, ckpt: rungs.append(metrics) or False)
     (rung,) = rungs
-    assert rung["preservation"] == method and rung["preservation_weight"] == 2.0
-    assert rung["preservation_loss"] > 0
-    assert len(rung["control_per_prompt"]) == 3
-    assert 0 < rung["drift"] <= 100.001 and rung["leak"] is not None
+    assert rung.preservation == method and rung.preservation_weight == 2.0
+    assert rung.preservation_loss > 0
+    assert len(rung.control_per_prompt) == 3
+    assert 0 < rung.drift <= 100.001 and rung.leak is not None
     assert (Path(config.output_dir) / "step-000003" / "control.png").is_file()
 
 

@@ -20,8 +20,8 @@ def test_rescoring_on_the_rung_seed_repeats_the_rung_score_and_fresh_seeds_diffe
     again_cfg = replace(config, output_dir=tmp_path / "again")
     # The same seed: the LoRA loaded from disk draws the rung's images again.
     same = rescore(again_cfg, lora, seed=config.eval.seed)
-    assert same["clip_score"] == pytest.approx(rungs[-1]["clip_score"], abs=1e-4)
-    assert same["per_prompt"] == pytest.approx(rungs[-1]["per_prompt"], abs=1e-4)
+    assert same["clip_score"] == pytest.approx(rungs[-1].clip_score, abs=1e-4)
+    assert same["per_prompt"] == pytest.approx(rungs[-1].per_prompt, abs=1e-4)
     # Fresh seeds and more images: another estimate of the same LoRA.
     fresh = rescore(replace(config, output_dir=tmp_path / "fresh"), lora, seed=99,
                     images_per_prompt=3)

@@ -19,7 +19,7 @@ def scores_and_weights(config) -> tuple[list[float], dict[str, torch.Tensor]]:
     steps: list[tuple[float, Path]] = []
 
     def report(step: int, metrics: dict, checkpoint: Path) -> bool:
-        steps.append((metrics["clip_score"], checkpoint))
+        steps.append((metrics.clip_score, checkpoint))
         return False
 
     run_trial(config, report)
