@@ -119,7 +119,7 @@ def _trigger(section: Section, key: str, default: None) -> str | None:
 
 
 DEFAULT_CLIP_PRETRAINED = "laion2b_s32b_b79k"
-_CONTENTS = "its contents count (data.contents)"
+_CONTENTS = "its contents count, as data.contents"
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,7 @@ class TrainSpec:
     fused_accumulation: str = setting(
         "auto", doc="One batch per optimizer step (on), the reference's micro-batches one by "
         "one (off), or fused with a fall-back on out-of-memory (auto)", reader=_fused,
+        choices=FUSED_MODES,
         schema={"anyOf": [{"enum": list(FUSED_MODES)}, {"type": "boolean"}]})
     # kohya sd-scripts' --caption_dropout_rate. A parameters.caption_dropout overrides it.
     caption_dropout: float = setting(0.0, doc="Probability of training a sample on the empty "
@@ -379,21 +380,31 @@ def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
     return tuple(prompts)
 
 
+def _elsewhere(own: type) -> dict[str, str]:
+    """Where a key of another section lives (``noise_offset`` -> ``train.noise_offset``), for
+    the hint on a key written in the wrong section; the parameters too (the reference script's
+    --learning_rate, --rank and --max_train_steps are parameters here)."""
+    mine = set(settings.file_keys(own))
+    sections = {"model": ModelSpec, "data": DataSpec, "train": TrainSpec, "eval": EvalSpec,
+                "preservation": PreservationSpec}
+    return {**{key: f"{name}.{key}" for name, cls in sections.items() if cls is not own
+               for key in settings.file_keys(cls) if key not in mine}, **PARAMETER_PATHS}
+
+
 def read_model(section: Section) -> ModelSpec:
-    return settings.read(ModelSpec, section)
+    return settings.read(ModelSpec, section, elsewhere=_elsewhere(ModelSpec))
 
 
 def read_data(section: Section, base_dir: Path) -> DataSpec:
-    return settings.read(DataSpec, section, base_dir)
+    return settings.read(DataSpec, section, base_dir, elsewhere=_elsewhere(DataSpec))
 
 
 def read_train(section: Section) -> TrainSpec:
-    # The reference script's --learning_rate, --rank and --max_train_steps are parameters here.
-    return settings.read(TrainSpec, section, elsewhere=PARAMETER_PATHS)
+    return settings.read(TrainSpec, section, elsewhere=_elsewhere(TrainSpec))
 
 
 def read_eval(section: Section, base_dir: Path) -> EvalSpec:
-    spec = settings.read(EvalSpec, section, base_dir)
+    spec = settings.read(EvalSpec, section, base_dir, elsewhere=_elsewhere(EvalSpec))
     return replace(spec, prompt_list=read_prompts(spec.prompts, section.file,
                                                   section.key_path("prompts")))
 
@@ -406,7 +417,8 @@ def read_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
     :class:`ConfigError` naming the key: a held-out prompt without the trigger, a control
     prompts file that is missing or empty, or one with another number of lines than needed.
     """
-    spec = settings.read(PreservationSpec, section, base_dir, also=("require",))
+    spec = settings.read(PreservationSpec, section, base_dir, also=("require",),
+                         elsewhere=_elsewhere(PreservationSpec))
     if spec.trigger is None:
         for key in ("control_prompts", "method", "require"):
             if section.has(key) and not (key == "method" and spec.method == "none"):

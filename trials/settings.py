@@ -153,6 +153,10 @@ def read(cls: type, section: Section, base_dir: Path | None = None,
 def read_key(section: Section, key: str, s: Setting, hint: Any, default: Any,
              base_dir: Path) -> Any:
     """One key by its declared rule (its reader, or its type's)."""
+    if key in section.data and section.data[key] is None and default not in (None, MISSING):
+        # YAML's null (or a bare `key:`) would silently read as the default: say so instead.
+        raise section.error(f"is null; give a value, or leave the key out for its default "
+                            f"({_shown(default)})", key)
     if s.reader is not None:
         return s.reader(section, key, default)
     kind, _ = _base(hint)
@@ -173,6 +177,13 @@ def read_key(section: Section, key: str, s: Setting, hint: Any, default: Any,
             return default
         return resolve_path(section.string(key), base_dir)
     raise TypeError(f"{section.key_path(key)}: type {hint} needs a reader")
+
+
+def _shown(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        return "its defaults"
+    text = plain(value)
+    return f"{text!r}" if isinstance(text, str) else str(text)
 
 
 def _int(bound: float | None) -> int | None:

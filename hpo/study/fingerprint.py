@@ -139,4 +139,4 @@ def mismatch(name: str, changed: list[str]) -> FingerprintMismatch:
 
 # What the mismatch line names as free to change (each setting's declaration says why).
 FREE_SUMMARY = ("method", "early_terminate", "resources", "racing", "select", "confirm",
-                "eval.batch_size", "file paths")
+                "eval.batch_size", "eval.rungs", "file paths (their contents count)")

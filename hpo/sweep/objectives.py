@@ -121,7 +121,8 @@ def parse_select(root: Section, objectives: tuple[Objective, ...]) -> Select:
     raw = section.raw("weights")
     if not isinstance(raw, list) or len(raw) != len(objectives):
         raise section.error(f"must list one number per objective ({len(objectives)}) "
-                            f"(got {describe(raw)})", "weights")
+                            f"(got {len(raw) if isinstance(raw, list) else describe(raw)})",
+                            "weights")
     weights = []
     for i, w in enumerate(raw):
         if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:

@@ -121,7 +121,9 @@ def _parameter_schema(name: str) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a sweep file; ``best.yaml`` adds ``result``."""
-    props: dict[str, Any] = {"name": {"type": "string", "description": "The study name"}}
+    props: dict[str, Any] = {"name": {
+        "type": "string", "minLength": 1, "description": "The study name (a folder name)",
+        "pattern": r"^[^/\\\s:*?\"<>|]+$"}}
     for key, cls, about in SECTIONS:
         if key == "parameters":
             props[key] = {
@@ -166,12 +168,26 @@ def _cell(value: Any) -> str:
 def _type_name(s: settings.Setting, hint: Any) -> str:
     if s.choices:
         return " \\| ".join(f"`{c}`" for c in s.choices)
-    if s.schema is not None and "type" in s.schema:
-        return _cell(s.schema["type"] if s.schema["type"] != "array" else "list")
+    if s.schema is not None and s.schema.get("multipleOf"):
+        return f"int ({s.schema['minimum']}-{s.schema['maximum']}, a multiple of " \
+            f"{s.schema['multipleOf']})"
+    if s.schema is not None and s.schema.get("type") == "array":
+        return f"list of {_JSON_NAMES[s.schema['items']['type']]}"
     text = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
     text = text.replace("pathlib.", "").replace("Path", "path").replace(" | None", "")
     return _cell("list of " + text.split("[")[1].split(",")[0] if text.startswith("tuple")
                  else text)
+
+
+_JSON_NAMES = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
+
+
+def _rerun(s: settings.Setting, free: str | None) -> str:
+    """The rerun column: a key that changes what a score means makes another study."""
+    if s.free or free:
+        return f"same study ({s.free})" if s.free and "contents count" in s.free else \
+            "same study"
+    return "**new study**"
 
 
 def _bounds(s: settings.Setting) -> str:
@@ -187,7 +203,9 @@ def _bounds(s: settings.Setting) -> str:
 
 def _section_free(key: str) -> str | None:
     """Why a whole section may change between runs (its field on :class:`Sweep`), or None."""
-    for f, s, _ in settings.declared(Sweep):
+    fields = list(settings.declared(Sweep))
+    # metric: the objectives (keyed "metric"), not Sweep.metric (the first one's name).
+    for f, s, _ in [*(x for x in fields if x[1].key), *fields]:
         if (s.key or f.name) == key:
             return s.free
     return None
@@ -202,7 +220,7 @@ def _rows(cls: type, prefix: str, free: str | None = None) -> list[str]:
         nested = next((a for a in (hint, *getattr(hint, "__args__", ()))
                        if dataclasses.is_dataclass(a)), None)
         if nested is not None:  # a subsection: its own rows (data.synthetic.n_images)
-            study = "same study" if s.free or free else "**new study**"
+            study = _rerun(s, free)
             rows.append(f"| `{prefix}{f.name}` | mapping | none | {_cell(s.doc)} | {study} |")
             rows += _rows(nested, f"{prefix}{f.name}.", s.free or free)
             continue
@@ -210,7 +228,7 @@ def _rows(cls: type, prefix: str, free: str | None = None) -> list[str]:
         shown = "required" if default is dataclasses.MISSING else (
             "none" if default is None or dataclasses.is_dataclass(default)
             else f"`{json.dumps(settings.plain(default))}`")
-        study = "same study" if s.free or free else "**new study**"
+        study = _rerun(s, free)
         kind = _type_name(s, hint)
         bounds = _bounds(s)
         rows.append(f"| `{prefix}{f.name}` | {kind}{' (' + bounds + ')' if bounds else ''} | "
@@ -230,13 +248,19 @@ def reference() -> str:
         "--dry-run` checks it with one line per mistake (file, key, what is allowed).", "",
         "*Rerun* says what changing a key does to a study that has run: **new study** keys "
         "change what a score means, so a rerun with another value is refused (start a new "
-        "study with `--study NEW_NAME`); *same study* keys may change between runs.", "",
+        "study with `--study NEW_NAME`); *same study* keys may change between runs. Besides "
+        "the keys, a study is bound to what paths point at: the training images and captions "
+        "(`data.contents`), the prompts' text (`eval.prompts`, "
+        "`preservation.control_prompts`), and a local model folder or CLIP weights file "
+        "(`model.contents`, `eval.clip_contents`).", "",
         "| key | type | default | meaning | rerun |", "|---|---|---|---|---|",
         "| `name` | str | required | The study name (letters, digits, `-_.`) | same study |",
         "",
     ]
     for key, cls, about in SECTIONS:
         lines += [f"## `{key}`", "", about + ".", ""]
+        if key == "method":
+            lines += ["`method: tpe` (a name alone) is short for `method: {type: tpe}`.", ""]
         if key == "parameters":
             lines += [
                 "Each parameter is `{value: V}` (fixed), `{values: [...]}` (choices) or "

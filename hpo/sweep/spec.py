@@ -269,6 +269,9 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; raises :class:`ConfigError` with a one-line message."""
     file = Path(path)
     root = Section(file, "", load_yaml_mapping(file))
+    if "result" in root.data:
+        raise root.error("is best.yaml's result: rerun that trial with python -m trials.train "
+                         "FILE, or drop the result section to sweep from this file", "result")
     root.allow_only(_SWEEP_KEYS, PARAMETER_PATHS)
     base = Path.cwd()
     name, problem = study_name(root.string("name"))
@@ -291,7 +294,7 @@ def load_sweep(path: str | Path) -> Sweep:
     train = read_train(root.sub("train"))
     eval_spec = read_eval(root.sub("eval"), base)
     early = None
-    if root.has("early_terminate"):
+    if "early_terminate" in root.data:  # written but empty: Section says so
         et = root.sub("early_terminate")
         early = settings.read(EarlyTerminate, et)
         check_rung_prompts(et, early.rung_prompts, len(eval_spec.prompt_list))

@@ -150,3 +150,34 @@ def test_a_required_key_left_out_is_named(section: str, doc: dict, key: str,
     full[section] = doc
     with pytest.raises(ConfigError, match=rf": {key}: is required$"):
         load_sweep(_write(tmp_path, full))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # An explicit null would silently read as the default (a new user's finding).
+    (("eval", "inference_steps", None), r"eval\.inference_steps: is null; give a value, or "
+     r"leave the key out for its default \(25\)"),
+    (("train", "max_grad_norm", None), r"train\.max_grad_norm: is null"),
+    # A written but empty section is an error, not "off".
+    ((None, "early_terminate", None), r"early_terminate: is empty \(null\)"),
+    ((None, "racing", None), r"racing: is empty \(null\)"),
+    # A key in the wrong section says where it belongs.
+    (("eval", "noise_offset", 0.1), r"eval\.noise_offset: unknown key \(did you mean "
+     r"train\.noise_offset\?\)"),
+    # best.yaml given to the sweep.
+    ((None, "result", {"trial": 3}), r"result: is best\.yaml's result: rerun that trial with "
+     r"python -m trials\.train"),
+])
+def test_what_a_new_user_tripped_over_is_one_line(change, message, tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+    section, key, value = change
+    (doc if section is None else doc[section])[key] = value
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(_write(tmp_path, doc))
+
+
+def test_a_null_key_whose_default_is_none_means_the_default(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
+    doc["train"]["snr_gamma"] = None
+    doc["eval"]["width"] = None
+    sweep = load_sweep(_write(tmp_path, doc))
+    assert sweep.train.snr_gamma is None and sweep.eval.width is None
