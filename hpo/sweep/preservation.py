@@ -91,7 +91,7 @@ def parse_require(root: Section, measured: bool) -> Require | None:
     """``preservation.require``, or None without it. ``measured``: the sweep has control
     prompts (a ``preservation.trigger``); a requirement without them is an error."""
     section = root.sub("preservation")
-    if "require" not in section.data:
+    if not section.has("require"):  # null: nothing required, as when left out
         return None
     if not measured:
         raise section.error("needs preservation.trigger: without control prompts nothing "

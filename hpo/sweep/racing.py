@@ -122,7 +122,7 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
     objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of at least 4
     and below the number of held-out prompts (else it never decides), and ``against: cutoff``
     needs ASHA."""
-    if "racing" not in root.data:
+    if not root.has("racing"):  # null: no racing, as when left out
         return None
     section = root.sub("racing")
     racing = settings.read(Racing, section)

@@ -294,7 +294,7 @@ def load_sweep(path: str | Path) -> Sweep:
     train = read_train(root.sub("train"))
     eval_spec = read_eval(root.sub("eval"), base)
     early = None
-    if "early_terminate" in root.data:  # written but empty: Section says so
+    if root.has("early_terminate"):  # null: no early stop, as when left out
         et = root.sub("early_terminate")
         early = settings.read(EarlyTerminate, et)
         check_rung_prompts(et, early.rung_prompts, len(eval_spec.prompt_list))

@@ -40,7 +40,7 @@ def test_the_shipped_pareto_sweep_has_two_objectives_and_a_rule() -> None:
     ({"data.holdout": 0},
      "metric: dino_holdout needs held-out real images: set data.holdout"),
     ({"select": {"rule": "weighted", "weights": [1.0]}},
-     "select.weights: must list one number per objective (2) (got a list)"),
+     "select.weights: must list one number per objective (2) (got 1)"),
     ({"select": {"rule": "first", "weights": [1, 1]}}, "select.weights: only rule weighted"),
     ({"confirm.seed": 1234}, "confirm.seed: must differ from eval.seed (1234)"),
     ({"metric": [{"name": "clip_score"}, {"name": "clip_score"}]},

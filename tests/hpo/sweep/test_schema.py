@@ -157,9 +157,6 @@ def test_a_required_key_left_out_is_named(section: str, doc: dict, key: str,
     (("eval", "inference_steps", None), r"eval\.inference_steps: is null; give a value, or "
      r"leave the key out for its default \(25\)"),
     (("train", "max_grad_norm", None), r"train\.max_grad_norm: is null"),
-    # A written but empty section is an error, not "off".
-    ((None, "early_terminate", None), r"early_terminate: is empty \(null\)"),
-    ((None, "racing", None), r"racing: is empty \(null\)"),
     # A key in the wrong section says where it belongs.
     (("eval", "noise_offset", 0.1), r"eval\.noise_offset: unknown key \(did you mean "
      r"train\.noise_offset\?\)"),
@@ -179,5 +176,8 @@ def test_a_null_key_whose_default_is_none_means_the_default(tmp_path: Path) -> N
     doc = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text(encoding="utf-8"))
     doc["train"]["snr_gamma"] = None
     doc["eval"]["width"] = None
+    # An optional feature set to null is off, as the README's "omit: no early stop" says.
+    doc["early_terminate"] = None
     sweep = load_sweep(_write(tmp_path, doc))
     assert sweep.train.snr_gamma is None and sweep.eval.width is None
+    assert sweep.early_terminate is None
