@@ -203,9 +203,7 @@ def _bounds(s: settings.Setting) -> str:
 
 def _section_free(key: str) -> str | None:
     """Why a whole section may change between runs (its field on :class:`Sweep`), or None."""
-    fields = list(settings.declared(Sweep))
-    # metric: the objectives (keyed "metric"), not Sweep.metric (the first one's name).
-    for f, s, _ in [*(x for x in fields if x[1].key), *fields]:
+    for f, s, _ in settings.declared(Sweep):
         if (s.key or f.name) == key:
             return s.free
     return None

@@ -129,10 +129,6 @@ class Sweep:
     data: DataSpec = setting(doc="The training data", derived=True)
     train: TrainSpec = setting(doc="Fixed training settings", derived=True)
     eval: EvalSpec = setting(doc="The rung evaluation", derived=True)
-    metric: str = setting(doc="The first objective's name", derived=True,
-                          free="the first of objectives (fingerprinted as metric)")
-    goal: str = setting(doc="The first objective's goal", derived=True,
-                        free="the first of objectives (fingerprinted as metric)")
     method: str = setting(doc="The sampler", derived=True,
                           free="how trials are proposed, not what they score")
     seed: int = setting(doc="The sampler's seed", derived=True,
@@ -142,8 +138,8 @@ class Sweep:
         doc="ASHA", derived=True, free="which trials stop early, not what a rung scores")
     resources: Resources = setting(doc="What a trial asks Ray for", derived=True,
                                    free="where trials run, not what they score")
-    # Every objective (``metric`` and ``goal`` above are the first); see hpo.sweep.objectives.
-    objectives: tuple[Objective, ...] = setting((), doc="Every objective", derived=True,
+    # Every objective (``metric`` and ``goal`` are the first's); see hpo.sweep.objectives.
+    objectives: tuple[Objective, ...] = setting(doc="Every objective", derived=True,
                                                 key="metric")
     select: Select = setting(doc="The winner's rule", derived=True, factory=Select,
                              free="picks the winner from recorded scores, changing none")
@@ -161,6 +157,16 @@ class Sweep:
     racing: Racing | None = setting(None, doc="Racing at a rung", derived=True,
                                     free="which trials stop drawing early, not what a rung "
                                     "scores")
+
+    @property
+    def metric(self) -> str:
+        """The first objective's name: what ASHA and racing decide on."""
+        return self.objectives[0].name
+
+    @property
+    def goal(self) -> str:
+        """The first objective's direction."""
+        return self.objectives[0].goal
 
     @property
     def multi_objective(self) -> bool:
@@ -320,8 +326,6 @@ def load_sweep(path: str | Path) -> Sweep:
         data=read_data(root.sub("data"), base),
         train=train,
         eval=eval_spec,
-        metric=objectives[0].name,
-        goal=objectives[0].goal,
         method=method_name,
         seed=seed if seed is not None else train.seed,
         parameters=parse_parameters(root.sub("parameters")),
