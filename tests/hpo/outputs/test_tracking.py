@@ -94,6 +94,7 @@ def _settled_records(path: Path, timeout: float = 30.0) -> list:
 def _wandb_records(path: Path) -> list:
     """The protobuf records of an offline run file (LevelDB log framing: 32 KiB blocks,
     each chunk a 7-byte header of crc32, little-endian length and type 1-4)."""
+    from google.protobuf.message import DecodeError
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = path.read_bytes()
@@ -106,6 +107,8 @@ def _wandb_records(path: Path) -> list:
             continue
         length = int.from_bytes(data[pos + 4:pos + 6], "little")
         kind = data[pos + 6]
+        if pos + 7 + length > len(data):
+            break  # a chunk the service is still writing: read again later
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
@@ -113,7 +116,10 @@ def _wandb_records(path: Path) -> list:
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except DecodeError:
+                break  # the tail is mid-write (seen in CI under load); _settled_records retries
             records.append(record)
     return records
 
