@@ -15,7 +15,7 @@ from hpo import forecast
 from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
 from hpo.sweep.fidelity import StepsPlan, subset_rungs
 from hpo.sweep.spec import PreflightError, Sweep
-from hpo.verdict import preservation
+from hpo.verdict import precision, preservation
 from hpo.verdict.winner import best_trial, require_of
 from trials.api import (
     CLIP_SCORE,
@@ -53,17 +53,19 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"mixed precision {t.mixed_precision}, seed {t.seed}, max_grad_norm {t.max_grad_norm}, "
         f"snr_gamma {t.snr_gamma}, noise_offset {t.noise_offset}",
         f"  eval           {len(e.prompt_list)} prompts from {e.prompts} x "
-        f"{e.images_per_prompt} images of {e.width or d.resolution}x"
+        f"{e.images_per_prompt} image(s) of {e.width or d.resolution}x"
         f"{e.height or d.resolution}px, {e.inference_steps} steps, guidance "
-        f"{e.guidance_scale:g}, seed {e.seed}; CLIP {clip_name(e.clip_model, e.clip_pretrained)}",
+        f"{e.guidance_scale:g}, seed {e.seed}; CLIP {clip_name(e.clip_model, e.clip_pretrained)}"
+        " (the search's rungs and their baseline)",
         f"  held out       {d.holdout} training image(s) (seed {d.holdout_seed}), reference "
         f"folder {e.reference_dir}; DINOv2 {e.dino_model}" if d.holdout or e.reference_dir
         else "  held out       none (no clip_i_holdout / dino_holdout)",
         f"  objectives     {', '.join(f'{o.name} ({o.goal})' for o in sweep.objectives)}; "
         f"winner rule {sweep.select.rule}"
         + (f" {list(sweep.select.weights)}" if sweep.select.weights else ""),
-        f"  confirmation   top {sweep.confirm.top_k} on seed {sweep.confirm.seed}, "
-        f"{sweep.confirm.images_per_prompt} image(s) per prompt" if sweep.confirm.top_k
+        f"  confirmation   top {sweep.confirm.top_k} and the base model on seed "
+        f"{sweep.confirm.seed}, {sweep.confirm.images_per_prompt} image(s) per prompt, "
+        f"{sweep.confirm.inference_steps} steps" + _fidelity_note(sweep) if sweep.confirm.top_k
         else "  confirmation   off",
         *_preservation_lines(sweep),
         "  search space:",
@@ -76,8 +78,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     lines.append(f"  configurations "
                  f"{f'{grid_size:,}' if grid_size else 'infinite (continuous ranges)'}")
     if steps is not None and steps.fidelity:
-        lines.append(f"  rungs          {', '.join(map(str, steps.rungs))} (candidate step "
-                     "counts and ASHA's rungs)")
+        lines += rung_lines(sweep, steps)
     else:
         lines.append(f"  rungs          every {e.every_steps} steps: "
                      f"{', '.join(map(str, sweep.rungs(sweep.max_steps)))}")
@@ -90,11 +91,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     else:
         lines.append("  early stop     none")
     subset = subset_rungs(sweep, steps) if steps is not None else ()
-    if subset:
-        lines.append(f"  prompt subset  rung(s) {', '.join(map(str, subset))} (ASHA's alone) "
-                     f"score {sweep.early_terminate.rung_prompts} of {len(e.prompt_list)} "
-                     "prompts; every candidate step and the confirmation score all")
-    elif sweep.early_terminate and sweep.early_terminate.rung_prompts:
+    if not subset and sweep.early_terminate and sweep.early_terminate.rung_prompts:
         lines.append("  prompt subset  none: every rung compares candidate step counts "
                      "(early_terminate.rung_prompts applies where steps are a fidelity)")
     if sweep.racing is not None:
@@ -111,6 +108,39 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         "nothing was run (--dry-run)",
     ]
     return "\n".join(lines)
+
+
+def _fidelity_note(sweep: Sweep) -> str:
+    """How the confirmation's images compare with the rungs' (the search's fidelity)."""
+    c, e = sweep.confirm, sweep.eval
+    if (c.images_per_prompt, c.inference_steps) == (e.images_per_prompt, e.inference_steps):
+        return " (as the rungs)"
+    return (f" (full size; the rungs draw {e.images_per_prompt} at {e.inference_steps} steps, "
+            "a cheaper fidelity)")
+
+
+def rung_lines(sweep: Sweep, steps: StepsPlan) -> list[str]:
+    """What each rung of a fidelity plan measures, and why: a screening rung (ASHA's alone)
+    draws the brand prompts only (a subset with ``rung_prompts``), a candidate step count
+    brand and control prompts (its LoRA may be exported, so the requirement is decided there).
+    """
+    e, pres = sweep.eval, sweep.preservation
+    subset = set(subset_rungs(sweep, steps))
+    n = len(e.prompt_list)
+    budget = sweep.early_terminate.rung_prompts if sweep.early_terminate else None
+    brand = f"{min(budget or n, n)} brand prompt(s)"
+    both = f"{n} brand" + (f" + {len(pres.control_prompt_list)} control prompts"
+                           if pres.measured else " prompts")
+    screening = [str(step) for step in steps.rungs if step in subset]
+    candidates = [str(step) for step in steps.rungs if step not in subset]
+    lines = [f"  rungs          {', '.join(candidates)}: candidate step counts, {both} x "
+             f"{e.images_per_prompt} image(s) (the requirement is decided here, and the LoRA "
+             "may be exported)"]
+    if screening:
+        lines.append(f"                 {', '.join(screening)}: screening, {brand} x "
+                     f"{e.images_per_prompt} image(s), no control images (ASHA's decision "
+                     "alone; never a trial's result)")
+    return lines
 
 
 def _preservation_lines(sweep: Sweep) -> list[str]:
@@ -363,6 +393,7 @@ def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: P
         if missing:
             lines += missing_lines(missing)
     lines += forecast.summary_lines(study, trials)
+    lines += precision.lines(study)
     if best_yaml:
         lines.append(f"best config:  {best_yaml}")
         lines.append(f"best LoRA:    {study_dir / 'best_lora'}")

@@ -182,6 +182,10 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     if existing is not None and contents is not None:
         fingerprint.check_existing(existing, fidelity.apply(sweep, steps), contents)
     print(plan.describe(sweep, name, study_dir, args, steps))
+    if existing is not None:  # what the study's rungs measured so far says about their size
+        from hpo.verdict import precision
+
+        print("\n".join(precision.lines(existing)))
     return 0
 
 

@@ -246,9 +246,10 @@ class EvalSpec:
     # (trials.eval.evaluator.prompt_order), asking the orchestrator after each; None: at once.
     chunk_prompts: int | None = setting(None, doc="Racing's chunk", derived=True,
                                         free="follows racing, which is free")
-    # Prompts as a fidelity: at these rungs (ASHA's alone) only the first ``subset_prompts`` of
-    # that order are scored; every other rung scores all the prompts.
-    subset_rungs: tuple[int, ...] = setting((), doc="ASHA-only rungs", derived=True,
+    # Screening rungs (ASHA's alone, at no step the sweep may export): they draw the brand
+    # prompts only (no control images: no constraint is decided there) and are never a trial's
+    # result; with ``subset_prompts`` only the first that many of the shared order are scored.
+    subset_rungs: tuple[int, ...] = setting((), doc="ASHA-only (screening) rungs", derived=True,
                                             free="follows early_terminate, which is free")
     subset_prompts: int | None = setting(None, doc="Prompts scored at subset_rungs",
                                          derived=True,

@@ -63,6 +63,8 @@ PEAK_MEMORY_MB = "peak_memory_mb"
 DEVICE = "device"
 PRECISION = "precision"
 CACHE_HIT = "cache_hit"
+# An ASHA-only rung (hpo.sweep.fidelity): it screens for early stopping and is never a result.
+SCREENING = "screening"
 # Racing (hpo.sweep.racing): the decision that stopped the rung part-way.
 RACED = "raced"
 
@@ -96,6 +98,10 @@ class RungReport:
     prompt_indices: tuple[int, ...] | None = _metric(
         SCORE, "the places (in the held-out list) of the prompts scored, when a prompt subset "
                "or a raced rung scored fewer than all; None: every prompt")
+    screening: bool = _metric(
+        SCORE, "an ASHA-only rung (no step count the sweep may export): it feeds the early-"
+               "stopping decision alone, so it draws no control images and is never the "
+               "trial's result", default=False)
     n_images: int = _metric(SCORE, "brand images drawn and scored at this rung", default=0)
     images_drawn: int = _metric(SCORE, "images drawn at this rung, brand and control",
                                 default=0)
@@ -184,8 +190,14 @@ class RungReport:
 
     @property
     def scored_every_prompt(self) -> bool:
-        """A full rung: only these are comparable across trials (and may be the result)."""
+        """A full rung: only these are comparable across trials."""
         return not self.prompt_indices and not self.is_raced
+
+    @property
+    def may_be_result(self) -> bool:
+        """A rung whose LoRA may be the trial's result: a full rung that is no screening one
+        (its step is one the sweep may export, and its control prompts were drawn)."""
+        return self.scored_every_prompt and not self.screening
 
     def get(self, name: str) -> Any:
         """A metric by name (a sweep's objective); None for a name that is not a field."""

@@ -265,9 +265,9 @@ class StudyRecorder(tune.Callback):
         if last is not None:
             attrs.update(totals_attrs(last, self.sweep.resources))
             attrs.update(per_rung_attrs(rungs, raced))
-        # Only rungs that scored every prompt can be the trial's result (a subset's score is
-        # not comparable with a full one).
-        full = [i for i, g in enumerate(rungs) if g.report.scored_every_prompt]
+        # Only full rungs at a step the sweep may export can be the trial's result (a subset's
+        # score is not comparable with a full one; a screening rung drew no control images).
+        full = [i for i, g in enumerate(rungs) if g.report.may_be_result]
         if full:
             # The best rung by the first objective (ASHA's metric too); with several
             # objectives the trial's values are all taken at that rung.
@@ -295,7 +295,8 @@ class StudyRecorder(tune.Callback):
                 lora_path=None if lora is None else str(Path(lora)),
             )
         elif state == TrialState.COMPLETE:
-            state, reason = TrialState.FAIL, "no rung scored every prompt"
+            state, reason = TrialState.FAIL, "no rung that may be the result (every prompt " \
+                "scored, at a step the sweep may export)"
         if reason:
             attrs["fail_reason"] = reason
         if self.chaos:  # the same draw the trial made, so the soak can account for it

@@ -61,6 +61,8 @@ NOT_RECORDED: dict[str, str] = {
                 "(and a raced rung's record keeps its own)",
     r.SAMPLES: "a path in the rung's folder, which is deleted once Tune has copied it; the "
                "grid itself is an artifact of the trial (hpo.outputs.artifacts)",
+    r.SCREENING: "the sweep says which rungs screen (eval.subset_rungs, the study attr "
+                 "subset_rungs); per trial, score_per_rung has them and best_step never is one",
     r.DRIFT_PER_PROMPT: "summed up by drift and drift_stderr (hpo.verdict.preservation, "
                         "paired over the control prompts); the list would double the attrs "
                         "of a preserving trial for no reader",

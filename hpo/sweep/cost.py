@@ -165,6 +165,15 @@ def rung_images(sweep: Sweep, prompts: int | None = None) -> int:
     return (prompts + control) * sweep.eval.images_per_prompt
 
 
+def screening_images(sweep: Sweep) -> int:
+    """Images of a screening rung (ASHA's alone, ``hpo.sweep.fidelity.subset_rungs``): the
+    brand prompts only, ``early_terminate.rung_prompts`` of them when set; no control images,
+    since no constraint is decided there."""
+    prompts = len(sweep.eval.prompt_list)
+    budget = sweep.early_terminate.rung_prompts if sweep.early_terminate else None
+    return min(budget or prompts, prompts) * sweep.eval.images_per_prompt
+
+
 def racing_first_look(sweep: Sweep) -> int | None:
     """Images a trial has drawn when racing can first stop it (``min_prompts`` rounded up to a
     whole chunk, brand prompts only), or None without racing."""
@@ -180,11 +189,18 @@ def confirmation_images(sweep: Sweep) -> int:
     return (c.top_k + 1) * scored_prompts(sweep) * c.images_per_prompt if c.top_k else 0
 
 
-def passes_per_image(sweep: Sweep) -> float:
-    """UNet sample-passes of one evaluation image, counted at the training resolution."""
+def passes_per_image(sweep: Sweep, inference_steps: int | None = None) -> float:
+    """UNet sample-passes of one evaluation image, counted at the training resolution: a rung's
+    (``eval.inference_steps``), or one of ``inference_steps`` sampler steps."""
     e, side = sweep.eval, sweep.data.resolution
     guided = 2 if e.guidance_scale > 1 else 1
-    return e.inference_steps * guided * (e.width or side) * (e.height or side) / side ** 2
+    steps = inference_steps or e.inference_steps
+    return steps * guided * (e.width or side) * (e.height or side) / side ** 2
+
+
+def confirmation_passes_per_image(sweep: Sweep) -> float:
+    """UNet sample-passes of one confirmation image (its own sampler steps: full size)."""
+    return passes_per_image(sweep, sweep.confirm.inference_steps)
 
 
 @dataclass(frozen=True)
@@ -242,6 +258,9 @@ class Forecast:
     rungs: tuple[float, float | None] = (0.0, None)
     # UNet passes per training sample, preservation's included (sweep_train_passes_per_sample)
     train_passes_per_sample: float = TRAIN_PASSES_PER_SAMPLE
+    # Passes of a confirmation image (full size); None: a rung image's
+    confirmation_passes_per_image: float | None = None
+    screening_images: int = 0  # images of a screening rung (0: the sweep has none)
 
     @property
     def planned(self) -> Work:
@@ -250,9 +269,10 @@ class Forecast:
 
     def passes(self, work: Work) -> Split:
         image = self.passes_per_image
+        full = self.confirmation_passes_per_image or image
         return Split(work.steps * self.samples_per_step * self.train_passes_per_sample,
                      work.images * image, self.baseline_images * image,
-                     self.confirmation_images * image)
+                     self.confirmation_images * full)
 
 
 def _trial_lengths(sweep: Sweep, steps: StepsPlan) -> list[int]:
@@ -262,12 +282,12 @@ def _trial_lengths(sweep: Sweep, steps: StepsPlan) -> list[int]:
 
 
 def _arm(sweep: Sweep, steps: StepsPlan, trials: int, early_stop: bool,
-         raced: bool = False) -> Work:
+         raced: bool = False, count_rungs: bool = False) -> Work:
+    """One arm's work; ``count_rungs``: every rung counts one image (to count rungs)."""
     subset = subset_rungs(sweep, steps) if early_stop else ()
-    budget = sweep.early_terminate.rung_prompts if sweep.early_terminate else None
-    images: int | dict[int, int] = rung_images(sweep)
-    if subset:
-        images = {r: rung_images(sweep, budget) if r in subset else rung_images(sweep)
+    images: int | dict[int, int] = 1 if count_rungs else rung_images(sweep)
+    if subset and not count_rungs:
+        images = {r: screening_images(sweep) if r in subset else rung_images(sweep)
                   for r in {*steps.rungs, *steps.candidates}}
     lengths = _trial_lengths(sweep, steps)
     total = Work(0.0, 0.0, 0.0)
@@ -305,17 +325,18 @@ def forecast(sweep: Sweep, steps: StepsPlan, trials: int) -> Forecast:
         racing=_arm(sweep, steps, n, early_stop=True, raced=True)
         if sweep.early_terminate and sweep.racing else None,
         rungs=_rung_counts(sweep, steps, n),
-        train_passes_per_sample=sweep_train_passes_per_sample(sweep))
+        train_passes_per_sample=sweep_train_passes_per_sample(sweep),
+        confirmation_passes_per_image=confirmation_passes_per_image(sweep),
+        screening_images=screening_images(sweep) if subset_rungs(apply(sweep, steps), steps)
+        else 0)
 
 
 def _rung_counts(sweep: Sweep, steps: StepsPlan, trials: int) -> tuple[float, float | None]:
-    """Rungs scored without early stopping and with ASHA, each counted once (the image count
-    of an arm with a prompt subset is no multiple of a full rung's)."""
-    et = sweep.early_terminate
-    whole = replace(sweep, early_terminate=None if et is None else replace(et, rung_prompts=None))
-    per_rung = rung_images(sweep)
-    full = _arm(whole, steps, trials, early_stop=False).images / per_rung
-    asha = _arm(whole, steps, trials, early_stop=True).images / per_rung if et else None
+    """Rungs scored without early stopping and with ASHA, each counted once (a screening
+    rung's image count is no multiple of a full rung's)."""
+    full = _arm(sweep, steps, trials, early_stop=False, count_rungs=True).images
+    asha = _arm(sweep, steps, trials, early_stop=True, count_rungs=True).images \
+        if sweep.early_terminate else None
     return full, asha
 
 

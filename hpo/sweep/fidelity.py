@@ -115,11 +115,12 @@ def plan_steps(sweep: Sweep, steps_as: str = "auto") -> StepsPlan:
 
 
 def subset_rungs(sweep: Sweep, plan: StepsPlan) -> tuple[int, ...]:
-    """The rungs that only feed ASHA: its milestones that are no candidate step count (nor the
-    last step). With ``early_terminate.rung_prompts`` they score a subset of the prompts
-    (``hpo.sweep.racing``); every candidate is compared on all of them."""
-    if not plan.fidelity or sweep.early_terminate is None \
-            or not sweep.early_terminate.rung_prompts:
+    """The screening rungs, which only feed ASHA: its milestones that are no candidate step
+    count (nor the last step). No constraint is decided there and their LoRA is never exported,
+    so they draw the brand prompts alone (no control images); with
+    ``early_terminate.rung_prompts`` a subset of them (``hpo.sweep.racing``). Every candidate
+    step is scored in full."""
+    if not plan.fidelity or sweep.early_terminate is None:
         return ()
     top = plan.candidates[-1]
     return tuple(m for m in asha_rungs(sweep, top) if m not in plan.candidates and m != top)
@@ -127,8 +128,9 @@ def subset_rungs(sweep: Sweep, plan: StepsPlan) -> tuple[int, ...]:
 
 def apply(sweep: Sweep, plan: StepsPlan) -> Sweep:
     """The sweep a fidelity plan runs: ``max_train_steps`` fixed at the largest candidate, the
-    evaluation rungs given explicitly, and ASHA-only rungs scoring ``rung_prompts`` prompts when
-    the sweep asks for it. A dimension plan returns ``sweep`` unchanged."""
+    evaluation rungs given explicitly, and the screening rungs (:func:`subset_rungs`) drawing
+    brand prompts alone, ``rung_prompts`` of them when the sweep asks for it. A dimension plan
+    returns ``sweep`` unchanged."""
     if not plan.fidelity:
         return sweep
     params = tuple(

@@ -91,6 +91,11 @@ class Confirm:
     images_per_prompt: int | None = setting(
         None, doc="Images per prompt (default: the search's eval.images_per_prompt)",
         minimum=1)
+    # The confirmation is the full-size evaluation the winner's claims rest on; the search's
+    # rungs may draw with fewer sampler steps (eval.inference_steps), a cheaper fidelity.
+    inference_steps: int | None = setting(
+        None, doc="Sampler steps of the confirmation's images, the base model's included "
+        "(default: the search's eval.inference_steps)", minimum=1)
 
 
 def parse_objectives(root: Section) -> tuple[Objective, ...]:
@@ -133,9 +138,10 @@ def parse_select(root: Section, objectives: tuple[Objective, ...]) -> Select:
     return Select(rule, tuple(weights))
 
 
-def parse_confirm(root: Section, eval_seed: int, images_per_prompt: int) -> Confirm:
-    """``confirm``: ``top_k`` (default 3, 0 = off), ``seed`` (default ``eval.seed + 1``) and
-    ``images_per_prompt`` (default: the search's)."""
+def parse_confirm(root: Section, eval_seed: int, images_per_prompt: int,
+                  inference_steps: int) -> Confirm:
+    """``confirm``: ``top_k`` (default 3, 0 = off), ``seed`` (default ``eval.seed + 1``),
+    ``images_per_prompt`` and ``inference_steps`` (default: the search's)."""
     section = root.sub("confirm")
     confirm = settings.read(Confirm, section)
     seed = eval_seed + 1 if confirm.seed is None else confirm.seed
@@ -143,4 +149,5 @@ def parse_confirm(root: Section, eval_seed: int, images_per_prompt: int) -> Conf
         raise section.error(f"must differ from eval.seed ({eval_seed}): confirmation draws "
                             "fresh images", "seed")
     return replace(confirm, seed=seed, images_per_prompt=confirm.images_per_prompt
-                   or images_per_prompt)
+                   or images_per_prompt,
+                   inference_steps=confirm.inference_steps or inference_steps)

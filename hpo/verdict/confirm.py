@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,21 @@ ScoreJobs = Callable[[Jobs, int, int], Iterable[tuple[str, dict[str, Any]]]]
 
 
 def settings_of(sweep: Sweep) -> dict[str, int]:
+    """What a stored confirmation must have been drawn with to count: top_k, seed, images per
+    prompt, and its sampler steps where they differ from the search's rungs (a study confirmed
+    before the confirmation had steps of its own recorded none, and matches while equal)."""
     c = sweep.confirm
-    return {"top_k": c.top_k, "seed": c.seed, "images_per_prompt": c.images_per_prompt}
+    out = {"top_k": c.top_k, "seed": c.seed, "images_per_prompt": c.images_per_prompt}
+    if c.inference_steps != sweep.eval.inference_steps:
+        out["inference_steps"] = c.inference_steps
+    return out
+
+
+def full_size(sweep: Sweep, config: TrialConfig) -> TrialConfig:
+    """``config`` drawing as the confirmation does: its sampler steps (the image count and
+    seed are the scorer's arguments)."""
+    steps = sweep.confirm.inference_steps or config.eval.inference_steps
+    return replace(config, eval=replace(config.eval, inference_steps=steps))
 
 
 def pending_jobs(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path) -> Jobs:
@@ -67,12 +81,12 @@ def pending_jobs(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: 
         values.update(trial.params)
         config = sweep.trial_config(values, output_dir=study_dir / "confirm" /
                                     f"trial-{trial.number}", cache_dir=cache_dir)
-        jobs[key] = (config, trial.user_attrs.get("lora_path"))
+        jobs[key] = (full_size(sweep, config), trial.user_attrs.get("lora_path"))
     if top and missing(winner.BASELINE_KEY):
         config = sweep.trial_config(baseline_values(sweep),
                                     output_dir=study_dir / "confirm" / "baseline",
                                     cache_dir=cache_dir)
-        jobs[winner.BASELINE_KEY] = (config, None)
+        jobs[winner.BASELINE_KEY] = (full_size(sweep, config), None)
     return jobs
 
 
@@ -93,11 +107,15 @@ def confirm(sweep: Sweep, study: optuna.Study, study_dir: Path, cache_dir: Path,
             study.set_user_attr(key, {**settings, "error": "the trial recorded no LoRA path"})
             del jobs[key]
     if jobs:
-        log.info("confirming on fresh seeds (seed %d, %d image(s) per prompt): %s",
-                 settings["seed"], settings["images_per_prompt"], ", ".join(sorted(jobs)))
+        log.info("confirming on fresh seeds (seed %d, %d image(s) per prompt, %d sampler steps):"
+                 " %s", settings["seed"], settings["images_per_prompt"],
+                 sweep.confirm.inference_steps or sweep.eval.inference_steps,
+                 ", ".join(sorted(jobs)))
         for key, scores in score(jobs, settings["seed"], settings["images_per_prompt"]):
             record = {**jsonable(scores), "seed": settings["seed"],
                       "images_per_prompt": settings["images_per_prompt"]}
+            if "inference_steps" in settings:
+                record["inference_steps"] = settings["inference_steps"]
             study.set_user_attr(key, record)  # at once: a rerun after a kill keeps it
             if "error" in record:
                 log.warning("confirmation %s failed: %s", key, record["error"])

@@ -94,8 +94,8 @@ def confirmations(study: optuna.Study) -> dict[int, dict[str, Any]]:
 
 def matches(record: dict[str, Any], settings: dict[str, Any]) -> bool:
     """Whether a stored confirmation was drawn with these seeds (and so can be reused)."""
-    return record.get("seed") == settings.get("seed") and \
-        record.get("images_per_prompt") == settings.get("images_per_prompt")
+    return all(record.get(key) == settings.get(key)
+               for key in ("seed", "images_per_prompt", "inference_steps"))
 
 
 def confirmed_ranking(study: optuna.Study) -> list[FrozenTrial] | None:
@@ -181,11 +181,14 @@ def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
         "trials": [t.number for t in ranking],
         "seed": settings["seed"],
         "images_per_prompt": settings["images_per_prompt"],
+        **({"inference_steps": settings["inference_steps"]}
+           if "inference_steps" in settings else {}),
         "rule": select_rule(study).as_dict(),
         CLIP_SCORE: mine.get(CLIP_SCORE),
         CLIP_SCORE_STDERR: mine.get(CLIP_SCORE_STDERR),
         "search_clip_score": search,
-        # The winner's curse: how much the maximum over noisy search scores flattered it.
+        # The winner's curse: how much the maximum over noisy search scores flattered it (with
+        # cheaper rungs than the confirmation, the fidelity's own offset is in it too).
         "search_minus_confirmed": None if search is None or mine.get(CLIP_SCORE) is None
         else float(search) - float(mine[CLIP_SCORE]),
         "scores": {t.number: {"search": t.user_attrs.get("score_per_rung", {}).get(

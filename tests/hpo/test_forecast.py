@@ -81,24 +81,29 @@ def test_dry_run_lines_for_the_hyundai_sweep_at_a_stated_rate(tmp_path: Path) ->
     text = "\n".join(lines)
     assert lines[0].startswith("  cost           20 trials, in UNet sample-passes at 512 px: a "
                                "training sample = 6.5 (forward + backward 3, + preservation's "
-                               "remedy: prior 3, dop 4; a searched one averaged), an image = 30 "
-                               "sampler steps x 2 (guidance 7.5) = 60; 208 images a rung")
+                               "remedy: prior 3, dop 4; a searched one averaged), an image = 20 "
+                               "sampler steps x 2 (guidance 7.5) = 40; 52 images a rung")
     # training: 8,600 steps x batch 4 x (3 + the mean of prior's 3 and dop's 4) passes
-    assert "with ASHA     training 224 k, evaluation 599 k" in text  # control prompts too
+    # rungs: 1,716 images x 40 passes (rung 200 screens: 26 brand images, no control ones);
+    # the baseline at the rungs' fidelity, 52 x 40; the confirmation at full size, 4 x 52 x 4
+    # x 60
+    assert "with ASHA     training 224 k, evaluation 121 k (rungs 68.6 k, baseline 2.08 k, " \
+           "confirmation 49.9 k)" in text
     assert "8,600 steps, 43 rungs (ideal successive halving: an estimate)" in text
     assert "racing" not in text  # hyundai.yaml as shipped does not race
-    # (223,600 + 599,040 passes) / 92.8 per second = 2.46 GPU-hours, 73 % evaluation
-    assert "  time           about 2.46 GPU-hours (4.73 GPU-hours without early stopping), " \
-           "73 % of it drawing images" in text
-    # with racing and rung 200 (ASHA's alone) on 13 prompts and their 13 control twins
+    # (223,600 + 120,640 passes) / 92.8 per second = 1.03 GPU-hours, 35 % evaluation
+    assert "  time           about 1.03 GPU-hours (2.21 GPU-hours without early stopping), " \
+           "35 % of it drawing images" in text
+    # with racing and rung 200 (screening) on 13 brand prompts
     raced = replace(sweep, racing=Racing(chunk=5, min_prompts=10),
                     early_terminate=replace(sweep.early_terminate, rung_prompts=13))
     text = "\n".join(forecast.dry_run_lines(raced, None, _args(tmp_path, gpu_throughput=92.8)))
-    assert "with ASHA     training 224 k, evaluation 474 k" in text
+    assert "with ASHA     training 224 k, evaluation 110 k" in text
     assert "8,600 steps, 43 rungs (ideal successive halving: an estimate)" in text
-    assert "racing        training 224 k, evaluation 365 k" in text and "its bound" in text
-    # the time is the ASHA line's, racing's upper end: (223,600 + 473,520) / 92.8 per second
-    assert "  time           about 2.09 GPU-hours" in text
+    # a trial stopped at a milestone drew 10 brand images there (2 chunks of 5)
+    assert "racing        training 224 k, evaluation 97.3 k" in text and "its bound" in text
+    # the time is the ASHA line's, racing's upper end: (223,600 + 110,240) / 92.8 per second
+    assert "  time           about 0.999 GPU-hours" in text
 
 
 def test_the_cpu_dry_run_times_this_machine_and_writes_nothing(offline_sweep, capsys) -> None:

@@ -131,7 +131,8 @@ class Evaluator:
         every chunk but the last. Returns the scores (``per_prompt`` in held-out order); a rung
         that scored fewer than all prompts adds ``prompt_indices`` (the places scored, in
         order; every per-prompt list follows them); a raced one adds ``raced`` (the decision),
-        and draws no control images.
+        and draws no control images; neither does a screening rung (``step`` in
+        ``eval.subset_rungs``: it feeds ASHA alone), which says ``screening``.
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +173,11 @@ class Evaluator:
             return out
         if self.fidelity is not None:
             out.update(self.fidelity.score(images))
-        if self.preservation.measured:
-            control, drawn = self._control(places, out_dir)
+        screening = step is not None and step in self.config.subset_rungs
+        if screening:
+            out[report.SCREENING] = True
+        elif self.preservation.measured:
+            control, drawn = self._control(out_dir)
             out.update(control)
             drawn_images += drawn
         out[report.IMAGES_DRAWN] = drawn_images
@@ -206,23 +210,14 @@ class Evaluator:
                     return drawn, decision, None
         return drawn, None, clip_i_sum / clip_i_images if clip_i_images else None
 
-    def _control(self, places: list[int], out_dir: Path) -> tuple[dict[str, Any], int]:
-        """Control score, drift and leak on the control prompts at ``places`` (all of them when
-        the rung scored every prompt; same seeds as the base model's control images, so each
-        image has a paired twin), and the number of images drawn."""
+    def _control(self, out_dir: Path) -> tuple[dict[str, Any], int]:
+        """Control score, drift and leak on every control prompt (same seeds as the base
+        model's control images, so each image has a paired twin), and the number of images
+        drawn. Only a full rung draws them: a raced or screening rung decides no constraint."""
         pres = self.preservation
         controls, brands = list(pres.control_prompt_list), list(pres.brand_prompt_list)
-        base = self.base_control
-        if len(places) < len(self.prompts) and len(controls) == len(self.prompts):
-            per = self.config.images_per_prompt
-            controls = [controls[i] for i in places]
-            brands = [brands[i] for i in places]
-            if base is not None:  # rows [place * per, (place + 1) * per) of the base features
-                base = base[[i * per + j for i in places for j in range(per)]]
-        else:
-            places = list(range(len(controls)))
-        control_images = self._draw(controls, places)
+        control_images = self._draw(controls)
         grid_image(control_images, labels=controls).save(out_dir / preservation.CONTROL_NAME)
-        return (preservation.control_metrics(self.scorer, controls, brands, control_images, base),
+        return (preservation.control_metrics(self.scorer, controls, brands, control_images,
+                                             self.base_control),
                 sum(len(group) for group in control_images))
-

@@ -68,8 +68,9 @@ class TrialResult:
 
     @property
     def best(self) -> RungReport | None:
-        """The best rung that scored every prompt (a prompt subset is not comparable)."""
-        return max((r for r in self.rungs if r.scored_every_prompt),
+        """The best rung that may be the result (:attr:`RungReport.may_be_result`: a prompt
+        subset is not comparable, a screening rung's step is not one to export)."""
+        return max((r for r in self.rungs if r.may_be_result),
                    key=lambda r: r.clip_score, default=None)
 
 

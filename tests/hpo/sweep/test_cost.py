@@ -25,10 +25,14 @@ def _sweep(tmp_path: Path, **changes):
 
 def test_image_counts_and_passes_come_from_the_eval_settings(tmp_path: Path) -> None:
     demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
-    # 48 held-out prompts and their 48 control prompts (preservation), 2 images each
-    assert cost.rung_images(demo) == (48 + 48) * 2
+    # 48 held-out prompts and their 48 control prompts (preservation), 1 image each at a rung
+    assert cost.rung_images(demo) == (48 + 48) * 1
+    assert cost.screening_images(demo) == 48  # ASHA's own rung: brand prompts alone
     assert cost.passes_per_image(demo) == 4 * 2  # guidance 5: the UNet runs twice a step
     assert cost.confirmation_images(demo) == (3 + 1) * 96 * 4  # top 3 and the base, 4 each
+    steps = _sweep(tmp_path, **{"confirm.inference_steps": 10})
+    assert cost.confirmation_passes_per_image(steps) == 10 * 2  # the full size's own steps
+    assert cost.confirmation_passes_per_image(demo) == cost.passes_per_image(demo)
     plain = _sweep(tmp_path, **{"eval.guidance_scale": 1.0, "eval.width": 64,
                                 "eval.height": 32, "confirm.top_k": 0})
     assert cost.passes_per_image(plain) == 4 * 2  # no guidance, but twice the pixels of 32x32
@@ -38,16 +42,19 @@ def test_image_counts_and_passes_come_from_the_eval_settings(tmp_path: Path) -> 
 def test_the_demo_forecast_is_ideal_halving_against_every_trial_to_60_steps() -> None:
     demo = load_sweep(REPO / "sweeps" / "tiny.yaml")
     f = cost.forecast(demo, plan_steps(demo), trials=20)
-    # 10 trials stop at 15 (1 rung), 5 at 30 (2 rungs), 5 train to 60 (rungs 15/30/45/60)
-    assert f.asha == cost.Work(10 * 15 + 5 * 30 + 5 * 60, (10 + 10 + 20) * 192, 20)
+    # 10 trials stop at 15 (1 rung), 5 at 30 (2 rungs), 5 train to 60 (rungs 15/30/45/60);
+    # rung 15 screens for ASHA: 48 brand images, no control ones; the others draw 96
+    assert f.asha == cost.Work(10 * 15 + 5 * 30 + 5 * 60,
+                               10 * 48 + 5 * (48 + 96) + 5 * (48 + 3 * 96), 20)
+    assert f.rungs == (60, 40) and f.screening_images == 48
     # without ASHA, steps stay a fidelity: every trial to 60, scored at 30, 45 and 60 only
-    assert f.full == cost.Work(20 * 60, 20 * 3 * 192, 20)
+    assert f.full == cost.Work(20 * 60, 20 * 3 * 96, 20)
     assert f.planned == f.asha and f.racing is None
     passes = f.passes(f.planned)
     # batch 2 x accumulation 1; 3 passes a sample, + the mean of prior's 3 and dop's 4
     assert passes.training == 600 * 2 * 6.5
-    assert passes.rungs == 40 * 192 * 8
-    assert passes.baseline == 192 * 8 and passes.confirmation == 4 * 384 * 8
+    assert passes.rungs == f.asha.images * 8
+    assert passes.baseline == 96 * 8 and passes.confirmation == 4 * 384 * 8
     assert passes.eval_share == pytest.approx(passes.evaluation / (passes.evaluation + 7800))
 
 
@@ -57,19 +64,32 @@ def test_hyundai_forecast_counts_its_milestone_rungs() -> None:
     # milestones 200, 400, 800: 10 stop at 200, 5 at 400, 2 at 800 (ceil(20/8) = 3 go on)
     assert f.asha.steps == 10 * 200 + 5 * 400 + 2 * 800 + 3 * 1000
     assert f.rungs[1] == 10 * 1 + 5 * 2 + 2 * 4 + 3 * 5
-    assert f.asha.images / f.images_per_rung == f.rungs[1]
+    # rung 200 is ASHA's alone (screening): 26 brand images; every other rung 26 + 26 control;
+    # 20 trials at 200, 10 at 400, 5 at 600 and 800, 3 at 1000
+    assert f.asha.images == 20 * 26 + 10 * 52 + 5 * 2 * 52 + 3 * 52
     p = f.passes(f.asha)
-    assert f.passes_per_image == 60 and f.images_per_rung == (26 + 26) * 4  # with control
+    assert f.passes_per_image == 20 * 2 and f.images_per_rung == (26 + 26) * 1  # with control
+    assert f.confirmation_passes_per_image == 30 * 2  # the confirmation at full size
     assert p.training == 8600 * 4 * 6.5  # searched prior / dop: 3 + (3 + 4) / 2 a sample
-    assert p.eval_share == pytest.approx(0.728, abs=0.001)  # control prompts double the images
-    # rung 200 is ASHA's alone: with rung_prompts 13 it draws 13 of the 26 prompts and their
-    # 13 control twins; every other rung draws all 208 images; the rungs count the same
-    subset = (13 + 13) * 4
+    assert p.confirmation == 4 * 52 * 4 * 60
+    # with rung_prompts 13 the screening rung draws 13 of the 26; the rungs count the same
     half = replace(sweep, early_terminate=replace(sweep.early_terminate, rung_prompts=13))
     g = cost.forecast(half, plan_steps(half), trials=20)
-    # 20 trials at 200, 10 at 400, 5 at 600 and 800, 3 at 1000
-    assert g.asha.images == 20 * subset + 10 * 208 + 5 * 2 * 208 + 3 * 208
+    assert g.asha.images == 20 * 13 + 10 * 52 + 5 * 2 * 52 + 3 * 52
     assert g.rungs == f.rungs
+
+
+def test_the_shipped_sweeps_draw_within_issue_30s_budget() -> None:
+    """Counts, not seconds: the forecast of 20 trials with ASHA against the figures measured
+    before the rungs became a cheap fidelity (hyundai.yaml 823 k passes, 73 % drawing;
+    tiny.yaml 83.1 k)."""
+    hyundai = load_sweep(REPO / "sweeps" / "hyundai.yaml")
+    f = cost.forecast(hyundai, plan_steps(hyundai), trials=20)
+    p = f.passes(f.asha)
+    assert p.eval_share <= 0.40 and p.total <= 0.50 * 823e3
+    tiny = load_sweep(REPO / "sweeps" / "tiny.yaml")
+    g = cost.forecast(tiny, plan_steps(tiny), trials=20)
+    assert g.passes(g.asha).total <= 0.60 * 83.1e3
 
 
 def test_steps_as_a_dimension_average_over_the_candidates(tmp_path: Path) -> None:
@@ -77,12 +97,14 @@ def test_steps_as_a_dimension_average_over_the_candidates(tmp_path: Path) -> Non
     steps = plan_steps(sweep)
     assert not steps.fidelity
     f = cost.forecast(sweep, steps, trials=4)
-    # 30, 45 or 60 steps, scored every 15: 2, 3 or 4 rungs
-    assert f.full == cost.Work(4 * 45, 4 * 3 * 96, 4)
+    # 30, 45 or 60 steps, scored every 15: 2, 3 or 4 rungs; no rung screens (every rung's
+    # step is the trial's own to export)
+    per = cost.rung_images(sweep)
+    assert f.full == cost.Work(4 * 45, 4 * 3 * per, 4)
     # halving of 4 at 15 and 30: 2 stop at 15, 1 at 30 (if the trial is longer), 1 goes on
-    by_length = [cost.ideal_asha(4, [15], 30, [15, 30], 96, 2),
-                 cost.ideal_asha(4, [15, 30], 45, [15, 30, 45], 96, 2),
-                 cost.ideal_asha(4, [15, 30], 60, [15, 30, 45, 60], 96, 2)]
+    by_length = [cost.ideal_asha(4, [15], 30, [15, 30], per, 2),
+                 cost.ideal_asha(4, [15, 30], 45, [15, 30, 45], per, 2),
+                 cost.ideal_asha(4, [15, 30], 60, [15, 30, 45, 60], per, 2)]
     assert f.asha == (by_length[0] + by_length[1] + by_length[2]).scaled(1 / 3)
 
 
@@ -135,13 +157,13 @@ def test_prompt_subsets_and_racing_bound_the_forecast(tmp_path: Path) -> None:
     raced = replace(demo, racing=Racing(chunk=8, min_prompts=12),
                     early_terminate=replace(demo.early_terminate, rung_prompts=16))
     f = cost.forecast(raced, plan_steps(raced), trials=20)
-    # rung 15 is ASHA's alone: 16 prompts and their 16 control twins, 2 images each
-    subset, full = (16 + 16) * 2, 192
+    # rung 15 is ASHA's alone (screening): 16 brand prompts, 1 image each, no control images
+    subset, full = 16 * 1, 96
     assert f.asha == cost.Work(600, 10 * subset + 5 * (subset + full)
                                + 5 * (subset + 3 * full), 20)
     # racing's bound: a trial ASHA stops at 15 or 30 drew 16 brand prompts there (12 rounded
-    # up to whole chunks of 8), 2 images each, and no control images
-    first_look = 16 * 2
+    # up to whole chunks of 8), 1 image each, and no control images
+    first_look = 16 * 1
     assert cost.racing_first_look(raced) == first_look
     assert f.racing == cost.Work(600, 10 * first_look + 5 * (subset + first_look)
                                  + 5 * (subset + 3 * full), 20)

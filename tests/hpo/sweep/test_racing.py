@@ -44,9 +44,10 @@ def test_asha_only_rungs_score_the_subset_every_candidate_scores_all(tmp_path) -
     for step in plan.rungs:
         expected = 6 if step in only_asha else n
         assert run.eval.prompt_budget(step) == min(expected, n)
-    # without rung_prompts every rung scores every prompt
+    # without rung_prompts every rung scores every prompt; rung 4 still screens (no control)
     full = fidelity.apply(_sweep(tmp_path / "full", racing={"min_prompts": 4}), plan)
-    assert full.eval.subset_rungs == () and full.eval.subset_prompts is None
+    assert full.eval.subset_rungs == tuple(only_asha) and full.eval.subset_prompts is None
+    assert all(full.eval.prompt_budget(step) == n for step in plan.rungs)
 
 
 def test_steps_as_a_dimension_score_every_prompt_at_every_rung(tmp_path) -> None:

@@ -85,19 +85,24 @@ def test_a_raced_rung_stops_drawing_and_says_what_it_scored(evaluator, tmp_path)
     assert "control_per_prompt" not in out  # a raced rung draws no control images
 
 
-def test_an_asha_only_rung_scores_its_prompt_subset(evaluator, tmp_path) -> None:
+def test_an_asha_only_rung_screens_its_prompt_subset_without_control_images(
+        evaluator, tmp_path) -> None:
     whole = evaluator().score(tmp_path / "whole")
     ev = evaluator(subset_rungs=(3,), subset_prompts=4)
     out = ev.score(tmp_path / "subset", step=3)
     places = sorted(prompt_order(len(PROMPTS), 1234)[:4])
     assert out["prompt_indices"] == places and "raced" not in out
-    assert out["images_drawn"] == 4 * 2 * 2  # 4 prompts and their 4 control twins, 2 images
+    # a screening rung feeds ASHA alone: brand prompts only, 2 images each, no control images
+    assert out["screening"] is True and out["images_drawn"] == 4 * 2
+    assert "control_per_prompt" not in out and "drift" not in out
     assert out["per_prompt"] == pytest.approx([whole["per_prompt"][i] for i in places],
                                               abs=1e-3)
-    # control prompts on the same subset, paired with the base model's twins of those prompts
-    assert out["control_per_prompt"] == pytest.approx(
-        [whole["control_per_prompt"][i] for i in places], abs=1e-3)
-    assert out["drift_per_prompt"] == pytest.approx(
-        [whole["drift_per_prompt"][i] for i in places], abs=1e-3)
-    # any other rung scores all of them
-    assert "prompt_indices" not in ev.score(tmp_path / "full", step=6)
+    # without a prompt budget it screens on every brand prompt, still without control images
+    every = evaluator(subset_rungs=(3,)).score(tmp_path / "every", step=3)
+    assert every["screening"] is True and "prompt_indices" not in every
+    assert every["images_drawn"] == len(PROMPTS) * 2 and "control_per_prompt" not in every
+    assert every["per_prompt"] == pytest.approx(whole["per_prompt"], abs=1e-3)
+    # any other rung scores all of them, control prompts included
+    other = ev.score(tmp_path / "full", step=6)
+    assert "prompt_indices" not in other and "screening" not in other
+    assert other["control_per_prompt"] == pytest.approx(whole["control_per_prompt"], abs=1e-3)
