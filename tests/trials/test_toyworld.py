@@ -80,7 +80,10 @@ def test_manifest_records_every_committed_file_by_size_and_sha256() -> None:
 def test_plain_from_pretrained_runs_on_cpu() -> None:
     """Every component is stored in one dtype (fp32): diffusers' own loader needs no dtype."""
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
 
+    for weights in SD_DIR.rglob("*.safetensors"):  # stored so, not cast while loading
+        assert {t.dtype for t in load_file(weights).values()} == {torch.float32}, weights
     pipe = StableDiffusionPipeline.from_pretrained(str(SD_DIR))
     for name in ("unet", "vae", "text_encoder"):
         assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.float32}, name
@@ -138,3 +141,11 @@ def test_quick_build_writes_a_loadable_world(tmp_path: Path) -> None:
     assert set(manifest["checks"]) == {"colour", "colour_at_demo_steps", "brand_scorer"}
     assert (out / "samples.png").is_file()
     check_model_source(str(out / "sd"))
+    assert manifest["files_sha256"] == file_checksums(out)
+    # One dtype throughout (fp32), so diffusers' plain loader needs no torch_dtype on a CPU.
+    te_config = json.loads((out / "sd" / "text_encoder" / "config.json").read_text())
+    assert te_config["dtype"] == "float32"
+    from safetensors.torch import load_file
+
+    for weights in (out / "sd").rglob("*.safetensors"):
+        assert {t.dtype for t in load_file(weights).values()} == {torch.float32}, weights
