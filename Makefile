@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup system-deps clean
+.PHONY: demo test lint docs setup system-deps clean
 
 setup: $(STAMP)
 
@@ -22,12 +22,18 @@ demo: $(STAMP)
 system-deps:
 	bash .ci/system-deps.sh
 
+# The docs build is not --quiet: that hides the warnings --strict fails on, and it passes.
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(PY) -m pytest
+
+# The docs site under site/ (mkdocs.yml); `$(VENV)/bin/mkdocs serve` to browse it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache

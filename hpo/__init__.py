@@ -13,7 +13,8 @@ of data, model and scorer, and ``TrialError``, the base of every error a trial r
 - the front: :mod:`hpo.run` (``python -m hpo.run``), :mod:`hpo.plan` (dry run, pre-flight
   checks, closing summary) and :mod:`hpo.forecast` (the cost before the sweep and as measured,
   for both); ``hpo.dashboard``, ``hpo.report`` and ``hpo.cluster`` are the
-  other commands, each a few lines over its wing.
+  other commands, each a few lines over its wing; :mod:`hpo.scripts` holds the installed
+  commands' entry points that are more than a module's ``main``.
 
 ``tests/test_architecture.py`` checks these rules.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("trials", "hpo", "benchmarks")
+PACKAGES = ("trials", "hpo", "benchmarks", "tools")
 
 # Bottom to top. A module's layer is the first entry that is it or a package above it;
 # ``trials.toyworld`` alone is the toy world's paths, its submodules are its builders (top).
@@ -30,8 +30,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hpo.verdict",),
     ("hpo.dispatch",),
     ("hpo.outputs",),
-    ("hpo", "hpo.plan", "hpo.run", "hpo.dashboard", "hpo.report", "hpo.cluster"),
+    ("hpo", "hpo.plan", "hpo.run", "hpo.dashboard", "hpo.report", "hpo.cluster", "hpo.scripts"),
     ("benchmarks",),
+    ("tools",),  # developer tools that write into a checkout (docs/cli.md); not in the wheel
 )
 
 

@@ -1,7 +1,8 @@
-"""The README's code that a reader copies runs as written (issue 23: its diffusers snippet failed
+"""The code a reader copies runs as written (issue 23: the README's diffusers snippet failed
 on the shipped toy world on a CPU with "mat1 and mat2 must have the same dtype").
 
-The snippet is read from README.md, so the test follows the README and keeps it true.
+The snippet is read from README.md and from the docs page that holds it (docs/outputs.md), so
+the test follows both and keeps them true.
 """
 
 from __future__ import annotations
@@ -13,28 +14,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def readme_snippet(after: str) -> str:
-    """The first ```python block after the line ``after`` in README.md."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def readme_snippet(after: str, page: str = "README.md") -> str:
+    """The first ```python block after the line ``after`` in ``page`` (under the repo)."""
+    text = (REPO / page).read_text(encoding="utf-8")
     start = text.index(after)
     match = re.search(r"```python\n(.*?)```", text[start:], flags=re.DOTALL)
-    assert match, f"no python block after {after!r} in README.md"
+    assert match, f"no python block after {after!r} in {page}"
     return match.group(1)
 
 
-def test_the_diffusers_snippet_loads_the_winner_and_draws(tmp_path: Path) -> None:
+@pytest.mark.parametrize("page", ["README.md", "docs/outputs.md"])
+def test_the_diffusers_snippet_loads_the_winner_and_draws(tmp_path: Path, page: str) -> None:
     from diffusers import UNet2DConditionModel
 
     from trials.models.lora import attach_lora, save_lora
     from trials.parameters import HyperParams
     from trials.toyworld import SD_DIR
 
-    code = readme_snippet("Load the winner in diffusers")
+    code = readme_snippet("Load the winner in diffusers", page)
     assert '"trials/toyworld/weights/sd"' in code and '"runs/tiny-demo/best_lora"' in code
     # The paths the snippet names, as after `make demo` in a checkout: the committed toy world
     # (linked, never written) and a LoRA in the demo's output folder.

@@ -28,6 +28,7 @@ from trials.toyworld import (
     TOYWORLD,
     WEIGHTS_DIR,
 )
+from trials.toyworld.build import file_checksums
 from trials.toyworld.checks import brand_check, colour_prompts, zero_shot_colour
 from trials.toyworld.world import draw_world
 
@@ -67,11 +68,36 @@ def test_committed_weights_are_small_and_recorded() -> None:
         assert manifest["versions"][name]
 
 
+def test_manifest_records_every_committed_file_by_size_and_sha256() -> None:
+    manifest = json.loads(MANIFEST_FILE.read_text())
+    files = {str(p.relative_to(WEIGHTS_DIR)): p.stat().st_size
+             for p in WEIGHTS_DIR.rglob("*") if p.is_file() and p != MANIFEST_FILE}
+    assert manifest["files_bytes"] == files
+    assert manifest["total_bytes"] == sum(files.values())
+    assert manifest["files_sha256"] == file_checksums(WEIGHTS_DIR)
+
+
+def test_plain_from_pretrained_runs_on_cpu() -> None:
+    """Every component is stored in one dtype (fp32): diffusers' own loader needs no dtype."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    for weights in SD_DIR.rglob("*.safetensors"):  # stored so, not cast while loading
+        assert {t.dtype for t in load_file(weights).values()} == {torch.float32}, weights
+    pipe = StableDiffusionPipeline.from_pretrained(str(SD_DIR))
+    for name in ("unet", "vae", "text_encoder"):
+        assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.float32}, name
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red Hyundai sedan", num_inference_steps=2, height=RESOLUTION, width=RESOLUTION,
+               generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, RESOLUTION, RESOLUTION, 3)
+    assert np.isfinite(out.images).all()
+
+
 def test_toyworld_name_resolves_to_the_committed_diffusers_folder(tmp_path: Path) -> None:
     assert resolve_model_path(TOYWORLD, tmp_path) == str(SD_DIR)
     check_model_source(str(SD_DIR))  # raises on a missing subfolder
     components = load_components(TOYWORLD, cache_dir=tmp_path)
-    # Stored in fp16 to keep the repo small; loading casts to the requested dtype.
     assert {p.dtype for p in components.unet.parameters()} == {torch.float32}
     assert components.vae.config.scaling_factor > 0
     ids = components.tokenizer("a red Hyundai sedan").input_ids
@@ -115,3 +141,11 @@ def test_quick_build_writes_a_loadable_world(tmp_path: Path) -> None:
     assert set(manifest["checks"]) == {"colour", "colour_at_demo_steps", "brand_scorer"}
     assert (out / "samples.png").is_file()
     check_model_source(str(out / "sd"))
+    assert manifest["files_sha256"] == file_checksums(out)
+    # One dtype throughout (fp32), so diffusers' plain loader needs no torch_dtype on a CPU.
+    te_config = json.loads((out / "sd" / "text_encoder" / "config.json").read_text())
+    assert te_config["dtype"] == "float32"
+    from safetensors.torch import load_file
+
+    for weights in (out / "sd").rglob("*.safetensors"):
+        assert {t.dtype for t in load_file(weights).values()} == {torch.float32}, weights

@@ -4,10 +4,12 @@
 committed ``trials/toyworld/weights/``):
 
 - ``sd/``: a diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, scheduler),
-  weights stored in fp16 to keep the repo small (loading casts to the requested dtype);
+  every component stored in fp32, so a plain ``StableDiffusionPipeline.from_pretrained(folder)``
+  runs on CPU (a mix of fp16 and fp32 fails there: "mat1 and mat2 must have the same dtype");
 - ``clip/``: the open_clip config and weights of the scorer;
 - ``samples.png``: base-model images for the colour check's prompts;
-- ``manifest.json``: command, seeds, steps, library versions, final losses, check results.
+- ``manifest.json``: command, seeds, steps, library versions, final losses, check results, and
+  each file's size and SHA-256.
 
 The scorer trains in a second process while the VAE trains in this one, one thread each: on 2
 cores two single-threaded processes beat one two-threaded process, whose OpenMP threads spin
@@ -18,6 +20,7 @@ the scorer's process has ended.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -96,7 +99,7 @@ def _train_sd(out: Path, s: BuildSettings, before_unet=lambda: None) -> dict[str
         mean, std, vae.config.scaling_factor, world.captions, tokenizer, s.unet_steps,
         s.unet_batch_size, s.unet_lr, s.seed + 2)
     pipe = StableDiffusionPipeline(
-        vae=vae.half(), text_encoder=text_encoder.half(), tokenizer=tokenizer, unet=unet.half(),
+        vae=vae.float(), text_encoder=text_encoder.float(), tokenizer=tokenizer, unet=unet.float(),
         scheduler=DDPMScheduler(**SD15_SCHEDULER_CONFIG), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out / "sd", safe_serialization=True)
@@ -112,9 +115,19 @@ def _versions() -> dict[str, str]:
     return {n: version(n) for n in names} | {"python": platform.python_version()}
 
 
+def _files(folder: Path) -> list[Path]:
+    """The files of a build, manifest.json excepted (it records the others)."""
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"]
+
+
 def _sizes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.stat().st_size for p in _files(folder)}
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a build (manifest.json excepted), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in _files(folder)}
 
 
 def build(out: Path, s: BuildSettings, command: str) -> dict[str, object]:
@@ -158,6 +171,7 @@ def build(out: Path, s: BuildSettings, command: str) -> dict[str, object]:
         }
         manifest["files_bytes"] = _sizes(tmp)
         manifest["total_bytes"] = sum(manifest["files_bytes"].values())
+        manifest["files_sha256"] = file_checksums(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
