@@ -12,7 +12,8 @@ Issue 30's measurement on the toy world, in two parts:
    of the confirmation (same fresh seeds in both arms), "as good" when the cheap arm's winner is
    not significantly worse (paired t-test, p >= 0.05, or better).
 2. **Rank agreement with an independent reference**: every rung LoRA of the full arm's studies
-   (its Ray checkpoints) is scored again on brand prompts by each evaluation in
+   (its Ray checkpoints; a fixed random sample of :data:`MAX_LORAS` of them) is scored again
+   on brand prompts by each evaluation in
    :data:`VARIANTS` and by the reference (:data:`REFERENCE`: seeds no rung uses, 4 images per
    prompt, full sampler steps). Per study: Spearman's rank correlation over its rung LoRAs
    between each evaluation and the reference, and the top-3 overlap. The full evaluation's
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -66,6 +68,9 @@ ARMS = {"full": FULL, "cheap": CHEAP}
 VARIANTS = {"cheap": (1, 4)}
 REFERENCE = {"images_per_prompt": 4, "inference_steps": 4, "seed": 20_000}
 TOP = 3
+# Rung LoRAs scored per study (a fixed random sample when a study has more): the reference draws
+# 192 images a LoRA, about 7 s on an idle 2-core machine.
+MAX_LORAS = 30
 BEGIN, END = "<!-- cheap-rungs:begin -->", "<!-- cheap-rungs:end -->"
 
 
@@ -155,6 +160,9 @@ def rank_study(row: dict[str, Any]) -> dict[str, Any]:
         return json.loads((folder / "ranks.json").read_text())
     sweep_file = folder / "sweep.yaml"
     loras = rung_loras(folder / "runs" / NAME)
+    if len(loras) > MAX_LORAS:
+        loras = [loras[i] for i in sorted(random.Random(row["seed"]).sample(range(len(loras)),
+                                                                           MAX_LORAS))]
     paths = [x["lora"] for x in loras]
     started = time.perf_counter()
     reference = score_loras(sweep_file, paths, REFERENCE["images_per_prompt"],

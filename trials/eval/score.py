@@ -51,8 +51,10 @@ TINY_CLIP_CONFIG: dict[str, object] = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
-# Used only when a tiny scorer is asked for without a cache_dir; git-ignored.
-_DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache"
+# Used only when a tiny scorer is asked for without a cache_dir: the user's cache folder (XDG),
+# not one beside the package, which an installed wheel puts inside site-packages' parent.
+_DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+    / "sd-lora-sweep"
 
 
 @dataclass(frozen=True)
