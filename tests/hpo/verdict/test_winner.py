@@ -76,6 +76,42 @@ def test_an_incomplete_or_stale_confirmation_is_not_used() -> None:
     assert winner.pick(study).number == 1
 
 
+def test_a_confirmation_drawn_at_other_sampler_steps_is_not_used() -> None:
+    study = make_study({0: 20.0, 1: 23.0})
+    confirm(study, {0: [30.0, 30.0], 1: [1.0, 1.0]}, top_k=2)
+    assert winner.pick(study).number == 0
+    # the confirmation now draws at 30 steps (confirm.inference_steps): records without them
+    # were drawn at the rungs' steps and do not count
+    study.set_user_attr(winner.SETTINGS_KEY, {"top_k": 2, "seed": 7, "images_per_prompt": 2,
+                                              "inference_steps": 30})
+    assert winner.pick(study).number == 1 and winner.confirmation_summary(study) is None
+    for number in (0, 1):
+        record = dict(study.user_attrs[winner.trial_key(number)], inference_steps=30)
+        study.set_user_attr(winner.trial_key(number), record)
+    assert winner.pick(study).number == 0
+    assert winner.confirmation_summary(study)["inference_steps"] == 30
+
+
+def test_the_confirmation_jobs_draw_at_the_confirmations_own_steps(tmp_path) -> None:
+    from dataclasses import replace
+
+    from hpo.sweep.spec import load_sweep
+    from hpo.verdict import confirm as confirmation
+    from tests.sweep_files import REPO
+
+    hyundai = load_sweep(REPO / "sweeps" / "hyundai.yaml")
+    assert confirmation.settings_of(hyundai)["inference_steps"] == 30
+    config = hyundai.trial_config({p.name: p.value for p in hyundai.parameters if p.is_fixed}
+                                  | {"rank": 4, "learning_rate": 1e-4, "max_train_steps": 400,
+                                     "target_modules": "attn", "preservation": "dop",
+                                     "preservation_weight": 1.0},
+                                  output_dir=tmp_path, cache_dir=tmp_path)
+    assert config.eval.inference_steps == 20  # a rung's
+    assert confirmation.full_size(hyundai, config).eval.inference_steps == 30
+    same = replace(hyundai, confirm=replace(hyundai.confirm, inference_steps=20))
+    assert "inference_steps" not in confirmation.settings_of(same)  # as recorded before
+
+
 def test_with_two_objectives_candidates_are_the_pareto_front() -> None:
     study = optuna.create_study(directions=["maximize", "maximize"])
     study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"},
