@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -32,8 +33,9 @@ log = logging.getLogger("hpo")
 
 
 def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
-             steps: StepsPlan | None = None) -> str:
-    """The resolved sweep, as ``--dry-run`` prints it."""
+             steps: StepsPlan | None = None, measured: Sequence[str] = ()) -> str:
+    """The resolved sweep, as ``--dry-run`` prints it; ``measured``: lines on what the study
+    measured so far (:func:`hpo.verdict.precision.lines`), after the forecast."""
     d, t, e, r = sweep.data, sweep.train, sweep.eval, sweep.resources
     lines = [
         f"sweep {sweep.source}",
@@ -102,6 +104,7 @@ def describe(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
         f"retries {r.max_retries}",
         f"  trials         {args.trials} finished trials in total, counting earlier runs",
         *forecast.dry_run_lines(sweep, steps, args),
+        *measured,
         f"  cluster        {args.address or 'a local Ray on this machine'}",
         f"  outputs        {study_dir}/ (optuna.db, best.yaml, best_lora/, trials.csv, ray/)",
         f"  storage        {redact(args.storage or default_storage_url(study_dir))}",

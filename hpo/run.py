@@ -181,15 +181,14 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
             existing = optuna.load_study(study_name=name, storage=storage)
     if existing is not None and contents is not None:
         fingerprint.check_existing(existing, fidelity.apply(sweep, steps), contents)
-    print(plan.describe(sweep, name, study_dir, args, steps))
     from hpo.verdict import precision
 
     # what the study's rungs measured so far says about their size
     measured = precision.lines(existing) if existing is not None else []
-    print("\n".join(measured) if measured else
-          "  rung precision measured from the study's per-prompt spread once trials and a "
-          "confirmation are scored: prompts and images a rung needs (the summary and a dry run "
-          "of the study print it)")
+    print(plan.describe(sweep, name, study_dir, args, steps, measured or [
+        "  rung precision measured from the study's per-prompt spread once trials and a "
+        "confirmation are scored: prompts and images a rung needs (the summary and a dry run "
+        "of the study print it)"]))
     return 0
 
 
