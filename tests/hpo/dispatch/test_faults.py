@@ -35,6 +35,20 @@ def test_chaos_draws_are_per_trial_and_reproducible() -> None:
     assert parse_chaos(None).fault_for("x", 5) is None
 
 
+def test_a_crash_draws_its_moment_unless_the_spec_fixes_it() -> None:
+    # Issue 31: crash=RATE strikes once at a random step and moment (mid-step, mid-checkpoint,
+    # after a rung); crash@rung:5 always just after the first rung at or after step 5.
+    draws = [parse_chaos("crash=1.0").fault_for(f"t{i}", 20) for i in range(60)]
+    assert {d["at"] for d in draws} == {"step", "checkpoint", "rung"}
+    assert parse_chaos("crash@rung:5=1.0").fault_for("t", 20) == \
+        {"kind": "crash", "step": 5, "at": "rung"}
+    # The kinds before issue 31 draw as they did: no moment, the same steps.
+    assert parse_chaos("kill=1.0", seed=3).fault_for("t", 20) == {"kind": "kill", "step": 11}
+    for bad in ("nan@rung=1", "crash@soon=1", "crash@rung:x=1"):
+        with pytest.raises(ValueError, match="KIND"):
+            parse_chaos(bad)
+
+
 def test_killed_trials_are_retried_then_fail_and_the_sweep_finishes(ray_cluster,
                                                                     tmp_path) -> None:
     sweep = write_sweep(tmp_path, name="killed-trials", early_terminate=None,
