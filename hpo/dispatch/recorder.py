@@ -141,6 +141,7 @@ class StudyRecorder(tune.Callback):
             ot_trial = self.searcher.optuna_trial(trial.trial_id)
             step = int(result[RESUMED_FROM_STEP])
             ot_trial.set_user_attr(RESUMED_FROM_STEP, step)
+            self._note_node(trial.trial_id, ot_trial, result.get(NODE_ID))
             self._tell("trial_resumed", ot_trial, step)
             return
         if RACED in result and STEP in result:  # racing stopped this rung part-way
@@ -170,10 +171,12 @@ class StudyRecorder(tune.Callback):
                 preservation.is_feasible(rung.get("constraints")) is True
             self.referee.record.remote(rung.step, ot_trial.number, list(report.per_prompt),
                                        _listed(report.prompt_indices), usable)
-        node = rung.node_id
-        if node and self.nodes.get(trial.trial_id) != node:
+        self._note_node(trial.trial_id, ot_trial, rung.node_id)
+
+    def _note_node(self, trial_id: str, ot_trial: optuna.Trial, node: str | None) -> None:
+        if node and self.nodes.get(trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
-            self.nodes[trial.trial_id] = node
+            self.nodes[trial_id] = node
             ot_trial.set_user_attr(NODE_ID, node)
 
     @_held

@@ -160,7 +160,8 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
             resume_from = None if folder is None else Path(folder)
             step = None if resume_from is None else resume_step(resume_from)
             if step is not None:
-                tune.report({RESUMED_FROM_STEP: step})
+                tune.report({RESUMED_FROM_STEP: step,
+                             NODE_ID: ray.get_runtime_context().get_node_id()})
             run_trial(trial_config, report, race, resume_from)
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",

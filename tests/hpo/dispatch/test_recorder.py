@@ -64,7 +64,9 @@ def test_a_resumed_retry_keeps_the_rungs_of_the_attempt_that_died_each_once(tmp_
         recorder.on_checkpoint(0, [], first, SimpleNamespace(path=str(tmp_path / f"c{step}")))
     recorder.on_trial_recover(0, [], ray_trial(failures=1))
     retry = ray_trial(failures=1)
-    recorder.on_trial_result(0, [], retry, {"resumed_from_step": 8, "training_iteration": 3})
+    recorder.on_trial_result(0, [], retry, {"resumed_from_step": 8, "node_id": "n2",
+                                            "training_iteration": 3})
+    assert study.trials[0].user_attrs["node_id"] == "n2"  # where the retry runs, said at once
     last = rung(12, 2.0, steps=12)
     recorder.on_trial_result(0, [], retry, last)
     recorder.on_checkpoint(0, [], retry, SimpleNamespace(path=str(tmp_path / "c12")))
