@@ -45,8 +45,6 @@ from trials.models.lora import attach_lora, save_lora
 from trials.report import EVAL_SECONDS, RungReport
 from trials.train import accumulate, cache, faults, preserve, resume, warm
 
-log = logging.getLogger(__name__)
-
 # report(step, rung, checkpoint_dir) -> True to stop the trial (early stopping).
 Report = Callable[[int, RungReport, Path], bool | None]
 # race(step, prompt_indices, per_prompt_scores) -> a decision to stop drawing, or None: asked
@@ -273,15 +271,15 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
 
     # 3. The loop: one optimizer step = gradient_accumulation_steps micro-batches.
     result = TrialResult()
-    train_seconds = eval_seconds = 0.0
-    first = 1
+    train_seconds, eval_seconds, first = 0.0, 0.0, 1
     if saved is not None:  # go on after the checkpoint's rung, its totals and RNGs restored
         totals = trainer.restore(saved)
         train_seconds, eval_seconds = totals["train_seconds"], totals["eval_seconds"]
         setup_start -= totals["setup_seconds"]  # every attempt's setup counts
         result.rungs = [RungReport.from_dict(r) for r in saved.state["rungs"]]
         result.resumed_from_step, first = saved.step, saved.step + 1
-        log.info("resumed from step %d of %d", saved.step, params.max_train_steps)
+        logging.getLogger(__name__).info("resumed from step %d of %d", saved.step,
+                                         params.max_train_steps)
     setup_seconds = time.perf_counter() - setup_start
     losses: list[float] = []
     preservation_losses: list[float] = []
