@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "exit without starting Ray or writing anything")
     p.add_argument("--inject-faults", default=None, metavar="KIND=RATE,...",
                    help="testing only: make trials fail at random, e.g. kill=0.1,nan=0.05 "
-                        "(kinds: kill, nan, oom, error)")
+                        "(kinds: kill, nan, oom, error, crash: killed once, then resumed; "
+                        "KIND@AT[:STEP] fixes when, AT one of step, checkpoint, rung)")
     p.add_argument("--fault-seed", type=int, default=0, help="seed of --inject-faults")
     p.add_argument("--mlflow", default=None, metavar="URI",
                    help="log every trial as a run to this MLflow tracking server, e.g. "

@@ -6,9 +6,11 @@ touching the orchestrator. In the spirit of a diffusers training script run by s
 trial is a function of its settings that only reports:
 
 - :func:`run_trial` trains one LoRA and calls ``report(step, metrics, checkpoint_dir)`` at
-  every rung; :func:`run_baseline` scores the base model; :func:`rescore` scores a saved LoRA
-  on fresh seeds; :func:`probe_times` times one step and one image for the cost forecast
-  (:func:`probe_blocker` says when it would need a download first);
+  every rung; the rung's folder also holds what the trial needs to go on from there
+  (:data:`RESUME_DIR`), and ``run_trial(..., resume_from=folder)`` does (:func:`resume_step`
+  says from which step); :func:`run_baseline` scores the base model; :func:`rescore` scores
+  a saved LoRA on fresh seeds; :func:`probe_times` times one step and one image for the cost
+  forecast (:func:`probe_blocker` says when it would need a download first);
 - the settings: :class:`TrialConfig` and its parts, the constants and parsers the sweep file
   shares with a trial's config, the YAML reader's :class:`Section` and :class:`ConfigError`,
   and :mod:`trials.settings` (``setting()`` declares a key of the sweep file once; the sweep's
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from trials import report, settings
 from trials.config import (
+    RESUME_DIR,
     TOP_LEVEL_KEYS,
     WEIGHTS_NAME,
     DataSpec,
@@ -112,7 +115,7 @@ __all__ = [  # sorted; the module docstring groups them
     "CLIP_SCORE", "CLIP_SCORE_STDERR", "CONTROL_PER_PROMPT", "CONTROL_SCORE", "DISTRIBUTIONS",
     "DRIFT", "DRIFT_PER_PROMPT", "FAULT_KINDS", "INTEGRAL", "LEAK", "LEAK_PER_PROMPT",
     "MAX_TRAIN_STEPS", "OPTIONAL_PARAMETERS", "PARAMETER_NAMES", "PARAMETER_PATHS", "PER_PROMPT",
-    "PROMPT_INDICES", "RACED", "STEP", "TARGET_PRESETS", "TOP_LEVEL_KEYS", "TOYWORLD",
+    "PROMPT_INDICES", "RACED", "RESUME_DIR", "STEP", "TARGET_PRESETS", "TOP_LEVEL_KEYS", "TOYWORLD",
     "TOYWORLD_CLIP_DIR", "TOYWORLD_SD_DIR", "TRAIN_LOSS", "WEIGHTS_NAME", "ConfigError",
     "DataCheck", "DataError", "DataSpec", "EvalSpec", "HyperParams", "KohyaExportError",
     "ModelError", "ModelSpec", "Parameter", "PreservationSpec", "RungReport", "Section",
@@ -120,23 +123,38 @@ __all__ = [  # sorted; the module docstring groups them
     "TrialOutOfMemory", "bucket_lines", "check_data", "check_model", "check_param_value",
     "check_scorer", "closest", "describe", "held_out_files", "load_yaml_mapping", "long_prompts",
     "make_params", "parse_parameters", "probe_blocker", "probe_times", "read_data", "read_eval",
-    "read_model", "read_preservation", "read_train", "report", "rescore", "run_baseline",
+    "read_model", "read_preservation", "read_train", "report", "rescore", "resume_step",
+    "run_baseline",
     "run_trial", "rung_steps", "setting", "settings", "write_kohya",
 ]
 
 
-def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None
-              ) -> TrialResult:
+def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None,
+              resume_from: Path | None = None) -> TrialResult:
     """Train one LoRA, scoring it at every rung and calling ``report`` with the rung's metrics
     and a folder holding the LoRA so far; stops when ``report`` returns True, or when ``race``
     stops a rung's drawing (that rung's metrics carry ``raced``; the trial then ends).
 
-    Returns the trial's result (best rung, its LoRA folder). Raises :class:`TrialError`
-    (:class:`TrialDiverged`, :class:`DataError`, ...) and whatever else training raises.
+    ``resume_from``: a rung folder a ``report`` was given (or a folder of such folders: the
+    newest complete one); the trial goes on from its step exactly as if it had not stopped,
+    and reports only the rungs after it. None, or no complete checkpoint there: from step 0.
+
+    Returns the trial's result (best rung, its LoRA folder; ``resumed_from_step``). Raises
+    :class:`TrialError` (:class:`TrialDiverged`, :class:`DataError`, ...), ``ValueError`` for a
+    checkpoint of another trial, and whatever else training raises.
     """
     from trials.train import loop
 
-    return loop.run_trial(config, report, race)
+    return loop.run_trial(config, report, race, resume_from)
+
+
+def resume_step(folder: Path) -> int | None:
+    """The step a trial given ``resume_from=folder`` goes on from, or None (no complete
+    checkpoint in ``folder``: it starts over)."""
+    from trials.train import resume
+
+    found = resume.latest(Path(folder))
+    return None if found is None else resume.step_of(found)
 
 
 def run_baseline(config: TrialConfig) -> dict[str, Any]:

@@ -52,6 +52,9 @@ FUSED_MODES = ("auto", "on", "off")
 # The file a saved LoRA's weights are in (diffusers' name), inside its folder; here, beside the
 # settings, so that readers of a LoRA folder need not import torch to find it.
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+# Beside the LoRA in a rung's folder: what the trial needs to go on from that rung
+# (trials.train.resume); not part of the LoRA, so an exported LoRA leaves it out.
+RESUME_DIR = "resume"
 
 TOP_LEVEL_KEYS = (
     "name", "model", "data", "train", "eval", "metric", "method", "parameters",

@@ -8,6 +8,10 @@ step. The recorder reports each rung at its training step (with its preservation
 FAIL with the reason for failed ones, and COMPLETE with the best (feasible) rung's score among
 the rungs that scored every prompt. In a racing sweep it also tells the referee
 (:mod:`hpo.dispatch.referee`) every rung a trial finishes.
+
+A retried trial goes on from its last rung checkpoint (:func:`hpo.dispatch.tune._train_one`),
+so the rungs recorded before its process died stay, each recorded once; an attempt that
+started over instead (it died before its first rung) replaces the rungs it reports again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from optuna.trial import TrialState
 from ray import tune
 
 from hpo.dispatch.chaos import ChaosPlan
-from hpo.dispatch.rungs import NODE_ID, Rung, best_attrs, per_rung_attrs, totals_attrs
+from hpo.dispatch.rungs import (
+    NODE_ID,
+    RESUMED_FROM_STEP,
+    Rung,
+    best_attrs,
+    per_rung_attrs,
+    totals_attrs,
+)
 from hpo.dispatch.searcher import StudySearch
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.spec import Sweep
@@ -52,9 +63,10 @@ class SweepStopper(tune.Stopper):
 class SweepObserver(Protocol):
     """Something else that wants to know about rungs and finished trials (artifacts, notes).
 
-    An observer may also define ``trial_started(ot_trial)`` and
-    ``trial_retried(ot_trial, attempt, reason)``; the recorder calls them when they exist (the
-    console does, the outputs that only keep results do not).
+    An observer may also define ``trial_started(ot_trial)``,
+    ``trial_retried(ot_trial, attempt, reason)`` and ``trial_resumed(ot_trial, step)``; the
+    recorder calls them when they exist (the console does, the outputs that only keep results
+    do not).
     """
 
     def rung_saved(self, ot_trial: optuna.Trial, rung: dict[str, Any],
@@ -125,6 +137,13 @@ class StudyRecorder(tune.Callback):
     @_held
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        if RESUMED_FROM_STEP in result and CLIP_SCORE not in result:  # a retry went on
+            ot_trial = self.searcher.optuna_trial(trial.trial_id)
+            step = int(result[RESUMED_FROM_STEP])
+            ot_trial.set_user_attr(RESUMED_FROM_STEP, step)
+            self._note_node(trial.trial_id, ot_trial, result.get(NODE_ID))
+            self._tell("trial_resumed", ot_trial, step)
+            return
         if RACED in result and STEP in result:  # racing stopped this rung part-way
             partial = RungReport.from_dict(result)  # its scores: the prompts it drew
             self.raced[trial.trial_id] = Rung(partial, node_id=result.get(NODE_ID))
@@ -139,6 +158,7 @@ class StudyRecorder(tune.Callback):
             return
         report = RungReport.from_dict(result)
         rung = Rung(report, self._preservation(report), result.get(NODE_ID))
+        self._went_back(trial.trial_id, rung.step)
         self.rungs.setdefault(trial.trial_id, []).append(rung)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
         if not self.sweep.multi_objective:  # Optuna keeps no intermediate values for several
@@ -151,10 +171,12 @@ class StudyRecorder(tune.Callback):
                 preservation.is_feasible(rung.get("constraints")) is True
             self.referee.record.remote(rung.step, ot_trial.number, list(report.per_prompt),
                                        _listed(report.prompt_indices), usable)
-        node = rung.node_id
-        if node and self.nodes.get(trial.trial_id) != node:
+        self._note_node(trial.trial_id, ot_trial, rung.node_id)
+
+    def _note_node(self, trial_id: str, ot_trial: optuna.Trial, node: str | None) -> None:
+        if node and self.nodes.get(trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
-            self.nodes[trial.trial_id] = node
+            self.nodes[trial_id] = node
             ot_trial.set_user_attr(NODE_ID, node)
 
     @_held
@@ -168,15 +190,29 @@ class StudyRecorder(tune.Callback):
             for observer in self.observers:
                 observer.rung_saved(ot_trial, rungs[len(paths) - 1].as_dict(), checkpoint.path)
 
+    def _went_back(self, trial_id: str, step: int) -> None:
+        """Forget the rungs at or after ``step`` when an attempt reports such a step again: it
+        started over, or from an older checkpoint, and the study keeps one curve, its own."""
+        rungs = self.rungs.get(trial_id, [])
+        kept = [g for g in rungs if g.step < step]
+        if len(kept) == len(rungs):
+            return
+        self.rungs[trial_id] = kept
+        self.checkpoints[trial_id] = self.checkpoints.get(trial_id, [])[:len(kept)]
+        storage_id = self.searcher.storage_id(trial_id)
+        clear_intermediate(self.searcher.storage, storage_id)
+        if not self.sweep.multi_objective:
+            for g in kept:
+                set_intermediate(self.searcher.storage, storage_id, g.step,
+                                 float(g.get(self.sweep.metric)))
+
     @_held
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # The retried trial starts from step 0; its rungs are reported again, and everything
-        # the study records for it must come from that one attempt.
-        self.rungs.pop(trial.trial_id, None)
+        # The retried trial goes on from its last rung checkpoint (Tune's latest, the last rung
+        # recorded here): the rungs so far stay, and it reports only the later ones. One that
+        # starts over reports its rungs again, and _went_back drops the old ones then.
         self.raced.pop(trial.trial_id, None)
-        self.checkpoints.pop(trial.trial_id, None)
         ot_trial = self.searcher.optuna_trial(trial.trial_id)
-        clear_intermediate(self.searcher.storage, self.searcher.storage_id(trial.trial_id))
         ot_trial.set_user_attr("attempt", trial.run_metadata.num_failures + 1)
         self._tell("trial_retried", ot_trial, trial.run_metadata.num_failures + 1,
                    _last_error_line(trial))

@@ -24,6 +24,8 @@ from trials.api import RungReport
 from trials.api import report as r
 
 NODE_ID = "node_id"  # the Ray node a rung was reported from (added at the Ray border)
+# A retried attempt's first report, alone: the rung checkpoint it goes on from (its step).
+RESUMED_FROM_STEP = "resumed_from_step"
 
 # Fields of the best full rung, as user attrs of the same name (``step`` is ``best_step``).
 FROM_BEST: tuple[str, ...] = (

@@ -10,6 +10,7 @@ writes what it reports into the study.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from hpo.dispatch.ray_output import RayOutput
 from hpo.dispatch.recorder import StudyRecorder, SweepObserver
 from hpo.dispatch.referee import asker as referee_asker
 from hpo.dispatch.referee import start as referee_start
-from hpo.dispatch.rungs import NODE_ID
+from hpo.dispatch.rungs import NODE_ID, RESUMED_FROM_STEP
 from hpo.dispatch.searcher import StudySearch
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
@@ -115,8 +116,13 @@ def concurrency(sweep: Sweep, cluster: dict[str, float], requested: int | None) 
 def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
                chaos: ChaosPlan | None = None, referee: Any = None) -> None:
     """The function trainable: one trial, reported to Tune rung by rung; with a ``referee``
-    (racing) it asks it part-way through each rung whether to go on."""
-    from trials.api import run_trial
+    (racing) it asks it part-way through each rung whether to go on.
+
+    A retried trial (its process died; ``FailureConfig.max_failures``) goes on from Tune's
+    latest checkpoint, its last rung (:func:`trials.api.run_trial`'s ``resume_from``), and
+    first reports ``resumed_from_step`` alone, so the study and the console say so at once.
+    """
+    from trials.api import resume_step, run_trial
 
     context = tune.get_context()
     work = Path(context.get_trial_dir()) / "rungs"
@@ -145,8 +151,18 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
         return False  # ASHA stops the trial from outside
 
     try:
-        run_trial(trial_config, report, None if referee is None
-                  else referee_asker(referee, trial_config.params.max_train_steps))
+        race = None if referee is None \
+            else referee_asker(referee, trial_config.params.max_train_steps)
+        checkpoint = tune.get_checkpoint()
+        # A local folder (a copy, for remote storage) for as long as the trial reads it.
+        with (checkpoint.as_directory() if checkpoint is not None
+              else contextlib.nullcontext(None)) as folder:
+            resume_from = None if folder is None else Path(folder)
+            step = None if resume_from is None else resume_step(resume_from)
+            if step is not None:
+                tune.report({RESUMED_FROM_STEP: step,
+                             NODE_ID: ray.get_runtime_context().get_node_id()})
+            run_trial(trial_config, report, race, resume_from)
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",
                      "sweep_error": is_sweep_wide(err)})

@@ -244,6 +244,9 @@ class SweepConsole:
         reason = " ".join(reason.split())[:REASON_CHARS] or "its process died"
         self.show(ot_trial.number, f"retrying (attempt {attempt}): {reason}")
 
+    def trial_resumed(self, ot_trial: Any, step: int) -> None:
+        self.show(ot_trial.number, f"resumed from step {step} (its last rung checkpoint)")
+
     def rung_saved(self, ot_trial: Any, rung: dict[str, Any], checkpoint_dir: str) -> None:
         self.show(ot_trial.number, rung_line(rung, self.metrics, self.baseline_per_prompt))
 

@@ -22,6 +22,7 @@ from hpo.verdict.winner import best_trial
 from trials.api import (
     CLIP_SCORE,
     CLIP_SCORE_STDERR,
+    RESUME_DIR,
     TARGET_PRESETS,
     WEIGHTS_NAME,
     KohyaExportError,
@@ -218,7 +219,8 @@ def write_best_yaml(sweep: Sweep, study: optuna.Study, out_dir: Path, storage_la
     if is_winner and lora and Path(lora).is_dir():
         staging = out_dir / "best_lora.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(lora, staging)
+        # The LoRA, not the state its trial would resume from (optimizer, RNGs).
+        shutil.copytree(lora, staging, ignore=shutil.ignore_patterns(RESUME_DIR))
         write_kohya_beside(staging)
         shutil.rmtree(best_lora, ignore_errors=True)
         staging.rename(best_lora)

@@ -261,19 +261,25 @@ def from_tensors(tensors: dict[str, torch.Tensor]) -> BucketedLatents | None:
 
 def batch_sampler(plan: BucketPlan, batch_size: int, rng: random.Random
                   ) -> Iterator[list[int]]:
-    """Endless shuffled epochs of micro-batches, each from one bucket (kohya's order).
+    """Endless shuffled epochs of micro-batches, each from one bucket (kohya's order); see
+    :func:`epoch_batches`."""
+    while True:
+        yield from epoch_batches(plan, batch_size, rng)
+
+
+def epoch_batches(plan: BucketPlan, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of micro-batches, each from one bucket (kohya's order).
 
     Every epoch shuffles each bucket's images, cuts them into batches of ``batch_size`` (the
     last of a bucket may be smaller), and shuffles the batches of all buckets together.
     """
-    while True:
-        batches = []
-        for k in range(len(plan.sizes)):
-            members = plan.members(k)
-            rng.shuffle(members)
-            batches += [members[s:s + batch_size] for s in range(0, len(members), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
+    batches = []
+    for k in range(len(plan.sizes)):
+        members = plan.members(k)
+        rng.shuffle(members)
+        batches += [members[s:s + batch_size] for s in range(0, len(members), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def batch_latents(buckets: BucketedLatents, indices: Sequence[int], flips: Sequence[bool],

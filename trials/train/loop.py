@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,12 +37,13 @@ from trials.data import buckets
 from trials.data.captions import drop_captions
 from trials.data.folder import Example, load_examples, load_rgb, preprocess
 from trials.data.holdout import training_examples
+from trials.data.order import BatchOrder, shuffled_epoch
 from trials.errors import TrialDiverged, TrialOutOfMemory
 from trials.eval import evaluator as evaluation
 from trials.models.components import SDComponents, load_components
 from trials.models.lora import attach_lora, save_lora
 from trials.report import EVAL_SECONDS, RungReport
-from trials.train import accumulate, cache, faults, preserve, warm
+from trials.train import accumulate, cache, faults, preserve, resume, warm
 
 # report(step, rung, checkpoint_dir) -> True to stop the trial (early stopping).
 Report = Callable[[int, RungReport, Path], bool | None]
@@ -62,9 +64,10 @@ def explain_out_of_memory(config: TrialConfig) -> Iterator[None]:
 class TrialResult:
     """What a finished (or early-stopped) trial leaves behind."""
 
-    rungs: list[RungReport] = field(default_factory=list)
+    rungs: list[RungReport] = field(default_factory=list)  # a resumed trial's earlier ones too
     stopped_early: bool = False
     raced: RungReport | None = None  # the rung where racing stopped it: not in ``rungs``
+    resumed_from_step: int | None = None  # the checkpoint's step, when it resumed from one
 
     @property
     def best(self) -> RungReport | None:
@@ -101,13 +104,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_batch_sampler(n_examples: int, batch_size: int, rng: random.Random):
+def make_batch_sampler(n_examples: int, batch_size: int, rng: random.Random) -> BatchOrder:
     """Endless shuffled epochs of example indices, like a DataLoader with shuffle=True."""
-    while True:
-        order = list(range(n_examples))
-        rng.shuffle(order)
-        for start in range(0, n_examples, batch_size):
-            yield order[start:start + batch_size]
+    return BatchOrder(functools.partial(shuffled_epoch, n_examples, batch_size, rng))
 
 
 def batch_inputs(indices, data: cache.EncodedData, config: TrialConfig, components, rng,
@@ -192,11 +191,17 @@ def load_frozen(config: TrialConfig, device: torch.device, dtype: torch.dtype
     return components, encode_training_set(config, components, examples, device, dtype)
 
 
-def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None
-              ) -> TrialResult:
+def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None,
+              resume_from: Path | None = None) -> TrialResult:
     """Train one LoRA, scoring and reporting at each rung; stops when ``report`` says so, or
     when ``race`` stops a rung's drawing (that rung is reported with ``raced``, then the trial
     ends).
+
+    ``resume_from``: a rung folder, or a folder of them (``step-*``), whose newest complete
+    checkpoint (:mod:`trials.train.resume`) the trial goes on from, exactly as if it had not
+    stopped; its rungs are not reported again. None, or no complete checkpoint there (with a
+    warning): from the start. Raises :class:`~trials.train.resume.ResumeError` for another
+    trial's checkpoint.
 
     The frozen model is loaded once per process and lent to each trial (see
     :mod:`trials.train.warm`).
@@ -210,15 +215,17 @@ def run_trial(config: TrialConfig, report: Report, race: RungRace | None = None
             "fp32" if dtype == torch.float32 else precision_name(dtype))
     setup_start = time.perf_counter()
     with warm.kept_components(config, device, dtype) as components:
-        return fine_tune(config, components, report, device, dtype, setup_start, race)
+        return fine_tune(config, components, report, device, dtype, setup_start, race,
+                         resume_from)
 
 
 def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
               device: torch.device, dtype: torch.dtype, setup_start: float,
-              race: RungRace | None = None) -> TrialResult:
+              race: RungRace | None = None, resume_from: Path | None = None) -> TrialResult:
     """The training loop of :func:`run_trial`, on a frozen model already loaded."""
     train_cfg, params = config.train, config.params
-    fault = faults.FaultPlan.from_extras(config.extras)
+    fault = faults.FaultPlan.from_extras(config.extras, mark_dir=Path(config.output_dir))
+    saved = resume.find(config, resume_from)
 
     # 1. The (cached) frozen work on the training set, and the evaluator for the rungs.
     examples = warm.kept_examples(config)
@@ -252,24 +259,34 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                                  num_warmup_steps=train_cfg.lr_warmup_steps,
                                  num_training_steps=params.max_train_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    batches = (buckets.batch_sampler(data.buckets.plan, train_cfg.train_batch_size, rng)
+    batches = (BatchOrder(functools.partial(buckets.epoch_batches, data.buckets.plan,
+                                            train_cfg.train_batch_size, rng))
                if data.buckets is not None
                else make_batch_sampler(len(examples), train_cfg.train_batch_size, rng))
     rungs = rung_steps(config.eval.every_steps, params.max_train_steps, config.eval.rungs)
-    setup_seconds = time.perf_counter() - setup_start
 
     # Fused: the step's micro-batches run through the UNet as one batch (see accumulate).
     accumulator = accumulate.Accumulator(unet, components.noise_scheduler, train_cfg, device,
                                          dtype, scaler.scale, train_cfg.fused_accumulation)
+    trainer = resume.Trainer(unet, optimizer, lr_scheduler, scaler, batches, accumulator, rng)
 
     # 3. The loop: one optimizer step = gradient_accumulation_steps micro-batches.
     result = TrialResult()
-    train_seconds = eval_seconds = 0.0
+    train_seconds, eval_seconds, first = 0.0, 0.0, 1
+    if saved is not None:  # go on after the checkpoint's rung, its totals and RNGs restored
+        totals = trainer.restore(saved)
+        train_seconds, eval_seconds = totals["train_seconds"], totals["eval_seconds"]
+        setup_start -= totals["setup_seconds"]  # every attempt's setup counts
+        result.rungs = [RungReport.from_dict(r) for r in saved.state["rungs"]]
+        result.resumed_from_step, first = saved.step, saved.step + 1
+        logging.getLogger(__name__).info("resumed from step %d of %d", saved.step,
+                                         params.max_train_steps)
+    setup_seconds = time.perf_counter() - setup_start
     losses: list[float] = []
     preservation_losses: list[float] = []
     unet.train()
     with explain_out_of_memory(config):
-        for step in range(1, params.max_train_steps + 1):
+        for step in range(first, params.max_train_steps + 1):
             started = time.perf_counter()
             micro_batches = []
             for _ in range(train_cfg.gradient_accumulation_steps):
@@ -308,6 +325,7 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
             unet.eval()
             started = time.perf_counter()
             checkpoint = Path(config.output_dir) / f"step-{step:06d}"
+            shutil.rmtree(checkpoint, ignore_errors=True)  # a killed attempt's, maybe torn
             save_lora(unet, checkpoint)
             scores = evaluator.score(checkpoint, step,
                                      None if race is None else functools.partial(race, step))
@@ -343,7 +361,14 @@ def fine_tune(config: TrialConfig, components: SDComponents, report: Report,
                 report(step, metrics, checkpoint)
                 break
             result.rungs.append(metrics)
-            if report(step, metrics, checkpoint) and step < params.max_train_steps:
+            # After the scoring, whose RNG use is then part of the state; before the report,
+            # which hands the folder over (Tune copies it, then it is deleted).
+            trainer.save(checkpoint, step, config, result.rungs, functools.partial(
+                fault.mid_checkpoint, step), train_seconds=train_seconds,
+                eval_seconds=eval_seconds, setup_seconds=setup_seconds)
+            stop = report(step, metrics, checkpoint)
+            fault.after_rung(step)
+            if stop and step < params.max_train_steps:
                 result.stopped_early = True
                 break
     return result

@@ -35,6 +35,20 @@ def test_chaos_draws_are_per_trial_and_reproducible() -> None:
     assert parse_chaos(None).fault_for("x", 5) is None
 
 
+def test_a_crash_draws_its_moment_unless_the_spec_fixes_it() -> None:
+    # Issue 31: crash=RATE strikes once at a random step and moment (mid-step, mid-checkpoint,
+    # after a rung); crash@rung:5 always just after the first rung at or after step 5.
+    draws = [parse_chaos("crash=1.0").fault_for(f"t{i}", 20) for i in range(60)]
+    assert {d["at"] for d in draws} == {"step", "checkpoint", "rung"}
+    assert parse_chaos("crash@rung:5=1.0").fault_for("t", 20) == \
+        {"kind": "crash", "step": 5, "at": "rung"}
+    # The kinds before issue 31 draw as they did: no moment, the same steps.
+    assert parse_chaos("kill=1.0", seed=3).fault_for("t", 20) == {"kind": "kill", "step": 11}
+    for bad in ("nan@rung=1", "crash@soon=1", "crash@rung:x=1"):
+        with pytest.raises(ValueError, match="KIND"):
+            parse_chaos(bad)
+
+
 def test_killed_trials_are_retried_then_fail_and_the_sweep_finishes(ray_cluster,
                                                                     tmp_path) -> None:
     sweep = write_sweep(tmp_path, name="killed-trials", early_terminate=None,
@@ -111,3 +125,43 @@ def test_ctrl_c_stops_within_seconds_and_the_study_resumes(ray_cluster, tmp_path
     assert len({tuple(sorted(t.params.items())) for t in counted}) == 4
     with sqlite3.connect(out / "ctrl-c" / "optuna.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_worker_killed_after_its_second_rung_resumes_there_with_the_same_score(
+        ray_cluster, tmp_path, capsys) -> None:
+    """Issue 31: the retry goes on from the rung-8 checkpoint (Tune's), reports only rung 12,
+    and ends where a trial that was never killed ends."""
+    from safetensors.torch import load_file
+
+    from trials.api import RESUME_DIR, WEIGHTS_NAME
+
+    studies = {}
+    for name, faults in (("whole", None), ("resumed", "crash@rung:5=1.0")):
+        sweep = write_sweep(tmp_path / name, name=name, early_terminate=None,
+                            **{"resources.max_retries": 1, "confirm.top_k": 0,
+                               "parameters.max_train_steps": {"value": 12}})
+        out = tmp_path / name / "runs"
+        args = ["--sweep", str(sweep), "--trials", "1", "--out", str(out),
+                "--address", ray_cluster]
+        assert run_main(args + (["--inject-faults", faults] if faults else [])) == 0
+        (studies[name],) = load(out, name).trials
+    console = capsys.readouterr().out
+    whole, resumed = studies["whole"], studies["resumed"]
+    assert whole.params == resumed.params  # the same first draw of the same seed
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs["injected_fault"] == {"kind": "crash", "step": 5, "at": "rung"}
+    assert resumed.user_attrs["resumed_from_step"] == 8 and resumed.user_attrs["attempt"] == 2
+    assert "trial 0   resumed from step 8" in console
+    # Each rung once, the killed attempt's two and the retry's one.
+    assert sorted(resumed.intermediate_values) == [4, 8, 12]
+    assert resumed.user_attrs["last_step"] == 12
+    assert abs(resumed.value - whole.value) <= 1e-3
+    for step, score in whole.user_attrs["score_per_rung"].items():
+        assert abs(resumed.user_attrs["score_per_rung"][step] - score) <= 1e-3, step
+    assert resumed.user_attrs["best_step"] == whole.user_attrs["best_step"]
+    loras = [load_file(tmp_path / n / "runs" / n / "best_lora" / WEIGHTS_NAME)
+             for n in ("whole", "resumed")]
+    difference = max(float((loras[0][k] - loras[1][k]).abs().max()) for k in loras[0])
+    print(f"max abs LoRA difference through Ray: {difference:.3g}")
+    assert difference <= 1e-5
+    assert not (tmp_path / "resumed" / "runs" / "resumed" / "best_lora" / RESUME_DIR).exists()
