@@ -22,6 +22,11 @@ Issue 30's measurement on the toy world, in two parts:
    share; against the reference, the full evaluation's own agreement is the noise ceiling the
    cheap one is held to (``eval_rank_spearman_full`` vs ``eval_rank_spearman_cheap``).
 
+3. **The demo** (``--demo``): ``make demo``'s command (20 trials of the shipped
+   ``sweeps/tiny.yaml``) once from cold in a fresh folder, its wall time (the issue's goal: 180 s
+   on an idle 2-core machine; the load average is recorded beside it) and its confirmed winner:
+   the gain over the base model in paired standard errors, and whether it keeps the base model.
+
 ``python -m benchmarks.cheap_rungs --seeds 0 1 2 --record`` writes ``benchmarks/results.json``
 (``cheap_rungs``, ``eval_rank_spearman_full``, ``eval_rank_spearman_cheap``) and the Cheap rungs
 section of BENCHMARKS.md.
@@ -181,6 +186,31 @@ def rank_study(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def measure_demo(trials: int = 20) -> dict[str, Any]:
+    """Part 3: the demo's wall time from cold, and what its confirmed winner claims."""
+    from hpo.verdict.winner import confirmation_summary
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="cheap-rungs-demo-") as tmp:
+        file = write_sweep(Path(tmp), TINY_SWEEP)
+        run = run_sweep(file, trials, Path(tmp) / "runs")
+        study = optuna.load_study(
+            study_name=NAME, storage=f"sqlite:///{Path(tmp) / 'runs' / NAME / 'optuna.db'}")
+        conf = confirmation_summary(study) or {}
+    delta, stderr = conf.get("delta_vs_baseline"), conf.get("delta_vs_baseline_stderr")
+    pres = conf.get("preservation") or {}
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+           "wall_seconds": run.wall_seconds, "peak_tree_rss_mb": run.peak_tree_rss_mb,
+           "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+           "winner": conf.get("winner"), "delta_vs_baseline": delta,
+           "delta_vs_baseline_stderr": stderr,
+           "gain_in_stderr": None if not stderr else delta / stderr,
+           "preserves": pres.get("preserves"), "preservation_verdict": pres.get("verdict")}
+    print(f"demo: {run.wall_seconds:.0f} s, winner {out['winner']}, "
+          f"Δ {delta} ± {stderr}, preserves {out['preserves']}", flush=True)
+    return out
+
+
 def pair_winners(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per TPE seed: the cheap arm's confirmed winner against the full arm's, paired over the
     prompts of the confirmation (the same fresh seeds in both arms)."""
@@ -243,6 +273,15 @@ def section(result: dict[str, Any]) -> str:
         lines.append(f"| {p['seed']} | {p['cheap_winner']} | {p['full_winner']} | "
                      f"{_f(p['delta'])} | {_f(p['stderr'])} | {_f(p['p_value'], '.3f')} | "
                      f"{'yes' if p['as_good'] else 'no'} |")
+    demo = result.get("demo")
+    if demo:
+        lines += ["", f"The demo (`make demo`'s command, from cold, {demo['date']}, git "
+                  f"{demo['commit'][:7]}, load {demo['load_before']} before): "
+                  f"**{demo['wall_seconds']:.0f} s** wall for 20 trials with the confirmation; "
+                  f"confirmed winner trial {demo['winner']}, Δ {_f(demo['delta_vs_baseline'])} "
+                  f"± {_f(demo['delta_vs_baseline_stderr'])} over the base model on fresh seeds "
+                  f"({_f(demo['gain_in_stderr'], '.1f')} paired stderr); "
+                  f"{demo['preservation_verdict']}."]
     lines.append(END)
     return "\n".join(lines)
 
@@ -255,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep each sweep's files in this folder")
     parser.add_argument("--record", action="store_true",
                         help="write benchmarks/results.json and BENCHMARKS.md")
+    parser.add_argument("--demo", action="store_true",
+                        help="also time the demo from cold (run it on an idle machine)")
     parser.add_argument("--ranks-of", type=Path, metavar="FOLDER",
                         help="score one finished full-arm sweep's rung LoRAs and stop (to run "
                         "beside the sweeps); its row is made from the study when missing")
@@ -282,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         "spearman_mean": means,
         "eval_rank_spearman_full": means["full"], "eval_rank_spearman_cheap": means["cheap"],
     }
+    if args.demo:
+        result["demo"] = measure_demo(args.trials)
     (keep / "cheap_rungs.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("spearman_mean", "winners")}, indent=1))
     if args.record:
-        merge_results({"cheap_rungs": result,
+        merge_results({"cheap_rungs": result, **({"demo_cheap_rungs": result["demo"]}
+                                                  if "demo" in result else {}),
                        "eval_rank_spearman_full": result["eval_rank_spearman_full"],
                        "eval_rank_spearman_cheap": result["eval_rank_spearman_cheap"]})
         write_section(BEGIN, END, section(result))

@@ -27,6 +27,10 @@ ASHA_TARGET = 0.50
 STEPS_TARGET = 0.60
 DEMO_TARGET_S = 300.0
 OVERHEAD_TARGET_S = 2.0
+# Issue 30's: cheap rungs rank within 0.05 of full ones; the demo in 180 s with a winner > 5
+# paired stderr over the base model that keeps it.
+RANK_MARGIN = 0.05
+CHEAP_DEMO_TARGET_S = 180.0
 _RUN_LINE = re.compile(r"Written by `python -m benchmarks\.run[^`]*` \([^)]*\) on ([^.]+)\.")
 
 
@@ -116,6 +120,41 @@ def rows(r: dict[str, Any]) -> list[str]:
         out.append(f"| winner's curse over {len(wc.get('runs', []))} sweeps | search minus "
                    f"confirmed score {wc['mean_curse']:+.2f} (sd {wc.get('sd_curse', 0):.2f}) "
                    f"CLIP-T points | | {_when(wc)}; section The winner's curse |")
+    out += cheap_rung_rows(r)
+    return out
+
+
+def cheap_rung_rows(r: dict[str, Any]) -> list[str]:
+    """Issue 30's rows (``benchmarks.cheap_rungs``): rank agreement, same winner, the demo."""
+    out = []
+    cr = r.get("cheap_rungs")
+    if cr and r.get("eval_rank_spearman_cheap") is not None:
+        full, cheap = r["eval_rank_spearman_full"], r["eval_rank_spearman_cheap"]
+        good = sum(1 for w in cr.get("winners", []) if w.get("as_good"))
+        when = f"{cr.get('date')}, git {_commit(str(cr.get('commit', '')))}"
+        passes = [row["passes"]["total"] for row in cr.get("sweeps", [])]
+        arms = {a: [row["passes"]["total"] for row in cr["sweeps"] if row["arm"] == a]
+                for a in ("full", "cheap")}
+        ratio = (sum(arms["cheap"]) / sum(arms["full"])) if passes and all(arms.values()) \
+            else None
+        out.append(f"| cheap rungs (1 image per prompt) vs full (2), rank agreement with an "
+                   f"independent reference over {len(cr.get('ranks', []))} demo studies | "
+                   f"Spearman **{cheap:.3f}** cheap, {full:.3f} full; cheap arm's winner as good "
+                   f"in {good} of {len(cr.get('winners', []))} TPE seeds; "
+                   f"{_pct(ratio)} of the full arm's UNet passes | cheap >= full - "
+                   f"{RANK_MARGIN}: {_met(cheap >= full - RANK_MARGIN)} | {when}; section "
+                   "Cheap rungs |")
+    demo = r.get("demo_cheap_rungs")
+    if demo and demo.get("wall_seconds") is not None:
+        gain = demo.get("gain_in_stderr")
+        out.append(f"| demo (`make demo`, 20 trials, from cold; load {demo.get('load_before')}"
+                   f" before) | **{demo['wall_seconds']:.0f} s** wall; winner "
+                   f"{'n/a' if gain is None else f'{gain:.1f}'} paired stderr over the base "
+                   f"model, {'keeps' if demo.get('preserves') else 'does NOT keep'} it | <= "
+                   f"{CHEAP_DEMO_TARGET_S:.0f} s: "
+                   f"{_met(demo['wall_seconds'] <= CHEAP_DEMO_TARGET_S)}; > 5 stderr: "
+                   f"{_met(gain is not None and gain > 5)} | {demo.get('date')}, git "
+                   f"{_commit(str(demo.get('commit', '')))}; section Cheap rungs |")
     return out
 
 
