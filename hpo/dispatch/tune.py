@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from hpo.dispatch import ray_private
 from hpo.dispatch.chaos import ChaosPlan
 from hpo.dispatch.cluster import check_address
 from hpo.dispatch.ray_output import RayOutput
@@ -78,8 +79,11 @@ def start_ray(address: str | None, num_cpus: int | None = None,
             # (os.cpu_count() would count the host's CPUs on a pod and over-subscribe).
             # configure_logging=False would clear the "ray" logger's handlers (driver.log's:
             # hpo.outputs.console.driver_log), and its warnings would reach stderr anyway.
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=256 * 2**20, log_to_driver=True)
+            # Loopback only: a sweep on one machine needs no socket another machine can reach
+            # (hpo.dispatch.ray_private.loopback_node says why this is not an argument).
+            with ray_private.loopback_node():
+                ray.init(num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=256 * 2**20, log_to_driver=True)
         if output is not None:
             output.started_ray = True
     if output is not None:
