@@ -315,6 +315,16 @@ def finished_line(study: optuna.Study, seconds: float, started: float | None) ->
     return line
 
 
+def interrupted_summary(study: optuna.Study, study_dir: Path, seconds: float,
+                        started: float | None = None) -> str:
+    """The closing lines of a run stopped by Ctrl-C: what it finished, and that the outputs
+    (``best.yaml``, ``trials.csv``, ``report.html``) are left as they were until a rerun."""
+    return "\n".join([
+        "", finished_line(study, seconds, started),
+        f"interrupted: the study has every finished trial; the outputs in {study_dir} are "
+        "written when a run ends, so rerun the same command to continue (or to write them)"])
+
+
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,
             storage_url: str, seconds: float, started: float | None = None) -> str:
     """The closing lines: best score, where the outputs are, how to open the dashboard.

@@ -251,15 +251,22 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
                                 tuning.confirmation_scorer(sweep, args.address, ray_output))
             except KeyboardInterrupt:
                 interrupted = True
-        baseline = study.user_attrs.get("baseline_clip_score")
-        best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
-        pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
-        csv = export.write_trials_csv(study, study_dir)
-        artifacts.write_study_note(study, sweep.eval.prompt_list)
-        log.info("report: %s", report.write_report(study, study_dir))
-        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started,
-                           started))
-        unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
+        unconfirmed: dict[str, str] = {}
+        if interrupted:
+            # Ctrl-C must end within seconds: the outputs (the winner's LoRA copied and converted,
+            # trials.csv, report.html) took 10 s and more on a loaded machine, and the study
+            # holds everything they are made of; the rerun writes them.
+            print(plan.interrupted_summary(study, study_dir, time.time() - started, started))
+        else:
+            baseline = study.user_attrs.get("baseline_clip_score")
+            best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
+            pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
+            csv = export.write_trials_csv(study, study_dir)
+            artifacts.write_study_note(study, sweep.eval.prompt_list)
+            log.info("report: %s", report.write_report(study, study_dir))
+            print(plan.summary(study, study_dir, best_yaml, csv, storage_url,
+                               time.time() - started, started))
+            unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
     if stopped_by:
         reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
         print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",

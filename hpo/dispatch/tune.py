@@ -10,6 +10,7 @@ writes what it reports into the study.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -174,7 +175,11 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     res = trial_resources(sweep, cluster)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(
         baseline_task)
-    return ray.get(task.remote(config))
+    ref = task.remote(config)
+    try:
+        return ray.get(ref)
+    finally:  # Ctrl-C: on a cluster the task would go on drawing after the driver stopped
+        _cancel([ref])
 
 
 def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
@@ -191,14 +196,25 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)
     pending = {task.remote(config, None if lora is None else Path(lora), seed,
                            images_per_prompt): key for key, (config, lora) in jobs.items()}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        key = pending.pop(ready[0])
-        try:
-            yield key, ray.get(ready[0])
-        except ray.exceptions.RayError as err:
-            cause = getattr(err, "cause", None) or err
-            yield key, {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(ready[0])
+            try:
+                scores = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                cause = getattr(err, "cause", None) or err
+                scores = {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+            yield key, scores
+    finally:  # Ctrl-C (or the caller gone): what has not ended would go on drawing
+        _cancel(list(pending))
+
+
+def _cancel(refs: list[ray.ObjectRef]) -> None:
+    """Stop tasks that have not ended (a finished one is left alone)."""
+    for ref in refs:
+        with contextlib.suppress(Exception):  # ended meanwhile, or Ray already shut down
+            ray.cancel(ref, force=True)
 
 
 def confirmation_scorer(sweep: Sweep, address: str | None, output: RayOutput | None = None
