@@ -357,6 +357,23 @@ def unet_linear_module_names(unet: nn.Module) -> list[str]:
     return names
 
 
+def unet_module_names(model_name: str) -> list[str] | None:
+    """The targetable module names (:func:`unet_linear_module_names`) of the model's UNet, from
+    its config alone: the UNet is built on the meta device, so no weight is read or allocated.
+    None where the config is not on this machine (a hub id: the trial's download has it)."""
+    if model_name == TINY_MODEL:
+        config = dict(_tiny_unet().config)
+    else:
+        folder = TOYWORLD_SD_DIR if model_name == TOYWORLD else Path(model_name).expanduser()
+        file = folder / "unet" / "config.json"
+        if not file.is_file():
+            return None
+        config = json.loads(file.read_text(encoding="utf-8"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    return unet_linear_module_names(unet)
+
+
 def model_side_multiple(model_name: str) -> tuple[int, str]:
     """The bucket side multiple (:func:`trials.data.buckets.side_multiple`) of a model before
     it is loaded, and where the figure came from: the tiny model's configs, a local diffusers

@@ -62,3 +62,46 @@ def test_nan_and_out_of_memory_fail_with_their_reason(ray_cluster, tmp_path) -> 
             assert reason.startswith("TrialOutOfMemory")
             assert f"rank {t.params['rank']}, train_batch_size 2" in reason
     assert not (out / "nan-oom" / "best.yaml").exists()  # no COMPLETE trial, no best
+
+
+def test_a_full_disk_mid_sweep_is_one_error_line_and_the_study_resumes(
+        ray_cluster, tmp_path, monkeypatch, capsys) -> None:
+    """The disk fills while the driver writes the study: from the third rung on, the recorder's
+    write of a rung into the SQLite study fails as SQLite fails then (``database or disk is
+    full``, wrapped by SQLAlchemy). The sweep stops with one ``error:`` line and exit code 2,
+    no traceback, and the rerun (space freed) finishes the study with every trial."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from hpo.dispatch import recorder
+
+    real = recorder.set_intermediate
+    calls = []
+
+    def fill_up(*args, **kwargs):
+        calls.append(args)
+        if len(calls) >= 3:
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT INTO trial_intermediate_values ...", {},
+                sqlite3.OperationalError("database or disk is full"))
+        return real(*args, **kwargs)
+
+    sweep = write_sweep(tmp_path, name="disk-full", early_terminate=None)
+    out = tmp_path / "runs"
+    command = ["--sweep", str(sweep), "--trials", "3", "--out", str(out), "--address",
+               ray_cluster]
+    monkeypatch.setattr(recorder, "set_intermediate", fill_up)
+    assert run_main(command) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "the study database: database or disk is full" in errors[0], errors
+    assert "rerun the same command" in errors[0] and "Traceback" not in err
+    monkeypatch.setattr(recorder, "set_intermediate", real)  # space freed
+    assert run_main(command) == 0
+    study = load(out, "disk-full")
+    counted = [t for t in study.trials
+               if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 3
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
