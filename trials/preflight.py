@@ -184,6 +184,10 @@ def check_scorer(spec: EvalSpec, file: str | Path) -> None:
         raise ConfigError(file, "eval.clip_model",
                           f"open_clip has no model {model!r}{closest(model, models)}; e.g. "
                           f"ViT-H-14, ViT-bigG-14, ViT-L-14 (open_clip.list_models())")
+    if tag is not None and Path(tag).expanduser().is_dir():
+        raise ConfigError(file, "eval.clip_pretrained",
+                          f"{Path(tag).expanduser()} is a directory, not a file (a checkpoint "
+                          "file, or a pretrained tag of open_clip)")
     if tag is None or Path(tag).expanduser().is_file():
         return
     tags = open_clip.list_pretrained_tags_by_model(model)

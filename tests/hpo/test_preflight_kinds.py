@@ -239,6 +239,13 @@ def test_a_folder_for_a_file_and_a_file_for_a_folder(setup_sweep, capsys, tmp_pa
 
 
 @BOTH
+def test_a_file_given_as_the_model_folder(setup_sweep, capsys, dry) -> None:
+    sweep = setup_sweep.write(**{"model.name": str(setup_sweep.prompts)})
+    line = refused(setup_sweep, capsys, dry, sweep)
+    assert f"model.name: {setup_sweep.prompts} is a file, not a directory" in line, line
+
+
+@BOTH
 def test_a_folder_given_as_the_sweep_file(capsys, tmp_path, dry) -> None:
     assert main(["--sweep", str(tmp_path), *(["--dry-run"] if dry else [])]) == 2
     assert one_line(capsys) == f"error: {tmp_path}: is a directory, not a file"

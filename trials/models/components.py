@@ -250,6 +250,8 @@ def check_model_source(source: str) -> None:
     if not _looks_like_local_path(source):
         return
     root = Path(source).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ModelError(f"{root} is a file, not a directory (a diffusers model folder)")
     if not root.is_dir():
         raise ModelError(f"model folder not found: {root}")
     for sub in SUBFOLDERS:
