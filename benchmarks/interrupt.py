@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import DELETE, REPO, write_sweep
+from benchmarks.common import DELETE, REPO, git_commit, short_commit, write_section, write_sweep
 
 # moment -> (the output line that shows it, seconds to wait after that line)
 MOMENTS: dict[str, tuple[str, float]] = {
@@ -177,10 +177,21 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--moment", action="append", choices=tuple(MOMENTS), default=None,
                         help="only this moment (repeatable; default: all)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the table into BENCHMARKS.md (its own marked section)")
     args = parser.parse_args(argv)
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="interrupt-") as tmp:
         times = measure_interrupt(Path(tmp), args.moment or tuple(MOMENTS))
     print(times.markdown())
+    if args.record:
+        begin, end = "<!-- interrupt:begin -->", "<!-- interrupt:end -->"
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        write_section(begin, end, "\n".join([
+            begin, times.markdown().rstrip("\n"), "",
+            f"Measured {when} on {os.cpu_count()} CPU cores, commit "
+            f"{short_commit(git_commit(), 10)}, load average {load[0]:.1f} at the start.",
+            end]) + "\n")
     return 0 if all(s is not None and s <= GOAL_SECONDS for s in times.seconds.values()) else 1
 
 
