@@ -178,8 +178,11 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     ref = task.remote(config)
     try:
         return ray.get(ref)
-    finally:  # Ctrl-C: on a cluster the task would go on drawing after the driver stopped
+    except BaseException:  # Ctrl-C: on a cluster the task would go on after the driver stopped
+        # (never on success: cancelling a task Ray is completing trips a check in its core
+        # worker, "Tried to complete task that was not pending", and kills the driver)
         _cancel([ref])
+        raise
 
 
 def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
@@ -207,7 +210,7 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
                 scores = {"error": f"{type(cause).__name__}: {cause}"[:2000]}
             yield key, scores
     finally:  # Ctrl-C (or the caller gone): what has not ended would go on drawing
-        _cancel(list(pending))
+        _cancel(list(pending))  # empty when every task ended (see run_baseline)
 
 
 def _cancel(refs: list[ray.ObjectRef]) -> None:
