@@ -299,4 +299,5 @@ class Results:
     overhead: list[Any] = field(default_factory=list)
     early_stop: Any = None
     soak: Any = None
+    interrupt: Any = None  # benchmarks.interrupt.InterruptTimes
     errors: dict[str, str] = field(default_factory=dict)

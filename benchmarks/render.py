@@ -400,6 +400,7 @@ def render(res: Results) -> str:
         *demo_section(res),
         *eval_cost_section(res),
         *([res.soak.markdown()] if res.soak is not None else []),
+        *([res.interrupt.markdown()] if res.interrupt is not None else []),
     ]
     if res.errors:
         lines += ["## Failures", ""]

@@ -9,7 +9,9 @@ their results into the file:
 4. search efficiency, TPE against random and grid on a surrogate (:mod:`benchmarks.search`);
 5. the demo's wall time and peak memory (:mod:`benchmarks.demo`);
 6. evaluation cost, the share of a trial spent drawing and scoring (:mod:`benchmarks.eval_cost`);
-7. with ``--soak``, the 60-trial sweep with random faults (:mod:`benchmarks.soak`).
+7. with ``--soak``, the 60-trial sweep with random faults (:mod:`benchmarks.soak`);
+8. with ``--interrupt``, seconds from Ctrl-C to exit at each moment of a sweep
+   (:mod:`benchmarks.interrupt`).
 
 A measurement that fails is reported as failed in the file and the others still run; the
 command then exits with status 1.
@@ -104,9 +106,14 @@ def measure(settings: Settings, quick: bool, sections: Sequence[str] = SECTIONS,
 
             res.soak = run_soak()
 
+        def interrupt() -> None:
+            from benchmarks.interrupt import measure_interrupt
+
+            res.interrupt = measure_interrupt(work / "interrupt")
+
         steps = {"throughput": throughput, "search": search, "eval_cost": eval_cost,
-                 "demo": demo, "early_stop": early_stop, "soak": soak}
-        for section in (*SECTIONS, "soak"):
+                 "demo": demo, "early_stop": early_stop, "soak": soak, "interrupt": interrupt}
+        for section in (*SECTIONS, "soak", "interrupt"):
             if section in sections:
                 _attempt(res, section, steps[section])
     res.elapsed = time.perf_counter() - started
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                              "overhead figures too")
     parser.add_argument("--soak", action="store_true",
                         help="also run the 60-trial fault soak (about 10 minutes on 2 cores)")
+    parser.add_argument("--interrupt", action="store_true",
+                        help="also time Ctrl-C at each moment of a sweep (about 4 minutes)")
     parser.add_argument("--sd15-model", default=None,
                         help="a real SD v1.5 diffusers folder for the GPU throughput run "
                              "(default: SD v1.5's architecture with random weights)")
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     if args.repeats is not None:
         settings = replace(settings, demo_repeats=max(1, args.repeats))
-    sections = (*(args.only or SECTIONS), *(["soak"] if args.soak else []))
+    sections = (*(args.only or SECTIONS), *(["soak"] if args.soak else []),
+                *(["interrupt"] if args.interrupt else []))
     res = measure(settings, args.quick, sections, args.sd15_model)
     # Sections 1-6 are rewritten; what the other benchmarks wrote is kept, and the Summary is
     # rebuilt from results.json (it must not quote this run's table as today's figures).

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import forecast
+from hpo.study.folders import check_writable, folders_to_write
 from hpo.study.storage import clip_name, counted_trials, default_storage_url, redact
 from hpo.sweep.fidelity import StepsPlan, subset_rungs
 from hpo.sweep.spec import PreflightError, Sweep
@@ -25,7 +26,9 @@ from trials.api import (
     bucket_lines,
     check_data,
     check_model,
+    check_prompt_triggers,
     check_scorer,
+    check_target_modules,
     long_prompts,
 )
 
@@ -174,23 +177,34 @@ def _trigger_to_check(sweep: Sweep) -> str | None:
     return sweep.preservation.trigger if methods - {"none"} else None
 
 
-def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False
-              ) -> str | None:
+def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = False,
+              storage_path: str | None = None, storage_url: str | None = None) -> str | None:
     """Check output folders, data, prompts, model and CLIP model before Ray starts.
 
     The data, model and scorer are checked by ``trials`` as a trial would read them
-    (:mod:`trials.api`). The dry run runs the same checks but writes nothing: output folders
-    are checked for write access without being made, a synthetic dataset is not generated, the
-    tiny model is not built. Returns the training data's content hash (for the study
-    fingerprint), or None when a dry run found the synthetic dataset not generated yet. Raises
-    :class:`PreflightError` naming the sweep file and key, or ``ConfigError``.
+    (:mod:`trials.api`). Nothing here makes the study or cache folder
+    (:func:`hpo.study.folders.make_folders` does, once everything passed: a refused run leaves none
+    behind); the folders, Tune's ``storage_path`` (when local) and a SQLite ``storage_url``'s
+    folder are checked for write access. The dry run writes nothing at all: a synthetic
+    dataset is not generated, the tiny model is not built. Returns the training data's
+    content hash (for the study fingerprint), or None when a dry run found the synthetic
+    dataset not generated yet. Raises :class:`PreflightError` naming the sweep file and key
+    (or the flag), or ``ConfigError``.
     """
-    for folder in (study_dir, cache_dir):
-        _check_writable(folder, create=not dry_run)
+    for folder, label in folders_to_write(study_dir, cache_dir, storage_path, storage_url):
+        check_writable(folder, label)
+    check_scorer(sweep.eval, sweep.source)  # before anything is built or generated
     try:
         data = check_data(sweep.data, sweep.eval.prompt_list,
                           reference_dir=sweep.eval.reference_dir,
-                          trigger=_trigger_to_check(sweep), generate=not dry_run)
+                          trigger=_trigger_to_check(sweep), generate=not dry_run,
+                          reach=sweep.preservation.trigger)
+        if sweep.preservation.trigger:
+            check_prompt_triggers(sweep.eval, sweep.preservation.brand_prompt_list,
+                                  sweep.preservation.trigger)
+        targets = sweep.parameter("target_modules")
+        if targets is not None:
+            check_target_modules(sweep.model.name, list(targets.grid() or ()))
         check_model(sweep.model.name, cache_dir, build=not dry_run)
     except TrialError as err:
         key = f"{err.key}: " if err.key else ""
@@ -198,38 +212,15 @@ def preflight(sweep: Sweep, study_dir: Path, cache_dir: Path, dry_run: bool = Fa
     if data is None:
         log.info("%s: data.train_dir: %s does not exist yet; the run generates it (synthetic)",
                  sweep.source, sweep.data.train_dir)
-    elif data.overlap:
+    elif data.long_captions:
+        log.warning("%s", data.long_captions)
+    if data is not None and data.overlap:
         log.warning("warning: %d held-out prompt(s) equal a training caption, e.g. %r; they "
                     "measure memorization, not generalisation", len(data.overlap),
                     data.overlap[0])
-    check_scorer(sweep.eval, sweep.source)
     for line in long_prompts(sweep.eval):
         log.warning("%s", line)
     return None if data is None else data.fingerprint
-
-
-def _check_writable(folder: Path, create: bool) -> None:
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():  # --out names a file, or a path through one
-        raise PreflightError(f"{folder}: output folder: {existing} is a file, not a folder "
-                             "(--out must name a folder, or one to be made)")
-    try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-            return
-        existing = folder
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as err:
-        raise PreflightError(f"{folder}: output folder is not writable ({err.strerror})") \
-            from None
 
 
 def connect_storage(url: str) -> optuna.storages.RDBStorage:
@@ -284,13 +275,18 @@ def _delta_line(label: str, delta: float | None, stderr: float | None) -> str:
 
 def confirmation_lines(study: optuna.Study) -> list[str]:
     """The winner's confirmed score and paired differences, for the summary."""
-    from hpo.verdict.winner import confirmation_summary
+    from hpo.verdict.winner import breaks_on_fresh_seeds, confirmation_summary
 
     conf = confirmation_summary(study)
     if conf is None:
         return []
     stderr = conf.get(CLIP_SCORE_STDERR)
-    lines = [f"confirmed on fresh seeds (seed {conf['seed']}, {conf['images_per_prompt']} "
+    broken = breaks_on_fresh_seeds(study)
+    lines = [f"NOT confirmed: trial {broken} (and every confirmed candidate) fails the "
+             "preservation requirement on fresh seeds; no configuration is confirmed"] \
+        if broken is not None else []
+    lines += [f"{'scored' if broken is not None else 'confirmed'} on fresh seeds "
+             f"(seed {conf['seed']}, {conf['images_per_prompt']} "
              f"image(s) per prompt, trials {conf['trials']}): trial {conf['winner']} "
              f"clip_score {conf[CLIP_SCORE]:.4f}"
              + (f" ± {stderr:.4f}" if stderr is not None else "")
@@ -346,6 +342,16 @@ def finished_line(study: optuna.Study, seconds: float, started: float | None) ->
     if len(mine) < len(trials):
         line += f"; {len(trials)} in the study ({_state_counts(trials)})"
     return line
+
+
+def interrupted_summary(study: optuna.Study, study_dir: Path, seconds: float,
+                        started: float | None = None) -> str:
+    """The closing lines of a run stopped by Ctrl-C: what it finished, and that the outputs
+    (``best.yaml``, ``trials.csv``, ``report.html``) are left as they were until a rerun."""
+    return "\n".join([
+        "", finished_line(study, seconds, started),
+        f"interrupted: the study has every finished trial; the outputs in {study_dir} are "
+        "written when a run ends, so rerun the same command to continue (or to write them)"])
 
 
 def summary(study: optuna.Study, study_dir: Path, best_yaml: Path | None, csv: Path,

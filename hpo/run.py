@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from hpo import forecast, plan
 from hpo.dispatch.chaos import parse_chaos
 from hpo.dispatch.cluster import check_address
-from hpo.study import fingerprint
+from hpo.study import fingerprint, folders
 from hpo.study.lock import StudyLocked, study_lock
 from hpo.study.storage import redact
 from hpo.sweep import fidelity
 from hpo.sweep.space import baseline_values, make_sampler, run_seed, sampler_settings
-from hpo.sweep.spec import Sweep, load_sweep, study_name
+from hpo.sweep.spec import PreflightError, Sweep, load_sweep, study_name
 from trials.api import CLIP_SCORE, RungReport, TrialError
 
 if TYPE_CHECKING:
@@ -37,9 +37,16 @@ log = logging.getLogger("hpo")
 
 
 # Exit codes: 0 done; 2 refused before the sweep, or stopped by an error every trial would
-# share; 3 the trials ran but the winner's confirmation on fresh seeds is missing or incomplete;
-# 130 interrupted (Ctrl-C). 2, 3 and 130 all say: rerun the same command (once fixed).
+# share (a full disk too); 3 the trials ran but the winner's confirmation on fresh seeds is
+# missing or incomplete; 4 the confirmation ran and the winner fails the preservation
+# requirement on fresh seeds (nothing is confirmed); 130 interrupted (Ctrl-C). 2, 3 and 130
+# say: rerun the same command (once fixed); 4: search further (more --trials) or change it.
 UNCONFIRMED = 3
+NOT_PRESERVED = 4
+EXIT_CODES = ("exit codes: 0 done; 2 refused before the sweep, or stopped by an error every "
+              "trial would share; 3 the confirmation on fresh seeds is missing or incomplete; "
+              "4 the winner fails the preservation requirement on fresh seeds; 130 "
+              "interrupted (Ctrl-C)")
 
 
 class SweepError(RuntimeError):
@@ -49,7 +56,8 @@ class SweepError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hpo.run",
-        description="Run a LoRA hyperparameter sweep (Ray Tune + Optuna) from a sweep file.")
+        description="Run a LoRA hyperparameter sweep (Ray Tune + Optuna) from a sweep file.",
+        epilog=EXIT_CODES)
     p.add_argument("--sweep", type=Path, default=Path("sweeps/hyundai.yaml"),
                    help="sweep file (default: sweeps/hyundai.yaml)")
     p.add_argument("--trials", type=int, default=20,
@@ -141,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {str(err).strip()}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # A full disk or an unwritable path mid-sweep (Tune's files, the study, the outputs):
+        # one line; the study keeps every finished trial and the rerun continues it.
+        full = folders.disk_error(err)
+        if full is None or args.debug:
+            raise
+        print(f"error: {folders.disk_error_line(full)}", file=sys.stderr)
+        return 2
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -171,7 +187,9 @@ def dry_run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
 
     tracking.check(args.mlflow, args.wandb)
     check_address(args.address)
-    contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True)
+    contents = plan.preflight(sweep, study_dir, args.out.resolve() / "cache", dry_run=True,
+                              storage_path=args.storage_path,
+                              storage_url=args.storage or studies.default_storage_url(study_dir))
     if args.address is None:  # the run would start Ray here: this machine is its one node
         plan.check_resources(sweep, [plan.local_node_resources()])
     storage_url = args.storage or studies.default_storage_url(study_dir)
@@ -202,7 +220,7 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     from hpo.outputs import artifacts, console, export, pareto, report, tracking
     from hpo.study import storage as studies
     from hpo.verdict import confirm
-    from hpo.verdict.winner import confirmation_missing
+    from hpo.verdict.winner import breaks_on_fresh_seeds, confirmation_missing
 
     tracking.check(args.mlflow, args.wandb)
 
@@ -210,9 +228,15 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
     storage_label = studies.redact(storage_url)
     cache_dir = args.out.resolve() / "cache"
     check_address(args.address)  # before anything is written: ray.init would hang
-    contents = plan.preflight(sweep, study_dir, cache_dir)
+    contents = plan.preflight(sweep, study_dir, cache_dir, storage_path=args.storage_path,
+                              storage_url=storage_url)
     assert contents is not None
-    storage = plan.connect_storage(storage_url)
+    made = folders.make_folders(study_dir, cache_dir)  # only now: a refused run leaves none
+    try:
+        storage = plan.connect_storage(storage_url)
+    except PreflightError:
+        folders.remove_made(made)
+        raise
 
     # Ray's and Optuna's own output goes to driver.log (and the console only with --verbose).
     with study_lock(storage_url, name, study_dir), driver_lock(study_dir), \
@@ -259,18 +283,28 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
                                 tuning.confirmation_scorer(sweep, args.address, ray_output))
             except KeyboardInterrupt:
                 interrupted = True
-        baseline = study.user_attrs.get("baseline_clip_score")
-        best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
-        pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
-        csv = export.write_trials_csv(study, study_dir)
-        artifacts.write_study_note(study, sweep.eval.prompt_list)
-        log.info("report: %s", report.write_report(study, study_dir))
-        print(plan.summary(study, study_dir, best_yaml, csv, storage_url, time.time() - started,
-                           started))
-        unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
+        unconfirmed: dict[str, str] = {}
+        broken: int | None = None
+        if interrupted:
+            # Ctrl-C must end within seconds: the outputs (the winner's LoRA copied and converted,
+            # trials.csv, report.html) took 10 s and more on a loaded machine, and the study
+            # holds everything they are made of; the rerun writes them.
+            print(plan.interrupted_summary(study, study_dir, time.time() - started, started))
+        else:
+            baseline = study.user_attrs.get("baseline_clip_score")
+            best_yaml = export.write_best_yaml(sweep, study, study_dir, storage_label, baseline)
+            pareto.write_pareto_files(sweep, study, study_dir, storage_label, baseline)
+            csv = export.write_trials_csv(study, study_dir)
+            artifacts.write_study_note(study, sweep.eval.prompt_list)
+            log.info("report: %s", report.write_report(study, study_dir))
+            print(plan.summary(study, study_dir, best_yaml, csv, storage_url,
+                               time.time() - started, started))
+            unconfirmed = confirmation_missing(study) if sweep.confirm.top_k else {}
+            broken = breaks_on_fresh_seeds(study) if sweep.confirm.top_k else None
     if stopped_by:
         reason = " ".join(line.strip() for line in stopped_by.splitlines() if line.strip())
-        print(f"error: every trial would fail: {reason} (fix it and rerun the same command)",
+        print(f"error: {reason}" if "rerun the same command" in reason else
+              f"error: every trial would fail: {reason} (fix it and rerun the same command)",
               file=sys.stderr)
         return 2
     if interrupted:
@@ -280,6 +314,12 @@ def run(sweep: Sweep, name: str, study_dir: Path, args: argparse.Namespace,
               "task(s) have no result (see above); fix the cause and rerun the same command: "
               "only those run", file=sys.stderr)
         return UNCONFIRMED
+    if broken is not None:
+        print(f"error: the winner, trial {broken}, fails the preservation requirement on fresh "
+              "seeds (so does every confirmed candidate): it is not confirmed (see above); "
+              "search further with more --trials, or change preservation.require",
+              file=sys.stderr)
+        return NOT_PRESERVED
     return 0
 
 

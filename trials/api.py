@@ -16,6 +16,7 @@ trial is a function of its settings that only reports:
   and :mod:`trials.settings` (``setting()`` declares a key of the sweep file once; the sweep's
   own sections use it too);
 - the pre-flight: :func:`check_data`, :func:`check_model`, :func:`check_scorer`,
+  :func:`check_target_modules`, :func:`check_prompt_triggers`,
   :func:`long_prompts`, :func:`held_out_files`, :func:`bucket_lines` check what a trial would
   refuse, as the trial reads it (:mod:`trials.preflight`);
 - errors: every one a :class:`TrialError`; ``err.every_trial`` says whether every trial of a
@@ -79,7 +80,9 @@ from trials.preflight import (
     bucket_lines,
     check_data,
     check_model,
+    check_prompt_triggers,
     check_scorer,
+    check_target_modules,
     held_out_files,
     long_prompts,
 )
@@ -121,7 +124,8 @@ __all__ = [  # sorted; the module docstring groups them
     "ModelError", "ModelSpec", "Parameter", "PreservationSpec", "RungReport", "Section",
     "SetupError", "SyntheticData", "TrainSpec", "TrialConfig", "TrialDiverged", "TrialError",
     "TrialOutOfMemory", "bucket_lines", "check_data", "check_model", "check_param_value",
-    "check_scorer", "closest", "describe", "held_out_files", "load_yaml_mapping", "long_prompts",
+    "check_prompt_triggers", "check_scorer", "check_target_modules", "closest", "describe",
+    "held_out_files", "load_yaml_mapping", "long_prompts",
     "make_params", "parse_parameters", "probe_blocker", "probe_times", "read_data", "read_eval",
     "read_model", "read_preservation", "read_train", "report", "rescore", "resume_step",
     "run_baseline",

@@ -25,6 +25,7 @@ from trials.parameters import (
 )
 from trials.settings import resolve_path, setting
 from trials.trigger import control_prompts as strip_prompts
+from trials.trigger import has_trigger
 from trials.validation import (
     ConfigError,
     Section,
@@ -151,7 +152,7 @@ class DataSpec:
 
     train_dir: Path = setting(doc="The training folder: images plus metadata.jsonl or "
                               "metadata.csv (the reference script's --train_data_dir)",
-                              free=_CONTENTS)
+                              free=_CONTENTS, path="folder")
     image_column: str = setting("image", doc="The image column of the metadata")
     caption_column: str = setting("text", doc="The caption column of the metadata")
     resolution: int = setting(512, doc="Training side in pixels (SD v1.5: 512)",
@@ -211,7 +212,7 @@ class EvalSpec:
     """How a LoRA is scored: images for held-out prompts, CLIP text-image similarity."""
 
     prompts: Path = setting(doc="Held-out prompts, one a line (# comments)",
-                            free="its prompts count (eval.prompt_list)")
+                            free="its prompts count (eval.prompt_list)", path="file")
     prompt_list: tuple[str, ...] = setting((), doc="The held-out prompts' text", derived=True,
                                            digest=True, key="prompts")
     images_per_prompt: int = setting(2, doc="Images drawn per prompt at each rung", minimum=1)
@@ -237,7 +238,8 @@ class EvalSpec:
     clip_fp16: bool = setting(False, doc="Score with CLIP in fp16 (CUDA)")
     channels_last: bool = setting(False, doc="channels_last UNet (CUDA)")
     compile_unet: bool = setting(False, doc="torch.compile the UNet (CUDA)")
-    reference_dir: Path | None = setting(None, doc="Held-out real images, imagefolder format")
+    reference_dir: Path | None = setting(None, doc="Held-out real images, imagefolder format",
+                                         path="folder")
     dino_model: str = setting("facebook/dinov2-base", doc="DINO model: hub id, local folder "
                               "or `tiny`", reader=_local_name)
     width: int | None = setting(None, doc="Width of drawn images (default: data.resolution)",
@@ -280,7 +282,7 @@ class PreservationSpec:
                                   "held-out prompts without it", reader=_trigger)
     control_prompts: Path | None = setting(
         None, doc="Control prompts file (default: the held-out prompts without the trigger)",
-        free="its prompts count (preservation.control_prompt_list)")
+        free="its prompts count (preservation.control_prompt_list)", path="file")
     control_prompt_list: tuple[str, ...] = setting((), doc="The control prompts' text",
                                                    derived=True, digest=True,
                                                    key="control_prompts")
@@ -350,6 +352,8 @@ def rung_steps(every: int, max_steps: int, explicit: tuple[int, ...] | None = No
 
 def read_prompts(path: Path, file: str | Path, key: str) -> tuple[str, ...]:
     """Read a prompts file: one prompt a line, blank lines and ``#`` comments skipped."""
+    if path.is_dir():
+        raise ConfigError(file, key, f"{path} is a directory, not a file")
     if not path.is_file():
         raise ConfigError(file, key, f"prompts file not found: {path}")
     try:
@@ -432,6 +436,12 @@ def read_preservation(section: Section, eval_spec: EvalSpec, base_dir: Path
     if spec.control_prompts is not None:
         controls = read_prompts(spec.control_prompts, section.file,
                                 section.key_path("control_prompts"))
+        branded = [c for c in controls if has_trigger(c, spec.trigger)]
+        if branded:  # a control prompt measures the base model without the brand
+            raise section.error(
+                f"{spec.control_prompts}: {len(branded)} control prompt(s) still contain the "
+                f"trigger {spec.trigger!r}, e.g. {branded[0]!r}; control prompts are the "
+                "prompts without it", "control_prompts")
         brands = tuple(f"{c}, {spec.trigger}" for c in controls)
         return replace(spec, control_prompt_list=controls, brand_prompt_list=brands)
     try:

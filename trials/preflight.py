@@ -37,6 +37,7 @@ class DataCheck:
     held_out: tuple[str, ...]  # file names the held-out split keeps from training
     references: int  # images in eval.reference_dir (0 without one)
     overlap: tuple[str, ...]  # held-out prompts equal to a training caption (memorisation)
+    long_captions: str | None = None  # one warning line: captions the text encoder cuts
 
 
 def _at(key: str, err: _E) -> _E:
@@ -77,13 +78,15 @@ def held_out_files(data: DataSpec, examples: Sequence[Example] | None = None
 
 
 def check_data(data: DataSpec, prompts: Sequence[str] = (), *, reference_dir: Path | None = None,
-               trigger: str | None = None, generate: bool = True) -> DataCheck | None:
+               trigger: str | None = None, generate: bool = True,
+               reach: str | None = None) -> DataCheck | None:
     """Load the training folder (and ``reference_dir``) as every trial would.
 
     ``generate``: draw a ``data.synthetic`` dataset when its folder is empty (False for a dry
     run, which writes nothing: a synthetic folder not drawn yet then returns None). ``trigger``:
     every training caption must contain it (preservation training removes it for the control
-    caption). ``prompts``: the held-out prompts, compared with the captions.
+    caption). ``prompts``: the held-out prompts, compared with the captions. ``reach``: a
+    trigger that, where a caption names it, must lie within the SD text encoder's tokens.
 
     Raises :class:`~trials.errors.DataError` (key ``data.train_dir`` or ``eval.reference_dir``)
     and :class:`~trials.errors.SetupError` (key ``data.holdout`` or ``preservation.trigger``).
@@ -104,11 +107,16 @@ def check_data(data: DataSpec, prompts: Sequence[str] = (), *, reference_dir: Pa
             triggerless_captions(examples, trigger, data.train_dir)
         except ValueError as err:
             raise SetupError(str(err), "preservation.trigger") from None
+    captions = [(f"{data.train_dir}: {ex.where or ex.file_name}", caption)
+                for ex in examples for caption in ex.captions]
+    if reach is not None:
+        check_trigger_reach(captions, reach, "data.train_dir")
     references = 0 if reference_dir is None else len(
         _load(Path(reference_dir), data.caption_column, "eval.reference_dir", REFERENCE_LABEL))
     return DataCheck(fingerprint=folder_fingerprint(examples, data.caption_column),
                      examples=len(examples), held_out=held_out, references=references,
-                     overlap=tuple(heldout_overlap(list(prompts), examples)))
+                     overlap=tuple(heldout_overlap(list(prompts), examples)),
+                     long_captions=_long_texts(captions, "caption", "data.train_dir"))
 
 
 def check_model(name: str, cache_dir: Path, *, build: bool = True) -> str | None:
@@ -129,6 +137,24 @@ def check_model(name: str, cache_dir: Path, *, build: bool = True) -> str | None
     except ModelError as err:
         raise _at("model.name", err) from None
     return source
+
+
+def check_target_modules(model_name: str, values: Sequence[str]) -> None:
+    """Every ``target_modules`` value a trial may get must wrap some module of the model's
+    UNet (read from its config, cheaply: :func:`trials.models.components.unet_module_names`);
+    a model whose config is not local (a hub id) is left to the trial. Raises
+    :class:`~trials.errors.SetupError` (key ``parameters.target_modules``)."""
+    from trials.models.components import unet_module_names
+    from trials.models.lora import unmatched_targets
+
+    names = unet_module_names(model_name)
+    if names is None:
+        return
+    for value in values:
+        problem = unmatched_targets(value, names)
+        if problem:
+            raise SetupError(f"{problem.removeprefix('target_modules: ')} (model {model_name})",
+                             "parameters.target_modules")
 
 
 def bucket_lines(data: DataSpec, model_name: str) -> list[str]:
@@ -158,6 +184,10 @@ def check_scorer(spec: EvalSpec, file: str | Path) -> None:
         raise ConfigError(file, "eval.clip_model",
                           f"open_clip has no model {model!r}{closest(model, models)}; e.g. "
                           f"ViT-H-14, ViT-bigG-14, ViT-L-14 (open_clip.list_models())")
+    if tag is not None and Path(tag).expanduser().is_dir():
+        raise ConfigError(file, "eval.clip_pretrained",
+                          f"{Path(tag).expanduser()} is a directory, not a file (a checkpoint "
+                          "file, or a pretrained tag of open_clip)")
     if tag is None or Path(tag).expanduser().is_file():
         return
     tags = open_clip.list_pretrained_tags_by_model(model)
@@ -202,3 +232,62 @@ def long_prompts(spec: EvalSpec) -> list[str]:
                 out.append(f"warning: {spec.prompts}:{where.get(prompt, '?')}: prompt has "
                            f"{tokens} tokens, {who} reads {context}: the rest is cut off")
     return out
+
+
+# SD v1.5's text encoder reads 77 tokens: the start of text, 75 of the text, the end of text.
+SD_CONTEXT = 77
+
+
+def _tokens(bpe: object, text: str) -> int:
+    """Tokens of ``text`` with the start-of-text token (CLIP's BPE, as SD's tokenizer)."""
+    return len(bpe.encode(text)) + 1  # type: ignore[attr-defined]
+
+
+def check_trigger_reach(texts: Sequence[tuple[str, str]], trigger: str, key: str) -> None:
+    """Every text (``(where, text)`` pairs) that names ``trigger`` must name it within the SD
+    text encoder's context: past it the encoder never sees the trigger, so a brand prompt is
+    drawn without the brand and a caption teaches nothing of it. Raises
+    :class:`~trials.errors.SetupError` (``key``) naming the first such text."""
+    import open_clip
+
+    from trials.trigger import trigger_end
+
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    for where, text in texts:
+        end = trigger_end(text, trigger)
+        if end is None:
+            continue
+        last = _tokens(bpe, text[:end])
+        if last > SD_CONTEXT - 1:  # the end-of-text token keeps the last place
+            raise SetupError(
+                f"{where}: the trigger {trigger!r} ends at token {last}, past the SD text "
+                f"encoder's {SD_CONTEXT} tokens (the encoder never sees it); allowed: the "
+                f"trigger within the first {SD_CONTEXT - 2} tokens of the text", key)
+
+
+def _long_texts(texts: Sequence[tuple[str, str]], what: str, key: str) -> str | None:
+    """One warning line for the texts longer than the SD text encoder reads (the longest
+    named), or None. One line, however many: a 10,000-word caption is one mistake."""
+    import open_clip
+
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    long = [(_tokens(bpe, text) + 1, where) for where, text in texts
+            if len(text) > SD_CONTEXT - 2]  # cheap: a token is at least a character
+    long = [(n, where) for n, where in long if n > SD_CONTEXT]
+    if not long:
+        return None
+    tokens, where = max(long)
+    return (f"warning: {key}: {len(long)} {what}(s) longer than the SD text encoder's "
+            f"{SD_CONTEXT} tokens, the longest {tokens:,} ({where}): the rest is cut off")
+
+
+def check_prompt_triggers(spec: EvalSpec, brand_prompts: Sequence[str], trigger: str) -> None:
+    """The held-out (brand) prompts must name ``trigger`` within the SD text encoder's reach
+    (:func:`check_trigger_reach`); ``brand_prompts``: those preservation draws, when not the
+    held-out prompts themselves. Raises :class:`~trials.errors.SetupError`."""
+    where = _prompt_lines(spec.prompts)
+    check_trigger_reach([(f"{spec.prompts}:{where.get(p, '?')}", p) for p in spec.prompt_list],
+                        trigger, "eval.prompts")
+    extra = [p for p in brand_prompts if p not in where]
+    check_trigger_reach([(f"brand prompt {p[:60]!r}...", p) for p in extra], trigger,
+                        "preservation.control_prompts")

@@ -48,7 +48,8 @@ class Setting:
     ``writer`` replace the type's own rule (their JSON Schema is ``schema``); ``digest``: the
     fingerprint holds a hash of the value, not the value (the prompts' text); ``key``: the
     key a derived field stands for in the file, for messages (``prompts`` for the prompts'
-    text).
+    text); ``path``: a path key must name a ``"file"`` or a ``"folder"`` (where the path
+    exists: whether it must exist is its reader's and the pre-flight's business).
     """
 
     doc: str
@@ -63,6 +64,7 @@ class Setting:
     schema: dict[str, Any] | None = None
     digest: bool = False
     key: str | None = None  # the key in the file, where it is not the field's own
+    path: str | None = None  # a Path key: "file" or "folder", what it must name if it exists
 
 
 def setting(default: Any = MISSING, *, doc: str, factory: Callable[[], Any] | None = None,
@@ -175,7 +177,13 @@ def read_key(section: Section, key: str, s: Setting, hint: Any, default: Any,
     if kind is Path:
         if d and not section.has(key):
             return default
-        return resolve_path(section.string(key), base_dir)
+        path = resolve_path(section.string(key), base_dir)
+        # "not found" or a read error later would hide the mistake: a folder given for a file
+        if s.path == "file" and path.is_dir():
+            raise section.error(f"{path} is a directory, not a file", key)
+        if s.path == "folder" and path.exists() and not path.is_dir():
+            raise section.error(f"{path} is a file, not a directory", key)
+        return path
     raise TypeError(f"{section.key_path(key)}: type {hint} needs a reader")
 
 

@@ -39,6 +39,12 @@ def has_trigger(text: str, trigger: str) -> bool:
     return _pattern(trigger).search(text) is not None
 
 
+def trigger_end(text: str, trigger: str) -> int | None:
+    """Where the first whole-word ``trigger`` in ``text`` ends (a character offset), or None."""
+    found = _pattern(trigger).search(text)
+    return None if found is None else found.end()
+
+
 def remove_trigger(text: str, trigger: str) -> str:
     """``text`` without every whole-word occurrence of ``trigger``, spaces and articles fixed.
 

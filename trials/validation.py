@@ -110,6 +110,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     The loader is ``yaml.SafeLoader`` plus one check: a key given twice is an error.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(file, "", "is a directory, not a file")
     if not file.is_file():
         raise ConfigError(file, "", "file not found")
     try:

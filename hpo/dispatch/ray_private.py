@@ -19,15 +19,27 @@ The private uses, and why there is no public way:
   hook to send the lines elsewhere.
 - :func:`autoscaler_events`: ``ray._private.worker.filter_autoscaler_events`` keeps the
   autoscaler's events out of its status lines, as Ray's own printer does.
+- :func:`loopback_node`: a local Ray must listen on loopback only (issue 31: no socket of the
+  driver, GCS, raylet, workers or agents on another interface). Ray binds each server to the
+  node's address, loopback only when that address is loopback; but ``ray.init`` turns a given
+  ``_node_ip_address`` of ``127.0.0.1`` into the machine's outward address
+  (``services.resolve_ip_for_localhost``), and Ray has no public option for the node address
+  of a local ``ray.init`` (``ray start --node-ip-address`` is for a cluster started outside
+  the driver). Ray itself keeps a node on loopback where clusters are off
+  (``ray_constants.ENABLE_RAY_CLUSTER``, set from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when Ray
+  is imported, too early for this project to set): the flag is turned off while ``ray.init``
+  starts the node, and only then (joining a cluster with ``--address`` never goes through it).
 
 If one of these moves in an upgrade of Ray, the pin test fails; at run time the worker lines
 then stay on the console (``divert_worker_output`` returns None) and Ray's per-worker log files
-still have them.
+still have them, and a local Ray listens where Ray puts it (``tests/hpo/dispatch/test_cluster``
+checks the sockets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,3 +112,23 @@ def autoscaler_events(lines: Iterable[str]) -> list[str]:
     from ray._private.worker import filter_autoscaler_events
 
     return list(filter_autoscaler_events(list(lines)))
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """While the block runs, a Ray node started by ``ray.init`` takes 127.0.0.1 as its address
+    (so its servers listen on loopback only); Ray's flag is restored after."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        yield
+        return
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is None:
+        yield
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -40,6 +40,7 @@ from hpo.dispatch.rungs import (
     totals_attrs,
 )
 from hpo.dispatch.searcher import StudySearch
+from hpo.study.folders import disk_error, disk_error_line
 from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
 from hpo.sweep.spec import Sweep
 from hpo.verdict import preservation
@@ -94,11 +95,21 @@ def _uninterrupted() -> Iterator[None]:
 
 
 def _held(hook: Callable[..., None]) -> Callable[..., None]:
-    """A recorder hook that runs :func:`_uninterrupted`."""
+    """A recorder hook that runs :func:`_uninterrupted`, and stops the sweep on a write that
+    failed for want of space or permission (every trial's record would fail alike)."""
     @functools.wraps(hook)
-    def held(*args: Any, **kwargs: Any) -> None:
+    def held(self: StudyRecorder, *args: Any, **kwargs: Any) -> None:
         with _uninterrupted():
-            hook(*args, **kwargs)
+            try:
+                hook(self, *args, **kwargs)
+            except Exception as err:
+                full = disk_error(err)
+                if full is None:
+                    raise
+                # Raised to Tune, it would be logged and the sweep go on (on_checkpoint), or
+                # fail the trial as if its parameters were at fault (on_trial_complete).
+                self.disk_error = self.disk_error or full
+                self.stopper.reason = self.stopper.reason or disk_error_line(full)
     return held
 
 
@@ -121,6 +132,7 @@ class StudyRecorder(tune.Callback):
         self.nodes: dict[str, str] = {}  # trial -> the Ray node it reported from last
         self.finished = 0
         self.stopper = SweepStopper()  # its reason: the error that stopped the sweep
+        self.disk_error: OSError | None = None  # a failed write (full disk) that stopped it
 
     @_held
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

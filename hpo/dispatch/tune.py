@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from hpo.dispatch import ray_private
 from hpo.dispatch.chaos import ChaosPlan
 from hpo.dispatch.cluster import check_address
 from hpo.dispatch.ray_output import RayOutput
@@ -79,8 +80,11 @@ def start_ray(address: str | None, num_cpus: int | None = None,
             # (os.cpu_count() would count the host's CPUs on a pod and over-subscribe).
             # configure_logging=False would clear the "ray" logger's handlers (driver.log's:
             # hpo.outputs.console.driver_log), and its warnings would reach stderr anyway.
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=256 * 2**20, log_to_driver=True)
+            # Loopback only: a sweep on one machine needs no socket another machine can reach
+            # (hpo.dispatch.ray_private.loopback_node says why this is not an argument).
+            with ray_private.loopback_node():
+                ray.init(num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=256 * 2**20, log_to_driver=True)
         if output is not None:
             output.started_ray = True
     if output is not None:
@@ -186,7 +190,14 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     res = trial_resources(sweep, cluster)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(
         baseline_task)
-    return ray.get(task.remote(config))
+    ref = task.remote(config)
+    try:
+        return ray.get(ref)
+    except BaseException:  # Ctrl-C: on a cluster the task would go on after the driver stopped
+        # (never on success: cancelling a task Ray is completing trips a check in its core
+        # worker, "Tried to complete task that was not pending", and kills the driver)
+        _cancel([ref])
+        raise
 
 
 def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
@@ -203,14 +214,25 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)
     pending = {task.remote(config, None if lora is None else Path(lora), seed,
                            images_per_prompt): key for key, (config, lora) in jobs.items()}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        key = pending.pop(ready[0])
-        try:
-            yield key, ray.get(ready[0])
-        except ray.exceptions.RayError as err:
-            cause = getattr(err, "cause", None) or err
-            yield key, {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(ready[0])
+            try:
+                scores = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                cause = getattr(err, "cause", None) or err
+                scores = {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+            yield key, scores
+    finally:  # Ctrl-C (or the caller gone): what has not ended would go on drawing
+        _cancel(list(pending))  # empty when every task ended (see run_baseline)
+
+
+def _cancel(refs: list[ray.ObjectRef]) -> None:
+    """Stop tasks that have not ended (a finished one is left alone)."""
+    for ref in refs:
+        with contextlib.suppress(Exception):  # ended meanwhile, or Ray already shut down
+            ray.cancel(ref, force=True)
 
 
 def confirmation_scorer(sweep: Sweep, address: str | None, output: RayOutput | None = None

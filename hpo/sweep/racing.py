@@ -120,8 +120,8 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
     """``racing``, or None without it. ``reduction_factor``, ``grace_steps``: ASHA's, None
     without ``early_terminate``. Raises ``ConfigError`` naming the key: racing needs the single
     objective ``clip_score`` (the per-prompt CLIP-T it pairs), ``min_prompts`` of at least 4
-    and below the number of held-out prompts (else it never decides), and ``against: cutoff``
-    needs ASHA."""
+    and below the number of held-out prompts, a ``chunk`` that leaves a decision point between
+    them (else it never decides), and ``against: cutoff`` needs ASHA."""
     if not root.has("racing"):  # null: no racing, as when left out
         return None
     section = root.sub("racing")
@@ -139,6 +139,14 @@ def parse_racing(root: Section, n_prompts: int, metric: str, multi_objective: bo
     if racing.min_prompts >= n_prompts:
         raise section.error(f"must be below the number of held-out prompts ({n_prompts}), or "
                             f"racing never decides (got {racing.min_prompts})", "min_prompts")
+    if racing.looks(n_prompts) == 0:
+        # Decisions come after each chunk but the last, from min_prompts on: a chunk as large
+        # as the prompts (or one that jumps from below min_prompts to the end) leaves none.
+        raise section.error(f"racing never decides: a rung of {n_prompts} prompts drawn "
+                            f"{racing.chunk} at a time has no decision point from min_prompts "
+                            f"({racing.min_prompts}) on and before its last prompt; allowed: a "
+                            f"chunk that ends between {racing.min_prompts} and {n_prompts - 1} "
+                            f"prompts (got {racing.chunk})", "chunk")
     return racing
 
 

@@ -163,6 +163,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return pick(study)
 
 
+def breaks_on_fresh_seeds(study: optuna.Study) -> int | None:
+    """The winner's number when the confirmation ran and the winner fails the sweep's
+    preservation requirement on the fresh seeds (then every confirmed candidate does: those
+    that keep the base model rank first); None otherwise. Such a winner is not confirmed."""
+    summary = confirmation_summary(study)
+    if summary is None or require_of(study) is None:
+        return None
+    kept = (summary.get("preservation") or {}).get("preserves")
+    return int(summary["winner"]) if kept is False else None
+
+
 def confirmation_summary(study: optuna.Study) -> dict[str, Any] | None:
     """``result.confirmation`` of best.yaml: the winner's confirmed score beside its search
     score, and its paired difference from the runner-up and from the base model, all on the

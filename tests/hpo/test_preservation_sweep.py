@@ -63,3 +63,36 @@ def test_every_scored_trial_carries_its_control_figures_and_constraints(preservi
         assert (preserving_sweep / "best_lora" / "control.png").is_file()
     page = (preserving_sweep / "report.html").read_text()
     assert "Brand vs control" in page and "control Δ" in page
+
+
+def test_a_winner_that_breaks_the_base_model_on_fresh_seeds_exits_4(
+        preserving_sweep, ray_cluster, tmp_path, capsys) -> None:
+    """The confirmation's control prompts say every confirmed candidate now breaks the base
+    model (their records lowered to far below the base model's, in a copy of the study): the
+    rerun (nothing left to run or score) reports NOT confirmed and exits 4, not 0."""
+    import shutil
+
+    from hpo.run import NOT_PRESERVED
+    from hpo.verdict import winner
+
+    out = tmp_path / "runs"
+    shutil.copytree(preserving_sweep, out / "preserve")
+    study = optuna.load_study(study_name="preserve",
+                              storage=f"sqlite:///{out / 'preserve' / 'optuna.db'}")
+    if winner.confirmation_summary(study) is None:
+        pytest.skip("no feasible COMPLETE trial to confirm in this run of the sweep")
+    base = study.user_attrs[winner.BASELINE_KEY]["control_per_prompt"]
+    for number in winner.confirmations(study):
+        key = winner.trial_key(number)
+        study.set_user_attr(key, {**study.user_attrs[key],
+                                  "control_per_prompt": [v - 30.0 + i % 3 for i, v in
+                                                         enumerate(base)]})
+    sweep = preserving_sweep.parents[1] / "sweep.yaml"
+    code = run_main(["--sweep", str(sweep), "--trials", "4", "--out", str(out), "--address",
+                     ray_cluster])
+    captured = capsys.readouterr()
+    assert code == NOT_PRESERVED == 4, captured.err[-2000:]
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fails the preservation requirement on fresh seeds" in errors[0]
+    assert "NOT confirmed: trial" in captured.out
+    assert "\nconfirmed on fresh seeds" not in captured.out

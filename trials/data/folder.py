@@ -18,6 +18,7 @@ import io
 import json
 import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -268,6 +269,28 @@ def _resolve_file(root: Path, file_name: str) -> tuple[Path | None, str | None]:
     return path, None
 
 
+def _unreadable_files(root: Path) -> list[tuple[str, str]]:
+    """Each file under ``root`` (as :func:`folder_state` walks it) that cannot be stat'ed or
+    opened for reading: a symlink loop, a dangling link, a file without read permission."""
+    problems: list[tuple[str, str]] = []
+
+    def walk_error(err: OSError) -> None:  # a subfolder that cannot be listed
+        problems.append((os.path.relpath(err.filename or root, root),
+                         f"cannot list folder ({err.strerror or err})"))
+
+    for parent, _dirs, files in os.walk(root, onerror=walk_error):
+        for name in files:
+            path = os.path.join(parent, name)
+            try:
+                if stat.S_ISREG(os.stat(path).st_mode):
+                    with open(path, "rb"):
+                        pass
+            except OSError as err:
+                problems.append((os.path.relpath(path, root),
+                                 f"cannot read ({err.strerror or err})"))
+    return problems
+
+
 def load_examples(train_dir: str | Path, caption_column: str = "text",
                   label: str = "the training data") -> list[Example]:
     """Validate the whole training folder and return its examples in metadata order.
@@ -285,6 +308,9 @@ def load_examples(train_dir: str | Path, caption_column: str = "text",
         raise DataError(given, [(given, "not a directory")], label)
     root = root_path.resolve()
 
+    # Every file a trial touches: it stats the whole folder (trials.train.warm's folder_state)
+    # before it reads a listed image, so one symlink loop or unreadable file fails every trial.
+    problems += _unreadable_files(root)
     metadata = _read_metadata(root, caption_column, problems)
     if metadata is None:
         raise DataError(given, [(given, "no metadata.jsonl or metadata.csv in the folder")],

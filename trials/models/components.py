@@ -250,6 +250,8 @@ def check_model_source(source: str) -> None:
     if not _looks_like_local_path(source):
         return
     root = Path(source).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ModelError(f"{root} is a file, not a directory (a diffusers model folder)")
     if not root.is_dir():
         raise ModelError(f"model folder not found: {root}")
     for sub in SUBFOLDERS:
@@ -355,6 +357,23 @@ def unet_linear_module_names(unet: nn.Module) -> list[str]:
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             names.append(name)
     return names
+
+
+def unet_module_names(model_name: str) -> list[str] | None:
+    """The targetable module names (:func:`unet_linear_module_names`) of the model's UNet, from
+    its config alone: the UNet is built on the meta device, so no weight is read or allocated.
+    None where the config is not on this machine (a hub id: the trial's download has it)."""
+    if model_name == TINY_MODEL:
+        config = dict(_tiny_unet().config)
+    else:
+        folder = TOYWORLD_SD_DIR if model_name == TOYWORLD else Path(model_name).expanduser()
+        file = folder / "unet" / "config.json"
+        if not file.is_file():
+            return None
+        config = json.loads(file.read_text(encoding="utf-8"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    return unet_linear_module_names(unet)
 
 
 def model_side_multiple(model_name: str) -> tuple[int, str]:

@@ -53,25 +53,33 @@ def resolve_target_modules(spec: str, unet: torch.nn.Module) -> str | list[str]:
     """Turn a preset name or comma-joined module names into peft's ``target_modules``.
 
     Explicit names are checked against the loaded UNet so a typo fails at trial start, with the
-    list of valid names, instead of silently training nothing.
+    list of valid names, instead of silently training nothing. Raises
+    :class:`TargetModuleError`.
     """
-    names = targetable_names(unet)
+    problem = unmatched_targets(spec, targetable_names(unet))
+    if problem:
+        raise TargetModuleError(problem)
     if spec in TARGET_PRESETS:
         preset = TARGET_PRESETS[spec]
-        if isinstance(preset, str):
-            matched = [n for n in names if re.fullmatch(preset, n)]
-            if not matched:
-                raise TargetModuleError(f"target_modules preset {spec!r} matches no UNet module")
-            return preset
-        return list(preset)
-    wanted = spec.split(",")
-    unknown = [k for k in wanted if not any(_matches(n, k) for n in names)]
-    if unknown:
-        suffixes = sorted({_suffix(n) for n in names})
-        raise TargetModuleError(
-            f"target_modules: {', '.join(unknown)} match no module of this UNet; valid names "
+        return preset if isinstance(preset, str) else list(preset)
+    return spec.split(",")
+
+
+def unmatched_targets(spec: str, names: list[str]) -> str | None:
+    """What is wrong with ``target_modules`` value ``spec`` for a UNet whose targetable modules
+    are ``names`` (None: it wraps something). A preset must match some module; every name of
+    a list must match one (peft's rule: the full name or a dotted suffix of it)."""
+    if spec in TARGET_PRESETS:
+        preset = TARGET_PRESETS[spec]
+        matched = [n for n in names if re.fullmatch(preset, n)] if isinstance(preset, str) \
+            else [n for n in names if any(_matches(n, k) for k in preset)]
+        return None if matched else f"target_modules preset {spec!r} matches no UNet module"
+    unknown = [k for k in spec.split(",") if not any(_matches(n, k) for n in names)]
+    if not unknown:
+        return None
+    suffixes = sorted({_suffix(n) for n in names})
+    return (f"target_modules: {', '.join(unknown)} match no module of this UNet; valid names "
             f"end with one of: {', '.join(suffixes[:40])}")
-    return wanted
 
 
 def lora_config(params: HyperParams, unet: torch.nn.Module) -> LoraConfig:

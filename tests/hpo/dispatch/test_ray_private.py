@@ -67,3 +67,20 @@ def test_worker_lines_are_diverted_and_given_back() -> None:
     finally:
         dispatcher.handlers = before[0]
         worker.print_to_stdstream = before[1]
+
+
+def test_a_local_node_takes_loopback_where_ray_clusters_are_off() -> None:
+    """``loopback_node`` turns off Ray's ``ENABLE_RAY_CLUSTER``, which its node address reads
+    at call time; ``ray.init`` turns a given 127.0.0.1 into the outward address (so the
+    public-looking ``_node_ip_address`` cannot do it)."""
+    from ray._private import ray_constants, services, worker
+
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool)
+    assert "ray_constants.ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address)
+    assert "resolve_ip_for_localhost" in inspect.getsource(worker.init)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with ray_private.loopback_node():
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+        if worker._global_node is None:  # no Ray in this process: the address it would take
+            assert services.get_node_ip_address() in ("127.0.0.1", "::1")
+    assert ray_constants.ENABLE_RAY_CLUSTER is before

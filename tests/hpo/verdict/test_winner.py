@@ -152,3 +152,35 @@ def test_a_runner_up_that_breaks_the_base_model_on_fresh_seeds_ranks_second() ->
     assert summary["preservation"]["preserves"] is True
     assert summary["verdict"].startswith("trial 0 wins because the runner-up by score, trial 1, "
                                          "does not keep the base model on fresh seeds")
+
+
+def test_a_winner_that_breaks_the_base_model_on_fresh_seeds_is_not_confirmed() -> None:
+    """Every confirmed candidate's control prompts drop on the fresh seeds: the winner is
+    reported as NOT confirmed (hpo.run exits 4), never as confirmed."""
+    from hpo.plan import confirmation_lines
+    from hpo.sweep.preservation import Require
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"}])
+    study.set_user_attr("preservation", {"trigger": "Hyundai", "require": Require().as_dict()})
+    for value in (20.0, 23.0):  # both kept the base model on the search seeds
+        trial = study.ask()
+        trial.set_user_attr("best_step", 10)
+        trial.set_user_attr("score_per_rung", {"10": value})
+        trial.set_constraint("control_not_worse", -1.0)
+        study.tell(trial, value)
+    confirm(study, {0: [20.0, 21.0, 22.0], 1: [30.0, 31.0, 33.0], "base": [19.0, 20.0, 21.0]},
+            top_k=2)
+    control = {0: [40.0, 41.0, 39.5], 1: [40.0, 41.5, 39.0], "base": [50.0, 51.0, 49.0]}
+    for key, scores in control.items():
+        name = winner.BASELINE_KEY if key == "base" else winner.trial_key(int(key))
+        study.set_user_attr(name, {**study.user_attrs[name], "control_per_prompt": scores})
+    assert winner.confirmation_summary(study)["preservation"]["preserves"] is False
+    assert winner.breaks_on_fresh_seeds(study) == winner.pick(study).number
+    lines = confirmation_lines(study)
+    assert lines[0].startswith(f"NOT confirmed: trial {winner.pick(study).number} (and every "
+                               "confirmed candidate) fails the preservation requirement")
+    assert not any(line.startswith("confirmed on fresh seeds") for line in lines)
+    # Without a requirement nothing is asked of the control prompts: not "broken".
+    study.set_user_attr("preservation", {"trigger": "Hyundai", "require": None})
+    assert winner.breaks_on_fresh_seeds(study) is None
