@@ -263,6 +263,8 @@ def section(result: dict[str, Any]) -> str:
         lines.append(f"| {r['seed']} | {r['loras']} | " + " | ".join(
             f"{r[k]['spearman']:.3f} | {r[k]['top3_overlap']:.2f}" for k in ("full", *VARIANTS))
             + " |")
+    if result.get("note"):
+        lines[5:5] = [result["note"], ""]
     lines.append(f"| **mean** | | {result['eval_rank_spearman_full']:.3f} | | "
                  f"{result['eval_rank_spearman_cheap']:.3f} | |")
     lines += ["", "Confirmed winners, cheap arm against full arm (paired over the "
