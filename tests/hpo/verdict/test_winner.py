@@ -127,15 +127,15 @@ def test_with_two_objectives_candidates_are_the_pareto_front() -> None:
     assert not math.isnan(winner.rule_score(study, {"clip_score": 1.0, "dino_holdout": 2.0}))
 
 
-def test_a_runner_up_that_breaks_the_base_model_on_fresh_seeds_ranks_second() -> None:
-    # Preservation required: trial 1 scores higher on fresh seeds but its control prompts drop
-    # significantly; trial 0 keeps the base model and wins, and the verdict says why.
+def _preserving_study(control: dict[int | str, list[float]]) -> optuna.Study:
+    """Two trials that kept the base model on the search seeds, trial 1 scoring higher on
+    fresh seeds, and ``control``: each one's and the base model's control prompts there."""
     from hpo.sweep.preservation import Require
 
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"}])
     study.set_user_attr("preservation", {"trigger": "Hyundai", "require": Require().as_dict()})
-    for value in (20.0, 23.0):  # both kept the base model on the search seeds
+    for value in (20.0, 23.0):
         trial = study.ask()
         trial.set_user_attr("best_step", 10)
         trial.set_user_attr("score_per_rung", {"10": value})
@@ -143,10 +143,17 @@ def test_a_runner_up_that_breaks_the_base_model_on_fresh_seeds_ranks_second() ->
         study.tell(trial, value)
     confirm(study, {0: [20.0, 21.0, 22.0], 1: [30.0, 31.0, 33.0], "base": [19.0, 20.0, 21.0]},
             top_k=2)
-    control = {0: [50.0, 51.0, 49.5], 1: [40.0, 41.5, 39.0], "base": [50.0, 51.0, 49.0]}
     for key, scores in control.items():
         name = winner.BASELINE_KEY if key == "base" else winner.trial_key(int(key))
         study.set_user_attr(name, {**study.user_attrs[name], "control_per_prompt": scores})
+    return study
+
+
+def test_a_runner_up_that_breaks_the_base_model_on_fresh_seeds_ranks_second() -> None:
+    # Preservation required: trial 1 scores higher on fresh seeds but its control prompts drop
+    # significantly; trial 0 keeps the base model and wins, and the verdict says why.
+    study = _preserving_study({0: [50.0, 51.0, 49.5], 1: [40.0, 41.5, 39.0],
+                               "base": [50.0, 51.0, 49.0]})
     assert winner.pick(study).number == 0
     summary = winner.confirmation_summary(study)
     assert summary["preservation"]["preserves"] is True
@@ -158,23 +165,8 @@ def test_a_winner_that_breaks_the_base_model_on_fresh_seeds_is_not_confirmed() -
     """Every confirmed candidate's control prompts drop on the fresh seeds: the winner is
     reported as NOT confirmed (hpo.run exits 4), never as confirmed."""
     from hpo.plan import confirmation_lines
-    from hpo.sweep.preservation import Require
-
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("objectives", [{"name": "clip_score", "goal": "maximize"}])
-    study.set_user_attr("preservation", {"trigger": "Hyundai", "require": Require().as_dict()})
-    for value in (20.0, 23.0):  # both kept the base model on the search seeds
-        trial = study.ask()
-        trial.set_user_attr("best_step", 10)
-        trial.set_user_attr("score_per_rung", {"10": value})
-        trial.set_constraint("control_not_worse", -1.0)
-        study.tell(trial, value)
-    confirm(study, {0: [20.0, 21.0, 22.0], 1: [30.0, 31.0, 33.0], "base": [19.0, 20.0, 21.0]},
-            top_k=2)
-    control = {0: [40.0, 41.0, 39.5], 1: [40.0, 41.5, 39.0], "base": [50.0, 51.0, 49.0]}
-    for key, scores in control.items():
-        name = winner.BASELINE_KEY if key == "base" else winner.trial_key(int(key))
-        study.set_user_attr(name, {**study.user_attrs[name], "control_per_prompt": scores})
+    study = _preserving_study({0: [40.0, 41.0, 39.5], 1: [40.0, 41.5, 39.0],
+                               "base": [50.0, 51.0, 49.0]})
     assert winner.confirmation_summary(study)["preservation"]["preserves"] is False
     assert winner.breaks_on_fresh_seeds(study) == winner.pick(study).number
     lines = confirmation_lines(study)
