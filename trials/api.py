@@ -128,6 +128,7 @@ __all__ = [  # sorted; the module docstring groups them
     "held_out_files", "load_yaml_mapping", "long_prompts",
     "make_params", "parse_parameters", "probe_blocker", "probe_times", "read_data", "read_eval",
     "read_model", "read_preservation", "read_train", "report", "rescore", "resume_step",
+    "resumed_rungs",
     "run_baseline",
     "run_trial", "rung_steps", "setting", "settings", "write_kohya",
 ]
@@ -159,6 +160,20 @@ def resume_step(folder: Path) -> int | None:
 
     found = resume.latest(Path(folder))
     return None if found is None else resume.step_of(found)
+
+
+def resumed_rungs(folder: Path) -> list[RungReport]:
+    """The rungs a trial resumed from ``folder`` had reported before it (the checkpoint keeps
+    them), oldest first; empty without a complete checkpoint there."""
+    import json
+
+    from trials.train import resume
+
+    found = resume.latest(Path(folder))
+    if found is None:
+        return []
+    state = json.loads((found / resume.STATE_DIR / resume.STATE).read_text(encoding="utf-8"))
+    return [RungReport.from_dict(r) for r in state.get("rungs", [])]
 
 
 def run_baseline(config: TrialConfig) -> dict[str, Any]:

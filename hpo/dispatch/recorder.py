@@ -34,6 +34,7 @@ from hpo.dispatch.chaos import ChaosPlan
 from hpo.dispatch.rungs import (
     NODE_ID,
     RESUMED_FROM_STEP,
+    RESUMED_RUNGS,
     Rung,
     best_attrs,
     per_rung_attrs,
@@ -41,7 +42,14 @@ from hpo.dispatch.rungs import (
 )
 from hpo.dispatch.searcher import StudySearch
 from hpo.study.folders import disk_error, disk_error_line
-from hpo.study.storage import clear_intermediate, jsonable, retry_locked, set_intermediate
+from hpo.study.storage import (
+    CHECKPOINT_PATHS,
+    RESUME_CHECKPOINTS,
+    clear_intermediate,
+    jsonable,
+    retry_locked,
+    set_intermediate,
+)
 from hpo.sweep.spec import Sweep
 from hpo.verdict import preservation
 from hpo.verdict.paired import at_places, paired_or_none
@@ -153,6 +161,8 @@ class StudyRecorder(tune.Callback):
             ot_trial = self.searcher.optuna_trial(trial.trial_id)
             step = int(result[RESUMED_FROM_STEP])
             ot_trial.set_user_attr(RESUMED_FROM_STEP, step)
+            if result.get(RESUMED_RUNGS) and not self.rungs.get(trial.trial_id):
+                self._inherit(trial.trial_id, ot_trial, result[RESUMED_RUNGS])
             self._note_node(trial.trial_id, ot_trial, result.get(NODE_ID))
             self._tell("trial_resumed", ot_trial, step)
             return
@@ -185,6 +195,22 @@ class StudyRecorder(tune.Callback):
                                        _listed(report.prompt_indices), usable)
         self._note_node(trial.trial_id, ot_trial, rung.node_id)
 
+    def _inherit(self, trial_id: str, ot_trial: optuna.Trial, reports: list[dict]) -> None:
+        """A trial re-queued after its driver died goes on from its predecessor's last rung:
+        that trial's rungs (from the checkpoint) and rung checkpoints (from the study) become
+        this one's, so its curve, its best rung and that rung's LoRA are as if never cut."""
+        rungs = []
+        for raw in reports:
+            report = RungReport.from_dict(raw)
+            rungs.append(Rung(report, self._preservation(report)))
+        self.rungs[trial_id] = rungs
+        self.checkpoints[trial_id] = [str(p) for p in
+                                      ot_trial.user_attrs.get(RESUME_CHECKPOINTS, [])][:len(rungs)]
+        if not self.sweep.multi_objective:
+            for g in rungs:
+                set_intermediate(self.searcher.storage, self.searcher.storage_id(trial_id),
+                                 g.step, float(g.get(self.sweep.metric)))
+
     def _note_node(self, trial_id: str, ot_trial: optuna.Trial, node: str | None) -> None:
         if node and self.nodes.get(trial_id) != node:
             # Where a running trial is, for whoever watches the study (set again on retries).
@@ -196,9 +222,11 @@ class StudyRecorder(tune.Callback):
                       **info: Any) -> None:
         paths = self.checkpoints.setdefault(trial.trial_id, [])
         paths.append(checkpoint.path)
+        ot_trial = self.searcher.optuna_trial(trial.trial_id)
+        # In the study at once: if the driver dies, the re-queued trial goes on from here.
+        retry_locked(lambda: ot_trial.set_user_attr(CHECKPOINT_PATHS, [str(p) for p in paths]))
         rungs = self.rungs.get(trial.trial_id, [])
         if len(rungs) >= len(paths):  # checkpoint i belongs to rung i
-            ot_trial = self.searcher.optuna_trial(trial.trial_id)
             for observer in self.observers:
                 observer.rung_saved(ot_trial, rungs[len(paths) - 1].as_dict(), checkpoint.path)
 

@@ -26,6 +26,12 @@ from trials.api import report as r
 NODE_ID = "node_id"  # the Ray node a rung was reported from (added at the Ray border)
 # A retried attempt's first report, alone: the rung checkpoint it goes on from (its step).
 RESUMED_FROM_STEP = "resumed_from_step"
+# The config key that hands a re-queued trial's last rung checkpoint (its user attr
+# RESUME_CHECKPOINTS, hpo.study.storage) to the trainable (hpo.dispatch.searcher, .tune).
+RESUME_FROM = "__resume_from"
+# What the trainable reports first when it goes on from another trial's checkpoint: the rungs
+# that checkpoint's trial had reported, for the recorder to keep as this trial's.
+RESUMED_RUNGS = "resumed_rungs"
 
 # Fields of the best full rung, as user attrs of the same name (``step`` is ``best_step``).
 FROM_BEST: tuple[str, ...] = (

@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from hpo.study.storage import trial_id_of
+from hpo.dispatch.rungs import RESUME_FROM
+from hpo.study.storage import RESUME_CHECKPOINTS, trial_id_of
 
 
 class StudySearch(Searcher):
@@ -48,7 +49,12 @@ class StudySearch(Searcher):
             self.trials[trial_id] = self.study.ask()
         ot_trial = self.trials[trial_id]
         self.space(ot_trial)  # suggests every searched parameter; a repeat returns the same
-        return dict(ot_trial.params)
+        config = dict(ot_trial.params)
+        # A trial re-queued after its driver died goes on from its last rung checkpoint.
+        checkpoints = ot_trial.user_attrs.get(RESUME_CHECKPOINTS)
+        if checkpoints:
+            config[RESUME_FROM] = str(checkpoints[-1])
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # the recorder writes rungs

@@ -32,7 +32,7 @@ from hpo.dispatch.ray_output import RayOutput
 from hpo.dispatch.recorder import StudyRecorder, SweepObserver
 from hpo.dispatch.referee import asker as referee_asker
 from hpo.dispatch.referee import start as referee_start
-from hpo.dispatch.rungs import NODE_ID, RESUMED_FROM_STEP
+from hpo.dispatch.rungs import NODE_ID, RESUME_FROM, RESUMED_FROM_STEP, RESUMED_RUNGS
 from hpo.dispatch.searcher import StudySearch
 from hpo.sweep.space import define_by_run, make_sampler
 from hpo.sweep.spec import Sweep
@@ -124,12 +124,17 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
 
     A retried trial (its process died; ``FailureConfig.max_failures``) goes on from Tune's
     latest checkpoint, its last rung (:func:`trials.api.run_trial`'s ``resume_from``), and
-    first reports ``resumed_from_step`` alone, so the study and the console say so at once.
+    first reports ``resumed_from_step`` alone, so the study and the console say so at once. A
+    trial re-queued after its driver died (``config[RESUME_FROM]``, from the study) goes on
+    from its predecessor's last rung checkpoint the same way, and first reports the rungs
+    before it too (``resumed_rungs``).
     """
-    from trials.api import resume_step, run_trial
+    from trials.api import resume_step, resumed_rungs, run_trial
 
     context = tune.get_context()
     work = Path(context.get_trial_dir()) / "rungs"
+    config = dict(config)
+    requeued = config.pop(RESUME_FROM, None)  # a trial re-queued after its driver died
     trial_config = sweep.trial_config(config, output_dir=work, cache_dir=Path(cache_dir))
     fault = chaos.fault_for(context.get_trial_id(), trial_config.params.max_train_steps) \
         if chaos else None
@@ -157,15 +162,23 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     try:
         race = None if referee is None \
             else referee_asker(referee, trial_config.params.max_train_steps)
+        # Tune's own checkpoint (this trial's last attempt died), else the one the study kept
+        # for a trial re-queued after its driver died (the same parameters: another Tune trial).
         checkpoint = tune.get_checkpoint()
+        inherited = checkpoint is None and requeued is not None
+        if inherited:
+            checkpoint = tune.Checkpoint(requeued)
         # A local folder (a copy, for remote storage) for as long as the trial reads it.
         with (checkpoint.as_directory() if checkpoint is not None
               else contextlib.nullcontext(None)) as folder:
             resume_from = None if folder is None else Path(folder)
             step = None if resume_from is None else resume_step(resume_from)
             if step is not None:
-                tune.report({RESUMED_FROM_STEP: step,
-                             NODE_ID: ray.get_runtime_context().get_node_id()})
+                first = {RESUMED_FROM_STEP: step,
+                         NODE_ID: ray.get_runtime_context().get_node_id()}
+                if inherited:  # the recorder has none of the rungs before it: they come along
+                    first[RESUMED_RUNGS] = [r.to_dict() for r in resumed_rungs(resume_from)]
+                tune.report(first)
             run_trial(trial_config, report, race, resume_from)
     except Exception as err:  # a failed trial must not stop the sweep, nor be retried blindly
         tune.report({"trial_error": f"{type(err).__name__}: {err}",

@@ -219,8 +219,16 @@ def record_study_attrs(study: optuna.Study, sweep: Sweep, sampler: dict[str, Any
         study.set_user_attr(key, value)
 
 
+# A trial's rung checkpoints (Tune's folders, oldest first), a user attr the recorder keeps as
+# each is saved; a trial re-queued after its driver died gets them as RESUME_CHECKPOINTS and
+# goes on from the last one (hpo.dispatch.searcher, hpo.dispatch.tune).
+CHECKPOINT_PATHS = "checkpoint_paths"
+RESUME_CHECKPOINTS = "resume_checkpoints"
+
+
 def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
-    """Mark trials a dead driver left RUNNING as FAIL and queue their parameters again.
+    """Mark trials a dead driver left RUNNING as FAIL and queue their parameters again, with
+    their rung checkpoints (:data:`RESUME_CHECKPOINTS`) so they go on from the last one.
 
     ``storage`` is the one the study was opened on. Returns the numbers of the trials marked.
     Only call this while no other driver runs on the study (the run command holds a lock file
@@ -237,7 +245,10 @@ def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorag
                 "queued again")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         # Not skip_if_exists: that would match the trial just marked FAIL and queue nothing.
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        attrs: dict[str, Any] = {"retry_of": trial.number}
+        if trial.user_attrs.get(CHECKPOINT_PATHS):
+            attrs[RESUME_CHECKPOINTS] = trial.user_attrs[CHECKPOINT_PATHS]
+        study.enqueue_trial(trial.params, user_attrs=attrs)
         marked.append(trial.number)
     return marked
 

@@ -28,17 +28,19 @@ def test_asha_work_counts_both_arms_at_the_same_rates() -> None:
                                     _record(2, [15, 30, 45, 60])])
     none = SimpleNamespace(records=[_record(i, [30, 45, 60]) for i in range(3)])
     w = early_stop.asha_work(asha, none, trials=3)
-    assert w["images_per_rung"] == 96  # sweeps/tiny.yaml: 48 prompts x 2 images
-    assert w["asha"] == {"steps": 105.0, "images": 7 * 96.0, "setups": 3.0}
-    assert w["none"] == {"steps": 180.0, "images": 9 * 96.0, "setups": 3.0}
+    # sweeps/tiny.yaml without preservation: 48 prompts x 1 image at a rung (a screening rung
+    # draws as many: it only leaves out control images)
+    assert w["images_per_rung"] == 48
+    assert w["asha"] == {"steps": 105.0, "images": 7 * 48.0, "setups": 3.0}
+    assert w["none"] == {"steps": 180.0, "images": 9 * 48.0, "setups": 3.0}
     c = w["unit_costs"]
-    assert c["per_step"] == pytest.approx(0.1) and c["per_image"] == pytest.approx(4.0 / 96)
+    assert c["per_step"] == pytest.approx(0.1) and c["per_image"] == pytest.approx(4.0 / 48)
     expected = (105 * 0.1 + 7 * 4.0 + 0.6) / (180 * 0.1 + 9 * 4.0 + 0.6)
     assert w["fraction"] == pytest.approx(expected)
     assert w["rungs_asha"] == [15, 30, 45, 60] and w["rungs_none"] == [30, 45, 60]
     assert w["milestones"] == [15, 30]
     # ideal halving of 3 trials: 1 stops at 15, 1 at 30, 1 trains to 60
-    assert w["ideal_asha"] == {"steps": 105.0, "images": 7 * 96.0, "setups": 3.0}
+    assert w["ideal_asha"] == {"steps": 105.0, "images": 7 * 48.0, "setups": 3.0}
     assert w["ideal_fraction_if_rungs_were_free"] == pytest.approx(105 / 180)
 
 

@@ -159,3 +159,56 @@ def test_a_worker_killed_after_its_second_rung_resumes_there_with_the_same_score
     print(f"max abs LoRA difference through Ray: {difference:.3g}")
     assert difference <= 1e-5
     assert not (tmp_path / "resumed" / "runs" / "resumed" / "best_lora" / RESUME_DIR).exists()
+
+
+def test_a_trial_requeued_after_its_driver_died_goes_on_from_its_last_rung(
+        ray_cluster, tmp_path) -> None:
+    """Issue 31: the driver is killed (SIGKILL) after the trial's rung-8 checkpoint is in the
+    study; the rerun queues the trial again with its checkpoints, and the new trial goes on from
+    step 8, inherits rungs 4 and 8, and ends where a trial that was never cut ends."""
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from hpo.study.storage import CHECKPOINT_PATHS
+    from tests.sweep_files import REPO, wait_for_trials
+    from trials.api import WEIGHTS_NAME
+
+    def sweep_args(name: str) -> list[str]:
+        sweep = write_sweep(tmp_path / name, name=name, early_terminate=None,
+                            **{"confirm.top_k": 0, "parameters.max_train_steps": {"value": 12}})
+        return ["--sweep", str(sweep), "--trials", "1", "--out", str(tmp_path / name / "runs"),
+                "--address", ray_cluster]
+
+    assert run_main(sweep_args("whole")) == 0
+    (whole,) = load(tmp_path / "whole" / "runs", "whole").trials
+
+    args = sweep_args("cut")
+    driver = subprocess.Popen([sys.executable, "-m", "hpo.run", *args], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = wait_for_trials(tmp_path / "cut" / "runs", "cut", lambda trials: any(
+        len(t.user_attrs.get(CHECKPOINT_PATHS) or []) >= 2 for t in trials))
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    assert saved, "the trial's second rung checkpoint never reached the study"
+    (cut,) = load(tmp_path / "cut" / "runs", "cut").trials
+    if cut.state != TrialState.RUNNING:
+        pytest.skip(f"the trial ended ({cut.state.name}) before the driver was killed")
+
+    assert run_main(args) == 0
+    trials = load(tmp_path / "cut" / "runs", "cut").trials
+    assert trials[0].user_attrs.get("interrupted") is True  # not counted
+    again = trials[1]
+    assert again.user_attrs["retry_of"] == 0 and again.state == TrialState.COMPLETE
+    assert again.params == whole.params
+    assert again.user_attrs["resumed_from_step"] == 8
+    assert sorted(again.intermediate_values) == [4, 8, 12]  # inherited 4 and 8, drew 12
+    assert abs(again.value - whole.value) <= 1e-3
+    for step, score in whole.user_attrs["score_per_rung"].items():
+        assert abs(again.user_attrs["score_per_rung"][step] - score) <= 1e-3, step
+    assert again.user_attrs["best_step"] == whole.user_attrs["best_step"]
+    loras = [load_file(tmp_path / n / "runs" / n / "best_lora" / WEIGHTS_NAME)
+             for n in ("whole", "cut")]
+    assert max(float((loras[0][k] - loras[1][k]).abs().max()) for k in loras[0]) <= 1e-5
