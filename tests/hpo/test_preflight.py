@@ -161,7 +161,7 @@ def test_an_output_folder_that_is_a_file_says_so(setup, capsys, tmp_path, dry) -
 
 def test_bad_fault_spec_and_trial_count(setup, capsys) -> None:
     assert setup.run("--inject-faults", "explode=0.5") == 2
-    assert "--inject-faults: expected KIND=RATE" in one_line(capsys)
+    assert "--inject-faults: expected KIND[@AT[:STEP]]=RATE with KIND one of" in one_line(capsys)
     assert main(["--sweep", str(setup.write()), "--trials", "0"]) == 2
     assert "--trials: must be >= 1 (got 0)" in one_line(capsys)
 

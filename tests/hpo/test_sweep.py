@@ -60,7 +60,10 @@ def test_asha_stopped_trials_are_pruned_with_their_rungs(finished_sweep) -> None
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["last_step"] == 12
-            assert t.value == max(t.intermediate_values.values())
+            # the best rung among the step counts the sweep may export (8 and 12); rung 4,
+            # ASHA's alone, screens and is never the result
+            assert t.value == max(v for s, v in t.intermediate_values.items() if s != 4)
+            assert t.user_attrs["best_step"] in (8, 12)
             assert Path(t.user_attrs["lora_path"], "pytorch_lora_weights.safetensors").is_file()
 
 

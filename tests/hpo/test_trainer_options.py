@@ -96,7 +96,7 @@ def test_dry_run_shows_the_buckets_and_their_counts(tmp_path, capsys) -> None:
     # tiny.yaml's toyworld model: VAE factor 4 x UNet factor 2.
     assert "buckets        buckets of ~32^2 px, sides multiple of 8" in out
     assert "buckets        32x32 (1.00:1): 4 image(s)" in out
-    assert "images of 48x24px" in out
+    assert "image(s) of 48x24px" in out
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def test_shipped_sweep_with_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path:
     config = load(Path("sweeps/hyundai.yaml"),
                   [*SET, "preservation=dop", "preservation_weight=3"], tmp_path)
     assert config.model.name == "sd-legacy/stable-diffusion-v1-5"
-    assert config.eval.images_per_prompt == 4 and config.params.rank == 8
+    assert config.eval.images_per_prompt == 1 and config.params.rank == 8  # a rung's images
     assert (config.preservation_method, config.preservation_weight) == ("dop", 3.0)
     assert len(config.preservation.control_prompt_list) == 26
 
