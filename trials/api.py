@@ -165,15 +165,9 @@ def resume_step(folder: Path) -> int | None:
 def resumed_rungs(folder: Path) -> list[RungReport]:
     """The rungs a trial resumed from ``folder`` had reported before it (the checkpoint keeps
     them), oldest first; empty without a complete checkpoint there."""
-    import json
-
     from trials.train import resume
 
-    found = resume.latest(Path(folder))
-    if found is None:
-        return []
-    state = json.loads((found / resume.STATE_DIR / resume.STATE).read_text(encoding="utf-8"))
-    return [RungReport.from_dict(r) for r in state.get("rungs", [])]
+    return [RungReport.from_dict(r) for r in resume.rungs_at(Path(folder))]
 
 
 def run_baseline(config: TrialConfig) -> dict[str, Any]:

@@ -167,6 +167,16 @@ def latest(path: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def rungs_at(path: Path) -> list[dict[str, Any]]:
+    """The rungs (``RungReport.to_dict`` form, oldest first) the newest complete checkpoint at
+    ``path`` holds; empty without one."""
+    found = latest(Path(path))
+    if found is None:
+        return []
+    doc = json.loads((found / STATE_DIR / STATE).read_text(encoding="utf-8"))
+    return list(doc.get("rungs", []))
+
+
 def load(folder: Path, expected: dict[str, Any]) -> TrainState:
     """Read the complete checkpoint in rung folder ``folder``.
 

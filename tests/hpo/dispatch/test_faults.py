@@ -20,6 +20,25 @@ def load(out: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / name / 'optuna.db'}")
 
 
+def assert_same_as_uncut(resumed: optuna.trial.FrozenTrial, whole: optuna.trial.FrozenTrial,
+                         resumed_dir: Path, whole_dir: Path) -> None:
+    """A resumed trial ends where the uncut one does: value and every rung within 1e-3, the
+    same best step, and the exported LoRA (``<dir>/runs/<name>/best_lora``) within 1e-5."""
+    from safetensors.torch import load_file
+
+    from trials.api import WEIGHTS_NAME
+
+    assert abs(resumed.value - whole.value) <= 1e-3
+    for step, score in whole.user_attrs["score_per_rung"].items():
+        assert abs(resumed.user_attrs["score_per_rung"][step] - score) <= 1e-3, step
+    assert resumed.user_attrs["best_step"] == whole.user_attrs["best_step"]
+    loras = [load_file(d / "runs" / d.name / "best_lora" / WEIGHTS_NAME)
+             for d in (whole_dir, resumed_dir)]
+    difference = max(float((loras[0][k] - loras[1][k]).abs().max()) for k in loras[0])
+    print(f"max abs LoRA difference through Ray: {difference:.3g}")
+    assert difference <= 1e-5
+
+
 def test_chaos_draws_are_per_trial_and_reproducible() -> None:
     plan = parse_chaos("kill=0.1,nan=0.05", seed=3)
     draws = [plan.fault_for(f"trial{i}", 20) for i in range(400)]
@@ -125,9 +144,8 @@ def test_a_worker_killed_after_its_second_rung_resumes_there_with_the_same_score
         ray_cluster, tmp_path, capsys) -> None:
     """Issue 31: the retry goes on from the rung-8 checkpoint (Tune's), reports only rung 12,
     and ends where a trial that was never killed ends."""
-    from safetensors.torch import load_file
 
-    from trials.api import RESUME_DIR, WEIGHTS_NAME
+    from trials.api import RESUME_DIR
 
     studies = {}
     for name, faults in (("whole", None), ("resumed", "crash@rung:5=1.0")):
@@ -149,15 +167,7 @@ def test_a_worker_killed_after_its_second_rung_resumes_there_with_the_same_score
     # Each rung once, the killed attempt's two and the retry's one.
     assert sorted(resumed.intermediate_values) == [4, 8, 12]
     assert resumed.user_attrs["last_step"] == 12
-    assert abs(resumed.value - whole.value) <= 1e-3
-    for step, score in whole.user_attrs["score_per_rung"].items():
-        assert abs(resumed.user_attrs["score_per_rung"][step] - score) <= 1e-3, step
-    assert resumed.user_attrs["best_step"] == whole.user_attrs["best_step"]
-    loras = [load_file(tmp_path / n / "runs" / n / "best_lora" / WEIGHTS_NAME)
-             for n in ("whole", "resumed")]
-    difference = max(float((loras[0][k] - loras[1][k]).abs().max()) for k in loras[0])
-    print(f"max abs LoRA difference through Ray: {difference:.3g}")
-    assert difference <= 1e-5
+    assert_same_as_uncut(resumed, whole, tmp_path / "resumed", tmp_path / "whole")
     assert not (tmp_path / "resumed" / "runs" / "resumed" / "best_lora" / RESUME_DIR).exists()
 
 
@@ -170,11 +180,8 @@ def test_a_trial_requeued_after_its_driver_died_goes_on_from_its_last_rung(
     import subprocess
     import sys
 
-    from safetensors.torch import load_file
-
     from hpo.study.storage import CHECKPOINT_PATHS
     from tests.sweep_files import REPO, wait_for_trials
-    from trials.api import WEIGHTS_NAME
 
     def sweep_args(name: str) -> list[str]:
         sweep = write_sweep(tmp_path / name, name=name, early_terminate=None,
@@ -205,10 +212,4 @@ def test_a_trial_requeued_after_its_driver_died_goes_on_from_its_last_rung(
     assert again.params == whole.params
     assert again.user_attrs["resumed_from_step"] == 8
     assert sorted(again.intermediate_values) == [4, 8, 12]  # inherited 4 and 8, drew 12
-    assert abs(again.value - whole.value) <= 1e-3
-    for step, score in whole.user_attrs["score_per_rung"].items():
-        assert abs(again.user_attrs["score_per_rung"][step] - score) <= 1e-3, step
-    assert again.user_attrs["best_step"] == whole.user_attrs["best_step"]
-    loras = [load_file(tmp_path / n / "runs" / n / "best_lora" / WEIGHTS_NAME)
-             for n in ("whole", "cut")]
-    assert max(float((loras[0][k] - loras[1][k]).abs().max()) for k in loras[0]) <= 1e-5
+    assert_same_as_uncut(again, whole, tmp_path / "cut", tmp_path / "whole")
