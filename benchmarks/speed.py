@@ -127,8 +127,14 @@ def _ours_file(work: Path, data: Path, steps: int, fused: str) -> Path:
                   "fused_accumulation": fused},
         # One cheap rung at the end, the same for the short and the long run.
         "eval": {"every_steps": steps, "images_per_prompt": 1, "inference_steps": 1},
-        "parameters": {"rank": {"value": 4}, "learning_rate": {"value": 1e-4},
-                       "max_train_steps": {"value": steps}, "target_modules": {"value": "attn"}},
+        # Every parameter fixed: the merge keeps the base file's other keys, so they go.
+        "parameters": {name: {"value": value, "values": DELETE, "distribution": DELETE,
+                              "min": DELETE, "max": DELETE}
+                       for name, value in (("rank", 4), ("learning_rate", 1e-4),
+                                           ("max_train_steps", steps),
+                                           ("target_modules", "attn"))}
+        | {"preservation": DELETE, "preservation_weight": DELETE},  # the reference has none
+        "preservation": DELETE,
         "early_terminate": DELETE,
     }
     return write_sweep(work, TINY_SWEEP, overrides, name=f"ours-{fused}-{steps}.yaml")

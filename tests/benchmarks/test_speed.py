@@ -111,3 +111,19 @@ def test_render_says_where_the_gpu_figures_are() -> None:
            "`benchmarks/results.json`." in speed.render(measured)
     tiny = {**_results(), "gpu": {"model": "tiny", "device": "cpu"}}
     assert "not measured yet" in speed.render(tiny)  # a --tiny check is no measurement
+
+
+def test_trainer_sweep_file_is_what_the_reference_script_trains(tmp_path: Path) -> None:
+    """The file ``python -m trials.train`` gets beside the reference script: every parameter
+    fixed at the reference's settings and no preservation (the reference has none), valid for
+    the sweep file's one definition as it is today (a merge over tiny.yaml once kept both
+    ``value`` and ``values``)."""
+    from trials.config import load_trial_config
+
+    file = speed._ours_file(tmp_path, tmp_path / "data", 10, "on")
+    config = load_trial_config(file, output_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert (config.params.rank, config.params.learning_rate, config.params.max_train_steps,
+            config.params.target_modules) == (4, 1e-4, 10, "attn")
+    assert config.preservation_method == "none"
+    assert config.train.gradient_accumulation_steps == 4
+    assert config.train.fused_accumulation == "on"
