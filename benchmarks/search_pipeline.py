@@ -21,13 +21,17 @@ rate (in log space). Grid search walks the grid itself, in its seeded random ord
 
 The **dense reference** is the best configuration of the table; the simple regret of a study is
 the reference's score minus the score of the trial the study would pick (its best). Scores are
-CLIP-T x 100 on the 48 held-out brand prompts x 2 images; differences between configurations
+CLIP-T x 100 on the 48 held-out brand prompts at the sweep's rung size (``tiny.yaml``: 1 image
+per prompt); differences between configurations
 come with a paired standard error over prompts (the same prompts and seeds on both sides), so
 a regret below the reference's paired standard error to that configuration is noise.
 
 The table is written to ``benchmarks/search_pipeline_table.json`` (resumable: configurations
-already in it are not trained again) and the result to ``benchmarks/results.json``
-(``search_pipeline``) and BENCHMARKS.md.
+already in it are not trained again) with the study fingerprint of the sweep it was measured
+with (:func:`hpo.study.fingerprint.compute`, less the search space: the rows are keyed by their
+parameters); a table measured with another sweep (say, other rung sizes) is started again, not
+resumed, so its rows always score what ``tiny.yaml`` scores today. The result goes to
+``benchmarks/results.json`` (``search_pipeline``) and BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _sweep(method: str = "tpe", lr_values: list[float] | None = None):
     """``sweeps/tiny.yaml`` with ``method`` and steps as a fidelity (rungs 15/30/45/60, as in
     the demo; :func:`train_one` never stops a trial early), without its preservation section
     and parameters: the table (``search_pipeline_table.json``) covers rank, modules and
-    learning rate, measured before preservation existed."""
+    learning rate (the remedies too would be ten times the training)."""
     from hpo.sweep import fidelity
     from hpo.sweep.spec import load_sweep
 
@@ -127,9 +131,39 @@ def train_one(params: dict[str, Any]) -> dict[str, Any]:
             "wall_seconds": time.time() - start, "cpu_seconds": time.process_time() - cpu}
 
 
+def sweep_fingerprint() -> dict[str, str]:
+    """The study fingerprint of the table's sweep, less the search space (the rows' keys)."""
+    from hpo.study.fingerprint import compute
+    from trials.api import check_data
+
+    sweep = _sweep()
+    data = check_data(sweep.data)
+    assert data is not None  # generate=True draws the synthetic folder
+    return {k: v for k, v in compute(sweep, data.fingerprint).items()
+            if not k.startswith("parameters.")}
+
+
+def resumable(table: dict[str, Any], fingerprint: dict[str, str]) -> dict[str, Any]:
+    """``table`` if it was measured with ``fingerprint`` (or is empty), else an empty table
+    (the changed keys are printed); either way stamped with ``fingerprint``."""
+    recorded = table.get("fingerprint") or {}
+    if table["rows"] and recorded != fingerprint:
+        changed = [k for k in sorted(set(recorded) | set(fingerprint))
+                   if recorded.get(k) != fingerprint.get(k)]
+        print(f"{TABLE.name} was measured with another sweep (changed: "
+              f"{', '.join(changed[:8]) if recorded else 'no fingerprint recorded'}); "
+              "starting it again", flush=True)
+        table = {"rows": {}}
+    return {**table, "fingerprint": fingerprint}
+
+
 def build_table(workers: int = 2) -> dict[str, Any]:
-    """Train every grid configuration not yet in the table (``workers`` processes)."""
-    table = json.loads(TABLE.read_text()) if TABLE.is_file() else {"rows": {}}
+    """Train every grid configuration not yet in the table (``workers`` processes).
+
+    A table recorded with another sweep fingerprint is started again (its keys are printed).
+    """
+    table = resumable(json.loads(TABLE.read_text()) if TABLE.is_file() else {"rows": {}},
+                      sweep_fingerprint())
     todo = [p for p in grid_configs() if key(p) not in table["rows"]]
     total = len(table["rows"]) + len(todo)
     started = time.time()

@@ -57,3 +57,26 @@ def test_grid_walks_distinct_configurations_and_every_method_improves() -> None:
         trace = [rows[k]["value"] for k in sp.run_study(method, 1, 30, rows, grid_lrs)]
         assert trace[-1] > trace[0] or trace[0] == best
         assert not math.isnan(trace[-1])
+
+
+def test_a_table_from_another_sweep_is_started_again_not_resumed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    now = {"format": "2", "eval.images_per_prompt": "1", "data.contents": "sha256:ab"}
+    rows = {"2|attn|0.001": {"value": 50.0}}
+    same = sp.resumable({"rows": rows, "fingerprint": dict(now)}, now)
+    assert same["rows"] == rows
+    other = sp.resumable(
+        {"rows": rows, "fingerprint": {**now, "eval.images_per_prompt": "2"}}, now)
+    assert other == {"rows": {}, "fingerprint": now}
+    assert "changed: eval.images_per_prompt" in capsys.readouterr().out
+    unstamped = sp.resumable({"rows": rows}, now)  # measured before stamping
+    assert unstamped["rows"] == {} and "no fingerprint recorded" in capsys.readouterr().out
+    assert sp.resumable({"rows": {}}, now) == {"rows": {}, "fingerprint": now}
+
+
+def test_the_table_fingerprint_holds_the_rung_settings_not_the_search_space() -> None:
+    fp = sp.sweep_fingerprint()
+    assert {"eval.images_per_prompt", "eval.inference_steps", "data.contents",
+            "model.contents"} <= set(fp)
+    assert not [k for k in fp if k.startswith("parameters.")]
+    assert sp.sweep_fingerprint() == fp  # the same sweep, the same fingerprint
