@@ -50,6 +50,7 @@ import optuna
 from scipy import stats
 
 from benchmarks.common import (
+    RESULTS,
     TINY_SWEEP,
     git_commit,
     merge_results,
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write benchmarks/results.json and BENCHMARKS.md")
     parser.add_argument("--demo", action="store_true",
                         help="also time the demo from cold (run it on an idle machine)")
+    parser.add_argument("--demo-only", action="store_true",
+                        help="time the demo alone and record it beside the recorded sweeps "
+                        "(their figures keep their own date and commit)")
     parser.add_argument("--ranks-of", type=Path, metavar="FOLDER",
                         help="score one finished full-arm sweep's rung LoRAs and stop (to run "
                         "beside the sweeps); its row is made from the study when missing")
@@ -308,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         row = json.loads((folder / "row.json").read_text()) if (folder / "row.json").is_file() \
             else study_row("full", seed, folder, None)
         rank_study(row)
+        return 0
+    if args.demo_only:
+        recorded = json.loads(RESULTS.read_text()).get("cheap_rungs")
+        if not recorded:
+            parser.error("--demo-only: no cheap_rungs run recorded in benchmarks/results.json")
+        demo = measure_demo(args.trials)
+        merge_results({"cheap_rungs": {**recorded, "demo": demo}, "demo_cheap_rungs": demo})
+        write_section(BEGIN, END, section({**recorded, "demo": demo}))
         return 0
     load_before = [round(x, 2) for x in os.getloadavg()]
     keep = args.keep or Path(tempfile.mkdtemp(prefix="cheap-rungs-"))
