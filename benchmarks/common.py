@@ -185,6 +185,7 @@ class SweepRun:
     trials: int
     best_value: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0  # 0, or hpo.run.NOT_PRESERVED: no confirmed winner keeps the base model
 
 
 def _tree_rss(root: psutil.Process) -> tuple[float, float]:
@@ -209,9 +210,13 @@ def run_sweep(sweep_file: Path, trials: int, out: Path, extra_args: Sequence[str
     """Run a sweep in a child process, sampling the memory of its whole process tree.
 
     ``out`` should be a fresh folder (cold caches). Raises RuntimeError with the output's tail
-    when the command fails.
+    when the command fails; a sweep that ran to its end counts as run, also when its confirmed
+    winner fails the preservation requirement (``hpo.run.NOT_PRESERVED``, exit code 4: a
+    result of the search, kept in ``exit_code``).
     """
     import optuna
+
+    from hpo.run import NOT_PRESERVED
 
     command = [sys.executable, "-m", "hpo.run", "--trials", str(trials), "--sweep",
                str(sweep_file), "--out", str(out), *extra_args]
@@ -236,7 +241,7 @@ def run_sweep(sweep_file: Path, trials: int, out: Path, extra_args: Sequence[str
     ended_at = time.time()
     reader.join(timeout=10)
     output = "".join(chunks)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, NOT_PRESERVED):
         raise RuntimeError(f"sweep {sweep_file} failed ({proc.returncode}):\n{output[-3000:]}")
     lines = output.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("sweep ")), None)
@@ -252,7 +257,7 @@ def run_sweep(sweep_file: Path, trials: int, out: Path, extra_args: Sequence[str
         wall_seconds=wall, started_at=started_at, ended_at=ended_at, slots=slots,
         records=records, study_attrs=dict(study.user_attrs), peak_tree_rss_mb=peak_tree,
         peak_process_rss_mb=peak_one, summary=summary, trials=trials,
-        best_value=max(complete) if complete else None)
+        best_value=max(complete) if complete else None, exit_code=proc.returncode)
 
 
 def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:

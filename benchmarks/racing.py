@@ -165,7 +165,7 @@ def run_arm(arm: str, seed: int, trials: int, folder: Path) -> dict[str, Any]:
     name = "tiny-demo"
     study = optuna.load_study(
         study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
-    row = {"arm": arm, "seed": seed, "wall_seconds": run.wall_seconds,
+    row = {"arm": arm, "seed": seed, "wall_seconds": run.wall_seconds, "exit_code": run.exit_code,
            **sweep_compute(study, file), "winner": winner(study, folder / "runs", name)}
     if arm == "fixed":  # racing's decisions on this sweep's own path, by each reference
         from hpo.sweep.spec import load_sweep
@@ -356,7 +356,9 @@ def tables(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], sim: dict[st
             f"{r['steps']} | {r['rung_images']:,} | {p['training']:,.0f} / "
             f"{p['evaluation']:,.0f} / {p['total']:,.0f} | {r['eval_share']:.2f} | "
             f"{r['seconds']['total']:.0f} | {_f(fe.get('training'))} / "
-            f"{_f(fe.get('evaluation'))} | {w.get('trial')} ({_f(w.get('confirmed'))}) |")
+            f"{_f(fe.get('evaluation'))} | "
+            + ("none keeps the base model (exit 4) |" if w.get("trial") is None
+               else f"{w['trial']} ({_f(w.get('confirmed'))}) |"))
     lines += ["", "| seed | arm / fixed: compute (passes) | evaluation | trial seconds | "
               "winners fixed, arm | arm's winner - fixed winner, fresh seeds (p) | same "
               "winner |", "|---|---|---|---|---|---|---|"]
