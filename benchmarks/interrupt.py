@@ -61,8 +61,12 @@ def interrupt_at(command: Sequence[str], moment: str, *, group: bool = False,
     terminal does (the command runs in a session of its own either way, so the caller's
     process never gets it)."""
     pattern, delay = MOMENTS[moment]
+    # SIGINT at its default in the driver, as in a terminal: a caller started in the
+    # background of a script (`cmd &`) has SIGINT ignored, the driver would inherit that, and
+    # Python then installs no KeyboardInterrupt handler (the sweep would run on to its end).
     driver = subprocess.Popen(list(command), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
