@@ -139,6 +139,12 @@ def _train_one(config: dict[str, Any], sweep: Sweep, cache_dir: str,
     fault = chaos.fault_for(context.get_trial_id(), trial_config.params.max_train_steps) \
         if chaos else None
     if fault:
+        if fault["kind"] == "crash":
+            # The mark that lets the retry go past the crash must be where every attempt looks:
+            # Tune's trial dir is not (a fresh actor gets the driver's staging folder, a reused
+            # one the working directory: FunctionTrainable.setup and .reset), so the soak's
+            # crashes in reused actors struck their retries too.
+            fault = {**fault, "mark_dir": str(Path(cache_dir) / "faults" / context.get_trial_id())}
         trial_config = replace(trial_config, extras={**trial_config.extras, "fault": fault})
 
     def report(step: int, rung: RungReport, checkpoint_dir: Path) -> bool:

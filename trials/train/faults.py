@@ -7,8 +7,9 @@ an optional ``"at"``; the sweep never sets it on its own. Kinds:
   step N;
 - ``kill`` (the process SIGKILLs itself, on every attempt: a retry dies too) and ``error`` (a
   plain RuntimeError);
-- ``crash``: SIGKILL once per trial; before dying it leaves a mark in the trial's output folder,
-  so the retried attempt, resumed from the last rung checkpoint, goes past it.
+- ``crash``: SIGKILL once per trial; before dying it leaves a mark in ``mark_dir`` (the spec's
+  own, else the trial's output folder), so the retried attempt, resumed from the last rung
+  checkpoint, goes past it. The folder must be the same for every attempt of the trial.
 
 ``at`` (``kill``, ``error``, ``crash``) says when: ``step`` (the default: after optimizer step
 N), ``checkpoint`` (in the middle of writing the first rung checkpoint at or after step N,
@@ -44,7 +45,8 @@ class FaultPlan:
 
     @classmethod
     def from_extras(cls, extras: Mapping[str, Any], mark_dir: Path | None = None) -> FaultPlan:
-        """Read ``extras["fault"]``; raises ValueError naming a bad ``kind`` or ``at``."""
+        """Read ``extras["fault"]``; its ``mark_dir``, when given, wins over ``mark_dir``.
+        Raises ValueError naming a bad ``kind`` or ``at``."""
         spec = extras.get("fault")
         if not spec:
             return cls()
@@ -54,6 +56,8 @@ class FaultPlan:
         if at not in MOMENTS or (at != "step" and spec["kind"] in ("nan", "oom")):
             raise ValueError(f"fault.at must be one of {', '.join(MOMENTS)}, and 'step' for "
                              f"nan and oom (got {spec!r})")
+        if spec.get("mark_dir"):
+            mark_dir = Path(spec["mark_dir"])
         return cls(kind=spec["kind"], step=int(spec.get("step", 1)), at=at, mark_dir=mark_dir)
 
     def corrupt_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
