@@ -87,7 +87,8 @@ def _sweep_file(folder: Path) -> Path:
 def _twin(sweep_file: Path, trial: optuna.trial.FrozenTrial, folder: Path) -> tuple[float, float]:
     """Run ``trial``'s parameters again, uninterrupted, in this process up to its last step;
     returns the largest differences from what the study recorded: |score| over its rungs and
-    |LoRA| at its best rung (inf when a rung or the LoRA is missing)."""
+    |LoRA| at its best rung (inf when a rung or the LoRA is missing; 0 for a trial stopped at
+    a screening rung, which keeps no LoRA)."""
     import torch
     from safetensors.torch import load_file
 
@@ -111,6 +112,8 @@ def _twin(sweep_file: Path, trial: optuna.trial.FrozenTrial, folder: Path) -> tu
     run_trial(config, report)
     score = max((abs(scores[s] - v) if s in scores else math.inf)
                 for s, v in trial.user_attrs["score_per_rung"].items())
+    if trial.user_attrs.get("best_step") is None:  # stopped at a screening rung: no LoRA kept
+        return score, 0.0
     recorded = Path(trial.user_attrs.get("lora_path") or "") / WEIGHTS_NAME
     twin = out / f"step-{int(trial.user_attrs['best_step']):06d}" / WEIGHTS_NAME
     if not recorded.is_file() or not twin.is_file():
