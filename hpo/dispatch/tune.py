@@ -209,14 +209,11 @@ def run_baseline(sweep: Sweep, config: TrialConfig, cluster: dict[str, float]) -
     res = trial_resources(sweep, cluster)
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(
         baseline_task)
-    ref = task.remote(config)
-    try:
-        return ray.get(ref)
-    except BaseException:  # Ctrl-C: on a cluster the task would go on after the driver stopped
-        # (never on success: cancelling a task Ray is completing trips a check in its core
-        # worker, "Tried to complete task that was not pending", and kills the driver)
-        _cancel([ref])
-        raise
+    # No ray.cancel on Ctrl-C: the driver's exit ends its Ray job, and the raylet force-exits
+    # the job's leased workers, this task's included. Cancelling instead raced with a task
+    # completing at that moment and tripped a check in Ray's core worker ("Tried to complete
+    # task that was not pending"), killing the driver with exit code 1 instead of 130.
+    return ray.get(task.remote(config))
 
 
 def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
@@ -233,25 +230,16 @@ def rescore_tasks(sweep: Sweep, cluster: dict[str, float],
     task = ray.remote(num_cpus=res["cpu"], num_gpus=res.get("gpu", 0), max_retries=1)(rescore)
     pending = {task.remote(config, None if lora is None else Path(lora), seed,
                            images_per_prompt): key for key, (config, lora) in jobs.items()}
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            key = pending.pop(ready[0])
-            try:
-                scores = ray.get(ready[0])
-            except ray.exceptions.RayError as err:
-                cause = getattr(err, "cause", None) or err
-                scores = {"error": f"{type(cause).__name__}: {cause}"[:2000]}
-            yield key, scores
-    finally:  # Ctrl-C (or the caller gone): what has not ended would go on drawing
-        _cancel(list(pending))  # empty when every task ended (see run_baseline)
-
-
-def _cancel(refs: list[ray.ObjectRef]) -> None:
-    """Stop tasks that have not ended (a finished one is left alone)."""
-    for ref in refs:
-        with contextlib.suppress(Exception):  # ended meanwhile, or Ray already shut down
-            ray.cancel(ref, force=True)
+    # On Ctrl-C the tasks still running end with the driver's Ray job (see run_baseline).
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            scores = ray.get(ready[0])
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
+            scores = {"error": f"{type(cause).__name__}: {cause}"[:2000]}
+        yield key, scores
 
 
 def confirmation_scorer(sweep: Sweep, address: str | None, output: RayOutput | None = None
