@@ -148,8 +148,9 @@ def resumable(table: dict[str, Any], fingerprint: dict[str, str]) -> dict[str, A
     (the changed keys are printed); either way stamped with ``fingerprint``."""
     recorded = table.get("fingerprint") or {}
     if table["rows"] and recorded != fingerprint:
-        changed = [k for k in sorted(set(recorded) | set(fingerprint))
-                   if recorded.get(k) != fingerprint.get(k)]
+        from hpo.study.fingerprint import changed_keys
+
+        changed = changed_keys(recorded, fingerprint)
         print(f"{TABLE.name} was measured with another sweep (changed: "
               f"{', '.join(changed[:8]) if recorded else 'no fingerprint recorded'}); "
               "starting it again", flush=True)

@@ -51,6 +51,7 @@ from benchmarks.common import (
     REPO,
     RESULTS,
     TINY_SWEEP,
+    fmt,
     git_commit,
     median,
     merge_results,
@@ -344,10 +345,6 @@ def _load_words(r: dict[str, Any]) -> str:
     return f" (and {loads[-1]:.1f} at the end): a quiet machine" if loads else ""
 
 
-def _num(value: Any, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _params(params: dict[str, Any] | None) -> str:
     """A trial's parameters, floats to 3 significant digits."""
     return ", ".join(f"{k} {format(v, '.3g') if isinstance(v, float) else v}"
@@ -406,8 +403,8 @@ def render(r: dict[str, Any]) -> str:
             f"| ASHA compute vs none ({sw['measured_on']}, {sw['trials']} trials each, steps "
             f"as a fidelity) | **{_pct(sw.get('asha_compute_fraction'))}** "
             f"({a['fidelity_asha']['cpu_seconds']:.0f} vs {a['fidelity_none']['cpu_seconds']:.0f}"
-            f" CPU-s); best {_num(a['fidelity_asha']['best_value'])} vs "
-            f"{_num(a['fidelity_none']['best_value'])}, same winner within paired stderr: "
+            f" CPU-s); best {fmt(a['fidelity_asha']['best_value'], 2)} vs "
+            f"{fmt(a['fidelity_none']['best_value'], 2)}, same winner within paired stderr: "
             f"{sw.get('asha_same_winner_within_stderr')} | <= 50 % |")
         w = sw.get("asha_work")
         if w:
@@ -422,8 +419,8 @@ def render(r: dict[str, Any]) -> str:
         lines.append(
             f"| steps as a fidelity vs a dimension, compute to reach the dimension arm's best "
             f"within paired stderr (both with ASHA) | **{frac}**"
-            f" ({_num(sf.get('fidelity_cpu_seconds'), '.0f')} vs "
-            f"{_num(sf.get('dimension_cpu_seconds'), '.0f')} CPU-s); "
+            f" ({fmt(sf.get('fidelity_cpu_seconds'), 0)} vs "
+            f"{fmt(sf.get('dimension_cpu_seconds'), 0)} CPU-s); "
             f"whole sweeps: {_pct(sw.get('steps_fidelity_total_compute_fraction'))} | <= 60 % |")
         lines.append(
             f"| demo ({sw['trials']} trials, the fidelity + ASHA arm) | wall "
@@ -435,7 +432,7 @@ def render(r: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {arm['trials']} | {arm['complete']} / {arm['pruned']} | "
                 f"{arm['steps_trained']} | {arm['cpu_seconds']:.0f} | {arm['wall_seconds']:.0f} s"
-                f" | {_num(arm['best_value'])} | {arm['best_step']} | "
+                f" | {fmt(arm['best_value'], 2)} | {arm['best_step']} | "
                 f"{_params(arm['best_params'])} |")
     if not sw:
         lines.append("| ASHA compute vs none; steps as a fidelity vs a dimension; demo wall, "
